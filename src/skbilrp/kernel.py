@@ -309,7 +309,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         The frozen copy of ``model`` (eval mode, no gradients) on ``device``.
     input_shape_ : tuple of int
         Shape of one sample as given to the model.
-    X_fit_ : ndarray of shape (n_fit, *input_shape_), float64
+    X_fit_ : ndarray of shape ``(n_fit, *input_shape_)``, float64
         The training samples: the columns of :meth:`transform`.
     features_fit_ : ndarray of shape (n_fit, h), float64
         Their features ``phi(X_fit_)``.
@@ -393,7 +393,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *input_shape)
+        X : array-like of shape (n_samples, n_features) or ``(n_samples, *input_shape)``
             Training samples; flat rows are reshaped to ``input_shape``.
         y : None
             Ignored.
@@ -483,7 +483,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *input_shape_)
+        X : array-like of shape (n_samples, n_features) or ``(n_samples, *input_shape_)``
 
         Returns
         -------
@@ -497,7 +497,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *input_shape_)
+        X : array-like of shape (n_samples, n_features) or ``(n_samples, *input_shape_)``
 
         Returns
         -------
@@ -547,7 +547,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, *input_shape_)
+        X : array-like of shape (n_samples, n_features) or ``(n_samples, *input_shape_)``
 
         Returns
         -------
@@ -593,7 +593,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
         Parameters
         ----------
-        X : array-like of shape (n, n_features) or (n, *input_shape_)
+        X : array-like of shape (n, n_features) or ``(n, *input_shape_)``
             Rows of the explained block.
         Y : array-like, optional
             Columns; default the training samples, i.e. the entries of ``transform(X)``.

@@ -13,12 +13,16 @@ from .kernel import DeepKernel
 from .pairs import PairExplanation, PairExplanations
 from .relevance import SampleRelevance
 from .rules import Epsilon, Gamma, Rule, ZBox, Zero
+from .text import TextKernel, TextPairExplanation, TextPairExplanations
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Explainer",
     "DeepKernel",
+    "TextKernel",
+    "TextPairExplanation",
+    "TextPairExplanations",
     "explain_neighbors",
     "explain_decision",
     "audit_clusters",

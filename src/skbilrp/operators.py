@@ -39,14 +39,18 @@ __all__ = [
     "operator_for_module",
     "operator_for_function",
     "per_sample",
+    "materialize",
     "safe_divide",
 ]
 
 
 def per_sample(flow: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-    """Multiply a probe-major flow ``(K*N, ...)`` by a per-sample tensor ``(N, ...)``."""
+    """Multiply a probe-major flow ``(K*N, ...)`` by a per-sample tensor ``(N, ...)``.
+
+    ``state`` may broadcast against one sample's flow (e.g. a mask of shape ``(N, T, 1)``).
+    """
     n = state.shape[0]
-    return (flow.reshape(-1, *state.shape) * state).reshape(flow.shape)
+    return (flow.reshape(-1, n, *flow.shape[1:]) * state).reshape(flow.shape)
 
 
 def safe_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -69,7 +73,8 @@ class InputFlow:
         return per_sample(self.probe, self.value)
 
 
-def _materialize(flow: Any) -> Any:
+def materialize(flow: Any) -> Any:
+    """A flow as a tensor (an :class:`InputFlow` becomes ``value * probe``)."""
     return flow.materialize() if isinstance(flow, InputFlow) else flow
 
 
@@ -201,7 +206,7 @@ class WeightedOperator(RelevanceOperator):
                 - self._apply(probe * self._high, self.weight_neg, None)
             )
         else:
-            out = self._apply(_materialize(flow), self.weight_rho, None)
+            out = self._apply(materialize(flow), self.weight_rho, None)
         return out if state.scale is None else per_sample(out, state.scale)
 
 
@@ -221,7 +226,7 @@ class RatioOperator(UnaryOperator):
         return safe_divide(out, z)
 
     def apply(self, state: torch.Tensor, flow: Any, args: tuple, kwargs: dict) -> torch.Tensor:
-        return per_sample(_materialize(flow), state)
+        return per_sample(materialize(flow), state)
 
 
 class AffineOperator(UnaryOperator):
@@ -238,7 +243,7 @@ class AffineOperator(UnaryOperator):
         return scale.detach().reshape((1, -1) + (1,) * (x.dim() - 2))
 
     def apply(self, state: torch.Tensor, flow: Any, args: tuple, kwargs: dict) -> torch.Tensor:
-        return _materialize(flow) * state
+        return materialize(flow) * state
 
 
 class PassOperator(UnaryOperator):
@@ -282,7 +287,7 @@ class MaxPoolOperator(UnaryOperator):
 
     def apply(self, state: Any, flow: Any, args: tuple, kwargs: dict) -> torch.Tensor:
         idx, out_shape = state
-        flow = _materialize(flow)
+        flow = materialize(flow)
         n, c = idx.shape[:2]
         flat = flow.reshape(-1, n, c, flow[0, 0].numel())
         out = flat.gather(3, idx.expand(flat.shape[0], *idx.shape))
@@ -301,7 +306,7 @@ class LinearFunctionOperator(UnaryOperator):
         _check_batch(x, out, "An operation")
 
     def apply(self, state: None, flow: Any, args: tuple, kwargs: dict) -> torch.Tensor:
-        return self.fn(_materialize(flow), *args[1:], **kwargs)
+        return self.fn(materialize(flow), *args[1:], **kwargs)
 
 
 class ReshapeOperator(UnaryOperator):
@@ -312,7 +317,7 @@ class ReshapeOperator(UnaryOperator):
         return tuple(out.shape[1:])
 
     def apply(self, shape: tuple, flow: Any, args: tuple, kwargs: dict) -> torch.Tensor:
-        flow = _materialize(flow)
+        flow = materialize(flow)
         return flow.reshape(flow.shape[0], *shape)
 
 
@@ -332,7 +337,7 @@ class AddOperator(RelevanceOperator):
         return (a + b if self.sign > 0 else a - b), None
 
     def push(self, state: None, flows: list, args: tuple, kwargs: dict) -> Any:
-        fa, fb = _materialize(flows[0]), _materialize(flows[1])
+        fa, fb = materialize(flows[0]), materialize(flows[1])
         if fb is None:
             return fa
         if fa is None:
@@ -352,7 +357,7 @@ class ScaleOperator(RelevanceOperator):
         return out, (out.shape[0] if isinstance(out, torch.Tensor) and out.dim() else 0)
 
     def push(self, n: int, flows: list, args: tuple, kwargs: dict) -> Any:
-        fa, fb = _materialize(flows[0]), _materialize(flows[1])
+        fa, fb = materialize(flows[0]), materialize(flows[1])
         if fa is not None and fb is not None:
             raise ValueError(
                 "A product of two tensors that both carry relevance is not linear; "
@@ -382,7 +387,7 @@ class CatOperator(RelevanceOperator):
         return torch.cat(tensors, dim), [t.shape for t in tensors]
 
     def push(self, shapes: list, flows: list, args: tuple, kwargs: dict) -> torch.Tensor:
-        parts = [_materialize(f) for f in flows[0]]
+        parts = [materialize(f) for f in flows[0]]
         like = next(p for p in parts if p is not None)
         k = like.shape[0] // shapes[0][0]
         parts = [

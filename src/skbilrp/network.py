@@ -75,7 +75,7 @@ class RelevanceNetwork:
             if node.op in ("placeholder", "get_attr", "output"):
                 continue
             if any(a in carries for a in node.all_input_nodes):
-                if not _is_detach(node):
+                if not _carries_no_relevance(node):
                     carries.add(node)
         return carries
 
@@ -178,10 +178,26 @@ class RelevanceNetwork:
         return fused
 
 
-def _is_detach(node: fx.Node) -> bool:
-    """Detached tensors carry no relevance (e.g. attention probabilities)."""
-    return (node.op == "call_method" and node.target == "detach") or (
-        node.op == "call_function" and node.target is torch.detach)
+def _carries_no_relevance(node: fx.Node) -> bool:
+    """Detached tensors (e.g. attention probabilities) and shape queries such as
+    ``x.size(0)`` or ``x.shape`` (used by ``x.view(x.size(0), -1)``) carry no relevance."""
+    if node.op == "call_method":
+        return node.target in ("detach", "size", "dim", "numel")
+    if node.op == "call_function":
+        return node.target is torch.detach or (
+            node.target is getattr and node.args[1:2] in (("shape",), ("ndim",), ("dtype",), ("device",)))
+    return False
+
+
+def _flow_of(arg: Any, flows: dict) -> Any:
+    """The flow of one node argument: None for constants (numbers, shapes, slices) and
+    for nodes without relevance; a list for a list of tensors (as for ``torch.cat``)."""
+    if isinstance(arg, fx.Node):
+        return flows.get(arg)
+    if isinstance(arg, (list, tuple)):
+        parts = [_flow_of(a, flows) for a in arg]
+        return None if all(p is None for p in parts) else parts
+    return None
 
 
 def _getattr(root: nn.Module, target: str) -> Any:
@@ -251,7 +267,7 @@ class Recording:
                 if node in self.fused:
                     flows[node] = flows[src]
                 else:
-                    flow_args = fx.node.map_arg(node.args, lambda n: flows.get(n))
+                    flow_args = [_flow_of(a, flows) for a in node.args]
                     args = fx.node.map_arg(node.args, lambda n: self.constants.get(n))
                     kwargs = fx.node.map_arg(node.kwargs, lambda n: self.constants.get(n))
                     flows[node] = net.ops[node].push(self.states[node], list(flow_args), args, kwargs)

@@ -1,0 +1,101 @@
+"""Shared fixtures: tiny random networks in float64 and their inputs.
+
+Everything here is float64 so that the engine can be compared with independent
+oracles (autograd Hessians, zennit, captum, hand arithmetic) to ~1e-10.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+DTYPE = torch.float64
+
+
+def _seeded(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Build a module under a fixed seed, in float64 and eval mode.
+
+    Weights get He initialisation so activations stay of order one through the
+    layers (PyTorch's default shrinks them, and tiny features would let LRP-ε's
+    stabiliser absorb a visible share of relevance).
+    """
+
+    def make(*args, seed: int = 0, **kwargs) -> nn.Module:
+        torch.manual_seed(seed)
+        model = build(*args, **kwargs)
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        return model.to(DTYPE).eval()
+
+    return make
+
+
+@_seeded
+def _relu_cnn(bias: bool = False, in_channels: int = 2) -> nn.Module:
+    """conv, ReLU, max-pool, conv, ReLU, flatten, linear, ReLU on 8x8 inputs (6 features)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 4, 3, padding=1, bias=bias), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1, bias=bias), nn.ReLU(),
+        nn.Flatten(), nn.Linear(4 * 4 * 4, 6, bias=bias), nn.ReLU(),
+    )
+
+
+@_seeded
+def _relu_mlp(bias: bool = False) -> nn.Module:
+    """A 3-layer ReLU MLP on 10-vectors (5 features)."""
+    return nn.Sequential(
+        nn.Linear(10, 8, bias=bias), nn.ReLU(),
+        nn.Linear(8, 8, bias=bias), nn.ReLU(),
+        nn.Linear(8, 5, bias=bias), nn.ReLU(),
+    )
+
+
+@pytest.fixture
+def relu_cnn() -> Callable[..., nn.Module]:
+    """``relu_cnn(bias=False, in_channels=2, seed=0)``: a small VGG-like ReLU CNN, float64."""
+    return _relu_cnn
+
+
+@pytest.fixture
+def relu_mlp() -> Callable[..., nn.Module]:
+    """``relu_mlp(bias=False, seed=0)``: a small ReLU MLP, float64."""
+    return _relu_mlp
+
+
+@pytest.fixture
+def images() -> Callable[..., torch.Tensor]:
+    """``images(n, channels=2, size=8, seed=1)``: a float64 batch in [0, 1]."""
+
+    def make(n: int, channels: int = 2, size: int = 8, seed: int = 1) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        return torch.rand(n, channels, size, size, generator=gen, dtype=DTYPE)
+
+    return make
+
+
+def hessian_product_oracle(model: nn.Module, x: torch.Tensor, x2: torch.Tensor) -> np.ndarray:
+    """``x_i x'_j d²<phi(x), phi(x')>/dx_i dx'_j`` over all input entries, ``(d, d')``.
+
+    Plain double backward: the gradient of ``y`` w.r.t. ``x`` (kept differentiable),
+    then the gradient of each of its entries w.r.t. ``x'`` (batched over entries).
+    """
+    a = x.detach().clone().requires_grad_(True)
+    b = x2.detach().clone().requires_grad_(True)
+    y = (model(a[None]).flatten() * model(b[None]).flatten()).sum()
+    (grad_a,) = torch.autograd.grad(y, a, create_graph=True)
+    grad_a = grad_a.flatten()
+    seeds = torch.eye(grad_a.numel(), dtype=grad_a.dtype)
+    (cross,) = torch.autograd.grad(grad_a, b, seeds, is_grads_batched=True)
+    cross = cross.reshape(x.numel(), x2.numel())
+    return (x.flatten()[:, None] * cross * x2.flatten()[None, :]).detach().numpy()
+
+
+@pytest.fixture
+def hessian_product() -> Callable[[nn.Module, torch.Tensor, torch.Tensor], np.ndarray]:
+    """``hessian_product(model, x, x2)``: the HP oracle from plain autograd, ``(d, d')``."""
+    return hessian_product_oracle

@@ -1,0 +1,184 @@
+"""Bad input and unsupported models fail early, naming the cause and the fix;
+``register_operator`` makes an unsupported module work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from skbilrp import Explainer, bilrp
+from skbilrp import operators
+from skbilrp.canonize import UnsupportedModelError
+from skbilrp.operators import RatioOperator, register_operator
+from skbilrp.pooling import make_pooling
+from skbilrp.rules import PRESETS
+
+DT = torch.float64
+
+
+@pytest.fixture
+def explainer(relu_cnn):
+    return Explainer(relu_cnn(in_channels=1))
+
+
+# ------------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_input(explainer, bad):
+    x = np.random.default_rng(0).random((2, 1, 8, 8))
+    x[1, 0, 3, 4] = bad
+    with pytest.raises(ValueError, match="NaN"):
+        explainer.relevance(x)
+    with pytest.raises(ValueError, match="NaN"):
+        explainer.explain(torch.as_tensor(x))
+
+
+def test_wrong_number_of_channels(explainer):
+    x = torch.rand(2, 3, 8, 8)  # the first conv takes 1 channel
+    with pytest.raises(ValueError, match=r"shape \(2, 3, 8, 8\)"):
+        explainer.relevance(x)
+
+
+def test_wrong_number_of_channels_hp(relu_cnn):
+    with pytest.raises(ValueError, match=r"shape \(1, 3, 8, 8\)"):
+        bilrp(relu_cnn(in_channels=1), torch.rand(3, 8, 8), torch.rand(3, 8, 8), method="hp")
+
+
+@pytest.mark.parametrize("bad", [
+    np.array([[["a", "b"]]]),
+    np.array([[object(), object()]], dtype=object),
+    np.ones((1, 1, 8, 8), dtype=complex),
+    torch.ones(1, 1, 8, 8, dtype=torch.complex64),
+], ids=["str", "object", "complex-numpy", "complex-torch"])
+def test_non_numeric_input(explainer, bad):
+    with pytest.raises(TypeError, match="real numbers"):
+        explainer.relevance(bad)
+
+
+@pytest.mark.parametrize("empty", [np.zeros((0, 1, 8, 8)), torch.zeros(0, 1, 8, 8)])
+def test_empty_batch(explainer, empty):
+    with pytest.raises(ValueError, match="empty"):
+        explainer.relevance(empty)
+
+
+def test_integer_input_is_accepted(explainer):
+    x = np.random.default_rng(1).integers(0, 2, size=(1, 1, 8, 8))
+    out = explainer.relevance(x)
+    assert out.relevance.dtype == torch.float64  # the model's dtype (fixtures are float64)
+    assert torch.isfinite(out.relevance).all()
+
+
+# ----------------------------------------------------------- unsupported models
+
+
+class DataDependent(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return x
+        return -x
+
+
+@pytest.mark.parametrize("module, path, type_name", [
+    (nn.LayerNorm(16), "1", "LayerNorm"),
+    (DataDependent(), "1", "DataDependent"),
+])
+def test_unsupported_module_in_sequential(module, path, type_name):
+    model = nn.Sequential(nn.Linear(4, 16), module, nn.ReLU())
+    with pytest.raises(UnsupportedModelError) as info:
+        Explainer(model)
+    message = str(info.value)
+    assert repr(path) in message
+    assert type_name in message
+    assert "register_operator" in message
+
+
+def test_unsupported_nested_module_names_full_path():
+    inner = nn.Sequential(nn.Linear(4, 8), nn.LSTM(8, 8))
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.ReLU(), inner))
+    with pytest.raises(UnsupportedModelError) as info:
+        Explainer(model)
+    message = str(info.value)
+    assert "'1.1.1'" in message and "LSTM" in message and "register_operator" in message
+
+
+def test_unknown_rules_preset():
+    with pytest.raises(ValueError) as info:
+        Explainer(nn.Sequential(nn.Linear(3, 2)), rules="lrp-magic")
+    message = str(info.value)
+    assert "lrp-magic" in message
+    for name in PRESETS:
+        assert repr(name) in message
+
+
+@pytest.mark.parametrize("spec, shape, channel_axis, match", [
+    ((2, 2, 2), (1, 8, 8), 0, "Patch size"),
+    ((2,), (1, 8, 8), 0, "Patch size"),
+    (0, (1, 8, 8), 0, "Patch size"),
+    (np.zeros((8, 7), dtype=int), (1, 8, 8), 0, r"label array has shape \(8, 7\)"),
+    (np.zeros((1, 8, 8), dtype=int), (1, 8, 8), 0, r"label array has shape \(1, 8, 8\)"),
+    (np.zeros((8, 8)), (1, 8, 8), 0, "integers"),
+])
+def test_bad_pooling(spec, shape, channel_axis, match):
+    with pytest.raises(ValueError, match=match):
+        make_pooling(spec, shape, channel_axis)
+
+
+def test_bad_pooling_through_explainer(explainer, relu_cnn):
+    with pytest.raises(ValueError, match="Patch size"):
+        Explainer(relu_cnn(in_channels=1), pooling=(2, 2, 2)).relevance(torch.rand(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="label array"):
+        Explainer(relu_cnn(in_channels=1), pooling=np.zeros((4, 4), dtype=int)).explain(torch.rand(1, 1, 8, 8))
+
+
+# ----------------------------------------------------------------- register_operator
+
+
+class Square(nn.Module):
+    """``z²``: a product of a tensor with itself, which the tracer cannot linearise."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z * z
+
+
+def square_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 5, bias=False), Square(), nn.Linear(5, 3, bias=False)).to(DT)
+
+
+@pytest.fixture
+def unregister_square():
+    """Registration is global: undo it so the test also holds when run again."""
+    yield
+    operators._MODULE_OPERATORS.pop(Square, None)
+
+
+def test_register_operator_makes_custom_module_work(unregister_square):
+    model = square_net()
+    x = torch.rand(2, 6, dtype=DT)
+    # unregistered, z * z is a product of two relevance-carrying tensors: refused
+    with pytest.raises(ValueError, match="not linear"):
+        Explainer(model).relevance(x)
+
+    register_operator(Square, lambda module, rule: RatioOperator(module))
+    fwd = Explainer(model, mode="forward").relevance(x)
+    rev = Explainer(model, mode="reverse").relevance(x)
+    np.testing.assert_allclose(fwd.relevance.numpy(), rev.relevance.numpy(), rtol=1e-12, atol=1e-14)
+    with torch.no_grad():
+        phi = model(x).numpy()
+    np.testing.assert_allclose(fwd.features.numpy(), phi, rtol=1e-14)
+    np.testing.assert_allclose(fwd.relevance.sum(-1).numpy(), phi, rtol=1e-10)  # conserves
+    # the ratio rule z² / z = z, by hand: R_i = x_i sum_k W2_mk z_k W1_ki
+    w1, w2 = model[0].weight.detach(), model[2].weight.detach()
+    z = x @ w1.T
+    expected = torch.einsum("mk,nk,ki,ni->nmi", w2, z, w1, x)
+    np.testing.assert_allclose(fwd.relevance.numpy(), expected.numpy(), rtol=1e-12)
+    e = Explainer(model).explain(x)
+    np.testing.assert_allclose(e.relevance.sum(axis=(-2, -1)), phi @ phi.T, rtol=1e-10)
+
+
+def test_register_operator_rejects_non_module():
+    with pytest.raises(TypeError, match="nn.Module subclass"):
+        register_operator(int, lambda module, rule: None)

@@ -574,13 +574,21 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         idx = np.arange(n_fit) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= n_fit):
             raise IndexError(f"Training sample indices must lie in [0, {n_fit}), got {idx.min()}..{idx.max()}.")
-        missing = np.array(sorted(set(idx.tolist()) - set(self._fit_relevance)), dtype=np.int64)
-        if missing.size:
-            new = self._relevance(self.X_fit_[missing])
-            for pos, i in enumerate(missing):
-                self._fit_relevance[int(i)] = (new.relevance[pos].numpy(), new.features[pos].numpy())
-        rel = np.stack([self._fit_relevance[int(i)][0] for i in idx])
-        feats = np.stack([self._fit_relevance[int(i)][1] for i in idx])
+        missing = sorted(set(idx.tolist()) - set(self._fit_relevance))
+        if missing:
+            for i, part in zip(missing, self._sample_parts(self.X_fit_[missing])):
+                self._fit_relevance[int(i)] = part
+        return self._stack([self._fit_relevance[int(i)] for i in idx])
+
+    def _sample_parts(self, X: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(relevance (h, p), features (h,))`` of each validated sample, for the cache."""
+        new = self._relevance(X)
+        return [(new.relevance[k].numpy(), new.features[k].numpy()) for k in range(len(new))]
+
+    def _stack(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> SampleRelevance:
+        """Join cached per-sample parts into one :class:`SampleRelevance`."""
+        rel = np.stack([r for r, _ in parts])
+        feats = np.stack([f for _, f in parts])
         return SampleRelevance(torch.from_numpy(rel), torch.from_numpy(feats), self._pooling())
 
     def explain_pairs(self, X: Any, Y: Any = None,

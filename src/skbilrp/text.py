@@ -333,7 +333,7 @@ class TextKernel(DeepKernel):
                                         batch_size=int(self.batch_size), verbose=self.verbose)
         return self._explainer
 
-    def _per_text_relevance(self, texts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _sample_parts(self, texts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(relevance (h, T_i), features (h,))`` of each text, real tokens only."""
         ids = self._encode(texts)
         out: list = [None] * len(ids)
@@ -354,31 +354,7 @@ class TextKernel(DeepKernel):
         return SampleRelevance(torch.from_numpy(rel), torch.from_numpy(feats), pooling)
 
     def _relevance(self, texts: np.ndarray) -> SampleRelevance:
-        return self._stack(self._per_text_relevance(texts))
-
-    def fit_sample_relevance(self, indices: Optional[Sequence[int]] = None) -> SampleRelevance:
-        """Per-text relevance of training texts, computed once and kept, ``(n, h, T_max)``.
-
-        Parameters
-        ----------
-        indices : sequence of int, optional
-            Rows of ``X_fit_``; default all.
-
-        Returns
-        -------
-        SampleRelevance
-            Zero-padded beyond each text's tokens, in the order of ``indices``.
-        """
-        check_is_fitted(self)
-        n_fit = len(self.X_fit_)
-        idx = np.arange(n_fit) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= n_fit):
-            raise IndexError(f"Training text indices must lie in [0, {n_fit}), got {idx.min()}..{idx.max()}.")
-        missing = sorted(set(idx.tolist()) - set(self._fit_relevance))
-        if missing:
-            for i, part in zip(missing, self._per_text_relevance(self.X_fit_[missing])):
-                self._fit_relevance[int(i)] = part
-        return self._stack([self._fit_relevance[int(i)] for i in idx])
+        return self._stack(self._sample_parts(texts))
 
     def _relevance_runner(self) -> SimpleNamespace:
         # DeepKernel.explain_pairs reads the method from ``_relevance_runner().explainer``

@@ -140,7 +140,7 @@ def _check_batch(x: torch.Tensor, out: Any, what: str) -> None:
 @dataclass
 class _WeightedState:
     scale: Optional[torch.Tensor]  # z / z_rho per sample, None when identically one
-    value: Optional[torch.Tensor] = None  # the layer input, kept for z^B only
+    bounds: Optional[tuple] = None  # (low, high) of one sample, for z^B only
 
 
 class WeightedOperator(RelevanceOperator):
@@ -164,6 +164,9 @@ class WeightedOperator(RelevanceOperator):
         if isinstance(rule, ZBox):
             self.weight_pos = weight.clamp(min=0)
             self.weight_neg = weight.clamp(max=0)
+            # the three z^B terms as one layer over stacked inputs [x v, low v, high v]
+            self.weight_zbox = torch.cat([weight, -self.weight_pos, -self.weight_neg], dim=1)
+            self.stack_dim = -1 if isinstance(module, nn.Linear) else 1
 
     def _apply(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         m = self.module
@@ -183,8 +186,7 @@ class WeightedOperator(RelevanceOperator):
                 - self._apply(low, self.weight_pos, None)
                 - self._apply(high, self.weight_neg, None)
             )
-            self._low, self._high = low, high
-            return z, _WeightedState(safe_divide(z, self.rule.stabilize(z_rho)), value=x)
+            return z, _WeightedState(safe_divide(z, self.rule.stabilize(z_rho)), bounds=(low, high))
         z_rho = self._apply(x, self.weight_rho, self.bias_rho) if self.rule.modifies_params else z
         den = self.rule.stabilize(z_rho)
         if den is z:  # LRP-0: the ratio is one wherever it is defined
@@ -200,11 +202,16 @@ class WeightedOperator(RelevanceOperator):
                     "(through position-wise modules); assign another rule to this layer."
                 )
             probe = flow.probe
-            out = (
-                self._apply(per_sample(probe, state.value), self.module.weight.detach(), None)
-                - self._apply(probe * self._low, self.weight_pos, None)
-                - self._apply(probe * self._high, self.weight_neg, None)
-            )
+            low, high = state.bounds
+            if getattr(self.module, "groups", 1) == 1:
+                stacked = torch.cat([flow.materialize(), probe * low, probe * high], dim=self.stack_dim)
+                out = self._apply(stacked, self.weight_zbox, None)
+            else:  # grouped convs would mix the stacked channels across groups
+                out = (
+                    self._apply(flow.materialize(), self.module.weight.detach(), None)
+                    - self._apply(probe * low, self.weight_pos, None)
+                    - self._apply(probe * high, self.weight_neg, None)
+                )
         else:
             out = self._apply(materialize(flow), self.weight_rho, None)
         return out if state.scale is None else per_sample(out, state.scale)

@@ -195,7 +195,7 @@ class RelevanceComputer:
         step = self._chunk(n, 3 * rec.max_numel, p)
         for g0 in range(0, p, step):
             g1 = min(p, g0 + step)
-            probe = pooling.probes(g0, g1, self.dtype)
+            probe = pooling.probes(g0, g1, self.dtype, rec.x.device)
             probe = probe[:, None].expand(g1 - g0, n, *probe.shape[1:]).reshape(-1, *probe.shape[1:])
             flow = rec.push(probe).reshape(g1 - g0, n, h)
             out[:, :, g0:g1] = flow.permute(1, 2, 0)

@@ -69,19 +69,21 @@ def test_lrp0_equals_hessian_product_cnn_pooled(relu_cnn, images, mode, hessian_
     assert_close(e.relevance, expected)
 
 
-def test_hp_method_equals_hessian_product_oracle(relu_cnn, images, hessian_product):
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_hp_method_equals_hessian_product_oracle(relu_cnn, images, hessian_product, mode):
+    # forward: one Jacobian-vector product per group; reverse: one backward per feature
     model = relu_cnn()
     x, x2 = images(2, seed=4)
     oracle = sum_channels(hessian_product(model, x, x2), (2, 8, 8))
-    e = bilrp(model, x, x2, method="hp")
+    e = bilrp(model, x, x2, method="hp", mode=mode)
     assert e.method == "hp"
     assert_close(e.relevance, oracle)
-    pooled = bilrp(model, x, x2, method="hp", pooling=(2, 4))
+    pooled = bilrp(model, x, x2, method="hp", mode=mode, pooling=(2, 4))
     g = oracle.reshape(4, 2, 2, 4, 4, 2, 2, 4).sum(axis=(1, 3, 5, 7)).reshape(8, 8)
     assert_close(pooled.relevance, g)
 
 
-@pytest.mark.parametrize("method, mode", [("bilrp", "forward"), ("bilrp", "reverse"), ("hp", "auto")])
+@pytest.mark.parametrize("method, mode", [("bilrp", "forward"), ("bilrp", "reverse"), ("hp", "forward"), ("hp", "reverse")])
 def test_lrp0_equals_hessian_product_mlp(relu_mlp, method, mode, hessian_product):
     model = relu_mlp()
     gen = torch.Generator().manual_seed(5)

@@ -176,12 +176,15 @@ class RelevanceComputer:
             raise ValueError(
                 f"Input of shape {tuple(x.shape)} does not fit the model: {err}"
             ) from err
-        h, p = rec.features.shape[1], pooling.n_groups
-        mode = self.mode
-        if mode == "auto":
-            mode = "forward" if p <= REVERSE_COST * h else "reverse"
+        mode = self._mode(rec.features.shape[1], pooling.n_groups)
         rel = self._forward(rec, pooling) if mode == "forward" else self._reverse(rec, pooling)
         return SampleRelevance(rel, rec.features, pooling)
+
+    def _mode(self, h: int, p: int) -> str:
+        """The requested mode, or the cheaper one: ``p`` probes against ``h`` seeds."""
+        if self.mode != "auto":
+            return self.mode
+        return "forward" if p <= REVERSE_COST * h else "reverse"
 
     def _chunk(self, n: int, per_probe_numel: int, total: int) -> int:
         itemsize = torch.finfo(self.dtype).bits // 8
@@ -219,20 +222,49 @@ class RelevanceComputer:
         return out
 
     def _hessian_product(self, x: torch.Tensor, context: dict, pooling: Pooling) -> SampleRelevance:
-        """Gradient × input of every feature with plain autograd on the model.
+        """Gradient × input of every feature with plain autodiff on the model.
 
         The pair products of these maps are ``x_i x'_j d²<phi(x), phi(x')>/dx_i dx'_j``.
+        Forward mode: one Jacobian-vector product per group, tangent ``x ⊙ 1_g``;
+        reverse mode: one backward pass per feature.
         """
         model = self.network.model
-        x = x.clone().requires_grad_(True)
-        with torch.enable_grad():
+
+        def phi(inputs: torch.Tensor, ctx: dict) -> torch.Tensor:
             try:
-                feats = model(x, **context).flatten(1)
+                return model(inputs, **ctx).flatten(1)
             except (RuntimeError, IndexError) as err:
                 raise ValueError(f"Input of shape {tuple(x.shape)} does not fit the model: {err}") from err
-            n, h = feats.shape
-            out = feats.new_empty(n, h, pooling.n_groups)
+
+        with torch.no_grad():
+            feats = phi(x, context)
+        n, h = feats.shape
+        out = feats.new_empty(n, h, pooling.n_groups)
+        if self._mode(h, pooling.n_groups) == "forward":
+            # no activation sizes without a recording: budget a generous 64 inputs per probe
+            step = self._chunk(n, 64 * x[0].numel(), pooling.n_groups)
+            for g0 in range(0, pooling.n_groups, step):
+                g1 = min(pooling.n_groups, g0 + step)
+                k = g1 - g0
+                probe = pooling.probes(g0, g1, self.dtype, x.device)
+                tangent = (probe[:, None] * x[None]).reshape(-1, *x.shape[1:])
+                # forward AD rejects expanded (memory-sharing) primals: repeat, not expand
+                ctx = {key: _repeat(v, k, n) for key, v in context.items()}
+                with torch.no_grad():
+                    _, jvp = torch.func.jvp(lambda inp: phi(inp, ctx), (_repeat(x, k, n),), (tangent,))
+                out[:, :, g0:g1] = jvp.reshape(k, n, h).permute(1, 2, 0)
+            return SampleRelevance(out, feats, pooling)
+        x = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            feats_g = phi(x, context)
             for m in range(h):
-                (grad,) = torch.autograd.grad(feats[:, m].sum(), x, retain_graph=m < h - 1)
+                (grad,) = torch.autograd.grad(feats_g[:, m].sum(), x, retain_graph=m < h - 1)
                 out[:, m] = pooling.pool(grad * x)
-        return SampleRelevance(out.detach(), feats.detach(), pooling)
+        return SampleRelevance(out.detach(), feats, pooling)
+
+
+def _repeat(value: Any, k: int, n: int) -> Any:
+    """Repeat a per-sample tensor ``(N, ...)`` for ``k`` probes (probe-major); others as is."""
+    if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == n:
+        return value.repeat(k, *([1] * (value.dim() - 1)))
+    return value

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skbilrp import Epsilon, Explainer, Gamma, ZBox, Zero, bilrp
+from skbilrp.network import RelevanceNetwork
 
 DT = torch.float64
 
@@ -409,3 +410,17 @@ def test_normalize_layer_with_zbox_equals_normalized_input(images):
     pre = relevance(body, (x - m) / s, "reverse", rules={"0": ZBox((0 - m) / s, (1 - m) / s)}, pooling=2)
     assert_close(raw, pre)
     np.testing.assert_allclose(raw.sum(-1), features(with_norm, x), rtol=1e-10)
+
+
+def test_activation_after_folded_batchnorm_is_fused_into_its_conv():
+    # folding leaves an Identity where the BatchNorm was; it must not block fusion
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, bias=False), nn.BatchNorm2d(3), nn.ReLU6(),
+                          nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten()).eval()
+    model[1].running_mean.uniform_(-1, 1)
+    model[1].running_var.uniform_(0.5, 2)
+    net = RelevanceNetwork(model, dtype=torch.float64)
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    rec = net.record(x)
+    assert len(rec.fused) == 2
+    torch.testing.assert_close(rec.features, model.double()(x).flatten(1))

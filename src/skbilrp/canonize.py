@@ -49,7 +49,19 @@ def canonize(model: nn.Module, dtype: Optional[torch.dtype] = None) -> tuple[nn.
     graph = trace(frozen)
     if _fold_batchnorms(frozen, graph):
         graph = trace(frozen)
+    _drop_identities(graph)
     return frozen, graph
+
+
+def _drop_identities(graph: fx.GraphModule) -> None:
+    """Remove ``nn.Identity`` nodes (folded BatchNorms leave them between a conv and its
+    activation), so that each activation's ratio can be fused into its layer."""
+    modules = dict(graph.named_modules())
+    for node in list(graph.graph.nodes):
+        if node.op == "call_module" and type(modules.get(node.target)) is nn.Identity and node.args:
+            node.replace_all_uses_with(node.args[0])
+            graph.graph.erase_node(node)
+    graph.recompile()
 
 
 class _Tracer(fx.Tracer):

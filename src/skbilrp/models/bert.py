@@ -364,24 +364,8 @@ class BertEmbedder(nn.Module):
               token_type_ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Input embeddings and mask of token ids, ready for ``forward``.
 
-        Parameters
-        ----------
-        input_ids : LongTensor of shape (N, T)
-        attention_mask : tensor of shape (N, T), optional
-            1 on real tokens, 0 on padding (default: all ones).
-        token_type_ids : LongTensor of shape (N, T), optional
-            Segment ids (default: zeros).
-
-        Returns
-        -------
-        embeddings : Tensor (N, T, D)
-            Word + position + token-type embeddings, before the LayerNorm.
-        attention_mask : LongTensor (N, T)
-
-        Raises
-        ------
-        ValueError
-            For a sequence longer than the position table or a row without real tokens.
+        :func:`bert_inputs` with this embedder's tables; same parameters, returns and
+        errors.
         """
         return bert_inputs(self.embeddings, input_ids, attention_mask, token_type_ids)
 

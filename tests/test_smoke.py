@@ -16,7 +16,8 @@ def test_bilrp_conserves_and_matches_hp_on_tiny_cnn():
     x, x2 = torch.rand(1, 8, 8), torch.rand(1, 8, 8)
     e = bilrp(net, x, x2, dtype=torch.float64)
     hp = bilrp(net, x, x2, method="hp", dtype=torch.float64)
-    y = float(net.double()(x[None].double()).flatten() @ net(x2[None].double()).flatten())
+    with torch.no_grad():
+        y = float(net.double()(x[None].double()).flatten() @ net(x2[None].double()).flatten())
     assert e.relevance.shape == (64, 64)
     assert np.isclose(e.similarity, y, rtol=1e-12)
     assert np.isclose(e.relevance.sum(), y, rtol=1e-10)

@@ -67,14 +67,13 @@ def zennit():
 
 
 def vgg_like(seed: int = 0) -> nn.Module:
-    """convs with ReLU and max-pools, then linear layers; biases except in the first conv.
+    """convs with ReLU and max-pools, then linear layers, all with biases.
 
-    The first conv is bias-free: skbilrp's z^B denominator includes the layer bias (it
-    absorbs relevance) while zennit's ZBox cancels it.
+    Both skbilrp's and zennit's z^B leave the bias out of the denominator.
     """
     torch.manual_seed(seed)
     net = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.ReLU(),  # 0
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),  # 0
         nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 2
         nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 5
         nn.Flatten(),

@@ -181,8 +181,9 @@ class WeightedOperator(RelevanceOperator):
         if isinstance(self.rule, ZBox):
             low, high = self.rule.bounds(x)
             low, high = low.expand(x.shape[1:])[None], high.expand(x.shape[1:])[None]
+            # no bias in z^B (as in DESIGN §3 and zennit): the first layer conserves
             z_rho = (
-                z
+                self._apply(x, self.module.weight.detach(), None)
                 - self._apply(low, self.weight_pos, None)
                 - self._apply(high, self.weight_neg, None)
             )

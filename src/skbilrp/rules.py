@@ -117,9 +117,9 @@ class Gamma(Rule):
 class ZBox(Rule):
     """The z^B rule for a first layer whose input is bounded, ``low <= x <= high``.
 
-    ``z_k = sum_j x_j w_jk - low_j w⁺_jk - high_j w⁻_jk`` (plus the bias, which
-    absorbs relevance). Every term is non-negative for inputs within the bounds, so
-    no stabiliser is needed. Bounds are given in the
+    ``z_k = sum_j x_j w_jk - low_j w⁺_jk - high_j w⁻_jk``, without the bias, so
+    this layer passes on all the relevance it receives. Every term is non-negative for
+    inputs within the bounds, so no stabiliser is needed. Bounds are given in the
     space of the layer's input: floats, or tensors broadcastable to one input sample
     (e.g. shape ``(C, 1, 1)`` for per-channel bounds of an image).
 

@@ -99,10 +99,6 @@ class RelevanceNetwork:
             )
         return op
 
-    def weighted_layers(self) -> dict[str, WeightedOperator]:
-        """Module name → operator of each weighted layer on the relevance path."""
-        return {n.target: op for n, op in self.ops.items() if isinstance(op, WeightedOperator)}
-
     @torch.no_grad()
     def record(self, x: torch.Tensor, context: Optional[dict[str, Any]] = None) -> "Recording":
         """Run the forward pass on a batch and keep what the relevance maps need.

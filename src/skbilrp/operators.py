@@ -87,8 +87,6 @@ class RelevanceOperator:
     relevance flows (constants, masks, other model inputs); for a list argument, a list.
     """
 
-    #: operators that pass the model input through position by position
-    passes_input = False
     #: operators whose push is ``flow * state`` elementwise (fusable into a producer)
     elementwise_scale = False
 
@@ -257,8 +255,6 @@ class AffineOperator(UnaryOperator):
 class PassOperator(UnaryOperator):
     """Nodes that change nothing about relevance (Identity, Dropout in eval, contiguous)."""
 
-    passes_input = True
-
     def apply(self, state: None, flow: Any, args: tuple, kwargs: dict) -> Any:
         if isinstance(flow, InputFlow):
             return InputFlow(self.fn(flow.value, *args[1:], **kwargs), flow.probe)
@@ -271,8 +267,6 @@ class NormalizeOperator(UnaryOperator):
     Applied to an intermediate tensor it scales the flow by ``1 / std`` and the shift
     absorbs relevance, like any affine map.
     """
-
-    passes_input = True
 
     def apply(self, state: None, flow: Any, args: tuple, kwargs: dict) -> Any:
         if isinstance(flow, InputFlow):

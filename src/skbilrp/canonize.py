@@ -35,13 +35,18 @@ def canonize(model: nn.Module, dtype: Optional[torch.dtype] = None) -> tuple[nn.
     Returns
     -------
     copy : nn.Module
-        The canonised copy (BatchNorms folded ones replaced by ``nn.Identity``).
+        The canonised copy (BatchNorms folded ones replaced by ``nn.Identity``). A
+        model that is itself one registered layer (e.g. a bare ``nn.Linear``) is
+        wrapped as child ``"0"`` of an ``nn.Sequential``.
     graph : torch.fx.GraphModule
         Its traced graph; registered module types are single nodes.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     frozen = copy.deepcopy(model).eval()
+    if isinstance(frozen, registered_module_types()):
+        # a root module is traced into; as a child it stays one node with its operator
+        frozen = nn.Sequential(frozen)
     if dtype is not None:
         frozen = frozen.to(dtype)
     for p in frozen.parameters():

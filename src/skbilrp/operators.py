@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import Normalize
-from .rules import Rule, ZBox, Zero
+from .rules import Rule, ZBox, Zero, add_rule_target
 
 __all__ = [
     "RelevanceOperator",
@@ -139,12 +139,17 @@ def _check_batch(x: torch.Tensor, out: Any, what: str) -> None:
 class _WeightedState:
     scale: Optional[torch.Tensor]  # z / z_rho per sample, None when identically one
     bounds: Optional[tuple] = None  # (low, high) of one sample, for z^B only
+    sign: Optional[torch.Tensor] = None  # sign of the input, for bias sharing only
+    share: Optional[torch.Tensor] = None  # rho(b) / sum_j |a_j rho(w_j)| per output unit
 
 
 class WeightedOperator(RelevanceOperator):
     """Linear and convolution layers under an LRP rule.
 
     Flow: ``u_out = (z / z^rho) ⊙ rho(W) u_in`` (no bias: biases absorb relevance).
+    With ``rule.bias == "share"`` the bias's part follows the sizes of the
+    contributions: ``+ (z / z^rho) ⊙ rho(b) / (|rho(W)| |x|) ⊙ |rho(W)| (sign(x) ⊙ u_in)``;
+    summed over probes that adds ``rho(b)``, so the layer conserves.
     For z^B: ``u_out = (z / z^B) ⊙ (W (x ⊙ v) - W⁺ (low ⊙ v) - W⁻ (high ⊙ v))``.
     """
 
@@ -159,6 +164,9 @@ class WeightedOperator(RelevanceOperator):
         bias = None if module.bias is None else module.bias.detach()
         self.weight_rho = rule.modify(weight)
         self.bias_rho = None if bias is None else rule.modify(bias)
+        self.shares_bias = rule.bias == "share" and bias is not None and not isinstance(rule, ZBox)
+        if self.shares_bias:
+            self.weight_abs = self.weight_rho.abs()
         if isinstance(rule, ZBox):
             self.weight_pos = weight.clamp(min=0)
             self.weight_neg = weight.clamp(max=0)
@@ -188,9 +196,15 @@ class WeightedOperator(RelevanceOperator):
             return z, _WeightedState(safe_divide(z, self.rule.stabilize(z_rho)), bounds=(low, high))
         z_rho = self._apply(x, self.weight_rho, self.bias_rho) if self.rule.modifies_params else z
         den = self.rule.stabilize(z_rho)
-        if den is z:  # LRP-0: the ratio is one wherever it is defined
-            return z, _WeightedState(None)
-        return z, _WeightedState(safe_divide(z, den))
+        # LRP-0: the ratio is one wherever it is defined
+        state = _WeightedState(None if den is z else safe_divide(z, den))
+        if self.shares_bias:
+            size = self._apply(x.abs(), self.weight_abs, None)
+            bias = self.bias_rho
+            if not isinstance(self.module, nn.Linear):  # channels first
+                bias = bias.reshape((-1,) + (1,) * (z.dim() - 2))
+            state.sign, state.share = torch.sign(x), safe_divide(bias.expand_as(size), size)
+        return z, state
 
     def push(self, state: _WeightedState, flows: list, args: tuple, kwargs: dict) -> torch.Tensor:
         flow = flows[0]
@@ -212,7 +226,11 @@ class WeightedOperator(RelevanceOperator):
                     - self._apply(probe * high, self.weight_neg, None)
                 )
         else:
-            out = self._apply(materialize(flow), self.weight_rho, None)
+            flow = materialize(flow)
+            out = self._apply(flow, self.weight_rho, None)
+            if state.share is not None:
+                sized = self._apply(per_sample(flow, state.sign), self.weight_abs, None)
+                out = out + per_sample(sized, state.share)
         return out if state.scale is None else per_sample(out, state.scale)
 
 
@@ -408,7 +426,7 @@ _FUNCTION_OPERATORS: dict[Any, Callable[[], RelevanceOperator]] = {}
 _METHOD_OPERATORS: dict[str, Callable[[], RelevanceOperator]] = {}
 
 
-def register_operator(module_type: type, factory: ModuleFactory) -> None:
+def register_operator(module_type: type, factory: ModuleFactory, takes_rule: bool = False) -> None:
     """Teach skbilrp how relevance flows through a module type of your own.
 
     Parameters
@@ -418,8 +436,12 @@ def register_operator(module_type: type, factory: ModuleFactory) -> None:
         one graph node and are not traced into.
     factory : callable
         ``factory(module, rule) -> RelevanceOperator``; ``rule`` is the Rule assigned to
-        that module (or None when it has no weights). The operator's ``record`` and
+        that module (or None when it takes none). The operator's ``record`` and
         ``push`` must implement a map that is linear in the flow.
+    takes_rule : bool, default=False
+        Assign a Rule to modules of this type as to weighted layers (by type, name or
+        as the single rule of a spec), e.g. for a layer with a bias whose
+        ``Rule.bias`` mode matters; unassigned ones get ``Zero()``.
 
     Examples
     --------
@@ -432,6 +454,8 @@ def register_operator(module_type: type, factory: ModuleFactory) -> None:
     if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
         raise TypeError(f"register_operator needs an nn.Module subclass, got {module_type!r}.")
     _MODULE_OPERATORS[module_type] = factory
+    if takes_rule:
+        add_rule_target(module_type)
 
 
 def registered_module_types() -> tuple[type, ...]:

@@ -1,0 +1,232 @@
+"""``Rule(bias="share")``: the biases' part of the relevance is passed on to the inputs.
+
+Oracles, none of which use skbilrp's relevance code:
+
+* a hand-computed single layer with a signed input;
+* an LRP written out with explicit ``(out, in)`` contribution matrices, layer by layer,
+  for an MLP and for a CNN (each conv turned into its dense matrix first);
+* the O(n²) contribution matrix of a LayerNorm against the O(n) flow of
+  :class:`~skbilrp.models.bert.DetachedLayerNorm`;
+* conservation: with sharing, the relevance sums to the similarity although every
+  layer has a large bias, while ``bias="absorb"`` reports a visible error.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction as Fr
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from skbilrp import Epsilon, Explainer, Gamma, Zero, ZBox, bilrp
+from skbilrp.models.bert import DetachedLayerNorm
+from skbilrp.rules import resolve_rules
+
+# ------------------------------------------------------------------ by hand
+# One layer z = W x + b with x = (1/2, -1), W = [[2, 1], [1, 1/2]], b = (1, -1/4).
+# z_0 = 1 - 1 + 1 = 1: contributions (1, -1), sizes (1, 1); each gets b/2 = 1/2:
+#      c_0 = (3/2, -1/2), summing to z_0; R = c_0 / z_0 * z_0 = (3/2, -1/2).
+# z_1 = 1/2 - 1/2 - 1/4 = -1/4: contributions (1/2, -1/2), sizes (1/2, 1/2);
+#      each gets -1/4 * 1/2 = -1/8: c_1 = (3/8, -5/8); R = c_1.
+SHARE_ZERO = [[Fr(3, 2), Fr(-1, 2)], [Fr(3, 8), Fr(-5, 8)]]
+# LRP-ε, ε = 1/10: the same c over z + ε sign z: 1 * 10/11 and (-1/4)/(-7/20) = 5/7.
+SHARE_EPS = [[Fr(15, 11), Fr(-5, 11)], [Fr(15, 56), Fr(-25, 56)]]
+# LRP-γ, γ = 1/2: rho(W) = [[3, 3/2], [3/2, 3/4]], rho(b) = (3/2, -1/4).
+# unit 0: contributions (3/2, -3/2), z_rho = 3/2, each gets 3/2 * (3/2)/3 = 3/4:
+#      c = (9/4, -3/4); R = c / (3/2) * 1 = (3/2, -1/2).
+# unit 1: contributions (3/4, -3/4), z_rho = -1/4, each gets -1/4 * 1/2 = -1/8:
+#      c = (5/8, -7/8); R = c / (-1/4) * (-1/4) = (5/8, -7/8).
+SHARE_GAMMA = [[Fr(3, 2), Fr(-1, 2)], [Fr(5, 8), Fr(-7, 8)]]
+# absorbing LRP-0 for comparison: the bias keeps everything (sums are 0 and 0)
+ABSORB_ZERO = [[Fr(1), Fr(-1)], [Fr(1, 2), Fr(-1, 2)]]
+
+
+def one_layer() -> nn.Module:
+    layer = nn.Linear(2, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[2.0, 1.0], [1.0, 0.5]]))
+        layer.bias.copy_(torch.tensor([1.0, -0.25]))
+    return layer
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+@pytest.mark.parametrize("rule, expected, conserves", [
+    (Zero(bias="share"), SHARE_ZERO, True),
+    (Epsilon(0.1, bias="share"), SHARE_EPS, False),
+    (Gamma(0.5, bias="share"), SHARE_GAMMA, True),
+    (Zero(), ABSORB_ZERO, False),
+], ids=["zero", "epsilon", "gamma", "absorb"])
+def test_shared_bias_matches_hand_computation(rule, expected, conserves, mode):
+    ex = Explainer(one_layer(), rules=rule, channel_axis=None, mode=mode, dtype=torch.float64)
+    out = ex.relevance(torch.tensor([[0.5, -1.0]]))
+    np.testing.assert_allclose(out.features[0].numpy(), [1.0, -0.25], rtol=1e-15)
+    expected_f = np.array([[float(v) for v in row] for row in expected])
+    np.testing.assert_allclose(out.relevance[0].numpy(), expected_f, rtol=1e-12, atol=1e-15)
+    if conserves:  # guards typos in the arithmetic above
+        assert [sum(row) for row in expected] == [1, Fr(-1, 4)]
+
+
+# ------------------------------------------------- explicit matrices, layer by layer
+
+
+def _dense(layer: nn.Module, in_shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W, b)`` of a Linear or a conv as a dense map on the flattened input."""
+    n = int(np.prod(in_shape))
+    with torch.no_grad():
+        basis = torch.eye(n, dtype=torch.float64).reshape(n, *in_shape)
+        bias = layer.bias
+        layer.bias = None
+        try:
+            w = layer(basis).reshape(n, -1).T
+        finally:
+            layer.bias = bias
+        b = layer(torch.zeros(1, *in_shape, dtype=torch.float64)).flatten()
+    return w, b
+
+
+def _lrp_by_matrices(model: nn.Sequential, x: torch.Tensor, rule_of: dict) -> np.ndarray:
+    """Per-feature relevance ``(h, d)`` with every rule written out as a matrix."""
+    acts, steps = [x[0].flatten()], []
+    shape = tuple(x.shape[1:])
+    with torch.no_grad():
+        for name, layer in model.named_children():
+            a = acts[-1]
+            if isinstance(layer, (nn.Linear, nn.Conv2d)):
+                w, b = _dense(layer, shape)
+                steps.append((name, w, b, a))
+                a = w @ a + b
+            elif isinstance(layer, nn.ReLU):
+                a = a.clamp(min=0)
+            shape = tuple(layer(torch.zeros(1, *shape, dtype=torch.float64)).shape[1:])
+            acts.append(a)
+    relevance = torch.diag(acts[-1])  # R for feature m starts as phi_m at unit m
+    for name, w, b, a in reversed(steps):
+        rule = rule_of[name]
+        gamma = rule.gamma if isinstance(rule, Gamma) else 0.0
+        w_rho, b_rho = w + gamma * w.clamp(min=0), b + gamma * b.clamp(min=0)
+        contrib = w_rho * a[None, :]  # (out, in)
+        z_rho = contrib.sum(1) + b_rho
+        sign = torch.where(z_rho >= 0, 1.0, -1.0).to(z_rho.dtype)
+        den = z_rho + (rule.epsilon * sign if isinstance(rule, Epsilon) else 0)
+        if rule.bias == "share":
+            size = contrib.abs()
+            contrib = contrib + b_rho[:, None] * size / size.sum(1, keepdim=True)
+        # ReLU between layers passes relevance unchanged; a dead unit has R = 0 anyway
+        relevance = relevance @ (contrib / den[:, None])
+    return relevance.numpy()
+
+
+def _with_biases(model: nn.Module) -> nn.Module:
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                m.bias.normal_(0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+@pytest.mark.parametrize("rule", [Zero(bias="share"), Epsilon(0.05, bias="share"), Gamma(0.25, bias="share")],
+                         ids=["zero", "epsilon", "gamma"])
+def test_mlp_matches_explicit_matrices(relu_mlp, rule, mode):
+    model = _with_biases(relu_mlp(bias=True))
+    x = torch.randn(1, 10, dtype=torch.float64)
+    rules = resolve_rules(rule, model)
+    got = Explainer(model, rules=rule, channel_axis=None, mode=mode, dtype=torch.float64).relevance(x)
+    expected = _lrp_by_matrices(model, x, rules)
+    np.testing.assert_allclose(got.relevance[0].numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+def _cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 3, stride=2, groups=3),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(3 * 3 * 3, 4), nn.ReLU())
+    return _with_biases(model.double().eval())
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_cnn_matches_explicit_matrices(mode):
+    """Dense, strided and depthwise layers, z^B first (it never has a bias share)."""
+    model = _cnn()
+    rules = {"0": ZBox(-2.0, 2.0, bias="share"), "2": Gamma(0.5, bias="share"), "5": Zero(bias="share")}
+    x = torch.rand(1, 2, 7, 7, dtype=torch.float64) * 2 - 1
+    got = Explainer(model, rules=rules, channel_axis=None, mode=mode, dtype=torch.float64).relevance(x)
+    # the oracle handles z^B itself: the bias-free z^B terms of the first layer
+    w, _ = _dense(model[0], (2, 7, 7))
+    low, high = torch.full((98,), -2.0, dtype=torch.float64), torch.full((98,), 2.0, dtype=torch.float64)
+    terms = w * x.flatten()[None] - w.clamp(min=0) * low[None] - w.clamp(max=0) * high[None]
+    upper = nn.Sequential(*list(model)[1:])
+    with torch.no_grad():
+        a1 = model[0](x)
+    rel_a1 = _lrp_by_matrices(upper, a1, {"1": rules["2"], "4": rules["5"]})
+    expected = rel_a1 @ (terms / terms.sum(1, keepdim=True)).numpy()
+    np.testing.assert_allclose(got.relevance[0].reshape(4, -1).numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", ["linear", "cosine"])
+def test_sharing_conserves_where_absorbing_does_not(relu_cnn, images, kernel):
+    # every unit sees at least one non-zero input here; a unit whose inputs are all zero
+    # (frequent in depthwise convs) has nothing to share its bias with
+    model = _with_biases(relu_cnn(bias=True))
+    x, x2 = images(2)
+    shared = bilrp(model, x, x2, kernel=kernel, rules=Gamma(0.25, bias="share"), pooling=None)
+    absorbed = bilrp(model, x, x2, kernel=kernel, rules=Gamma(0.25), pooling=None)
+    assert shared.similarity == pytest.approx(absorbed.similarity, rel=1e-12)
+    assert abs(shared.conservation_error) < 1e-9 * abs(shared.similarity)
+    assert abs(absorbed.conservation_error) > 0.05 * abs(absorbed.similarity)
+
+
+# ---------------------------------------------------------------------- LayerNorm
+
+
+def _layer_norm(n: int) -> DetachedLayerNorm:
+    torch.manual_seed(5)
+    ln = nn.LayerNorm(n).double()
+    with torch.no_grad():
+        ln.weight.normal_(1.0, 0.5)
+        ln.weight[0] = 0.0  # a unit without contributions: its bias has nothing to share
+        ln.bias.normal_(0.0, 1.0)
+    return DetachedLayerNorm(ln)
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_layer_norm_share_matches_its_contribution_matrix(mode):
+    n = 6
+    ln = _layer_norm(n)
+    x = torch.randn(1, 3, n, dtype=torch.float64)  # 3 tokens
+    got = Explainer(ln, rules=Zero(bias="share"), channel_axis=None, mode=mode,
+                    dtype=torch.float64).relevance(x)
+    expected = np.zeros((3 * n, 3 * n))
+    with torch.no_grad():
+        y = ln(x)[0]
+        for t in range(3):
+            xt = x[0, t]
+            s = ln.weight * ln.inverse_std(xt[None])[0]
+            contrib = s[:, None] * (torch.eye(n, dtype=torch.float64) - 1 / n) * xt[None, :]
+            size = contrib.abs()
+            total = size.sum(1, keepdim=True)
+            shared = contrib + ln.bias[:, None] * torch.where(total > 0, size / total, 0.0)
+            rows = slice(t * n, (t + 1) * n)
+            # R for feature (t, k) starts as y_tk, so R_j = shared_kj / y_tk * y_tk
+            expected[rows, rows] = shared.numpy()
+    np.testing.assert_allclose(got.relevance[0].numpy(), expected, rtol=1e-10, atol=1e-12)
+    # every unit but the weightless one passes on all of y_k
+    sums = got.relevance[0].numpy().sum(1).reshape(3, n)
+    np.testing.assert_allclose(sums[:, 1:], y[:, 1:].numpy(), rtol=1e-10)
+    np.testing.assert_allclose(sums[:, 0], 0.0, atol=1e-12)
+
+
+def test_layer_norm_takes_rules_like_a_linear_layer():
+    model = nn.Sequential(nn.Linear(4, 4), DetachedLayerNorm(nn.LayerNorm(4)))
+    assert resolve_rules(Zero(bias="share"), model) == {"0": Zero(bias="share"), "1": Zero(bias="share")}
+    # a mapping by type leaves the LayerNorm at the default LRP-0, which absorbs
+    assert resolve_rules({nn.Linear: Epsilon(0.1)}, model)["1"] == Zero()
+
+
+def test_bias_mode_is_validated():
+    with pytest.raises(ValueError, match="bias must be 'absorb' or 'share'"):
+        Zero(bias="distribute")
+    with pytest.raises(ValueError, match="bias must be"):
+        Gamma(0.5, bias=None)

@@ -94,8 +94,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _print_conservation(expl: Any) -> None:
     print(f"conservation error: {expl.conservation_error:.3g} (similarity minus the sum of the relevance)")
     if abs(expl.conservation_error) > 0.05 * max(abs(expl.similarity), 1e-12):
-        # not a bug: LRP gives part of each layer's output to its biases (folded BatchNorm,
-        # LayerNorm shifts); only bias-free networks with conserving rules sum exactly
+        # not a bug: LRP-rules with bias="absorb" give part of each layer's output to its
+        # biases (folded BatchNorm); only conserving rules on bias-free layers sum exactly
         print("  (the difference goes to the network's biases; the pairs below explain the rest)")
 
 

@@ -9,8 +9,9 @@ rules of DESIGN.md §3 built in:
   relevance flows through the values only, ``context = P.detach() @ V``
   (:class:`ValueMixing`);
 * LayerNorm divides by a detached standard deviation, ``(x - mean(x)) / std.detach()
-  * g + b``, which is linear in ``x`` (:class:`DetachedLayerNorm`); the shift ``b``
-  absorbs relevance;
+  * g + b``, which is linear in ``x`` (:class:`DetachedLayerNorm`); it takes a Rule
+  like the Linear layers, whose ``bias`` mode decides whether the shift ``b`` absorbs
+  relevance or shares it out;
 * GELU uses the ratio rule ``gelu(z) / z`` (:class:`RatioActivation`);
 * residual additions split relevance in proportion to the summands, and the
   attention-mask-weighted mean over tokens is linear (the mask is context).
@@ -34,7 +35,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..operators import RatioOperator, RelevanceOperator, materialize, per_sample, register_operator
+from ..operators import (RatioOperator, RelevanceOperator, materialize, per_sample, register_operator,
+                         safe_divide)
+from ..rules import Rule, Zero
 
 __all__ = [
     "BertEmbedder",
@@ -70,7 +73,8 @@ class DetachedLayerNorm(nn.Module):
 
     ``y = (x - mean(x)) / std(x).detach() * weight + bias``: the same values as
     ``nn.LayerNorm``, but linear in ``x`` for autograd and for relevance (centering is
-    linear, the scale is a constant of the forward pass; ``bias`` absorbs relevance).
+    linear, the scale is a constant of the forward pass). Rules are assigned to it like
+    to a Linear layer; their ``bias`` mode decides what happens to ``bias``'s share.
 
     Parameters
     ----------
@@ -104,20 +108,49 @@ class DetachedLayerNorm(nn.Module):
 
 
 class _LayerNormOperator(RelevanceOperator):
-    """Flow: centre over the last axis, then scale by ``weight / std`` (bias absorbs)."""
+    """Flow: centre over the last axis, then scale by ``weight / std``.
 
-    def __init__(self, module: DetachedLayerNorm) -> None:
+    The layer is ``y_k = sum_j s_k (delta_jk - 1/n) x_j + b_k`` with ``s = weight / std``.
+    Its rule contributes the stabiliser and the bias mode (γ and z^B have no meaning
+    here): with ``bias="absorb"`` ``b`` keeps its share; with ``"share"`` it follows
+    the contribution sizes ``|s_k| |delta_jk - 1/n| |x_j|``. Since
+    ``|delta_jk - 1/n| = 1/n + (1 - 2/n) delta_jk``, that share costs O(n), not O(n²):
+    ``b_k / S_k ((1 - 2/n) w_k + mean(w))`` with ``w = sign(x) ⊙ u`` and
+    ``S_k = (1 - 2/n) |x_k| + mean(|x|)``.
+    """
+
+    def __init__(self, module: DetachedLayerNorm, rule: Rule) -> None:
         self.module = module
+        self.rule = rule
+        self.shares_bias = rule.bias == "share" and module.bias is not None
 
-    def record(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def record(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict]:
         (x,) = args
-        return self.module(x), self.module.inverse_std(x)
+        y = self.module(x)
+        state = {"inv_std": self.module.inverse_std(x), "scale": None, "share": None}
+        den = self.rule.stabilize(y)
+        if den is not y:
+            state["scale"] = safe_divide(y, den)
+        if self.shares_bias:
+            n = x.shape[-1]
+            size = (1 - 2 / n) * x.abs() + x.abs().mean(-1, keepdim=True)
+            bias = self.module.bias.detach()
+            if self.module.weight is not None:  # units with weight 0 have no contributions
+                bias = bias * (self.module.weight.detach() != 0)
+            state["sign"], state["share"] = torch.sign(x), safe_divide(bias.expand_as(size), size)
+        return y, state
 
-    def push(self, inv_std: torch.Tensor, flows: list, args: tuple, kwargs: dict) -> torch.Tensor:
+    def push(self, state: dict, flows: list, args: tuple, kwargs: dict) -> torch.Tensor:
         flow = materialize(flows[0])
-        flow = per_sample(flow - flow.mean(-1, keepdim=True), inv_std)
+        out = per_sample(flow - flow.mean(-1, keepdim=True), state["inv_std"])
         weight = self.module.weight
-        return flow if weight is None else flow * weight.detach()
+        if weight is not None:
+            out = out * weight.detach()
+        if state["share"] is not None:
+            sized = per_sample(flow, state["sign"])
+            n = flow.shape[-1]
+            out = out + per_sample((1 - 2 / n) * sized + sized.mean(-1, keepdim=True), state["share"])
+        return out if state["scale"] is None else per_sample(out, state["scale"])
 
 
 class RatioActivation(nn.Module):
@@ -191,7 +224,8 @@ class _ValueMixingOperator(RelevanceOperator):
         return self.module.mix(probs, materialize(flows[1]))
 
 
-register_operator(DetachedLayerNorm, lambda module, rule: _LayerNormOperator(module))
+register_operator(DetachedLayerNorm, lambda module, rule: _LayerNormOperator(module, rule or Zero()),
+                  takes_rule=True)
 register_operator(ValueMixing, lambda module, rule: _ValueMixingOperator(module))
 register_operator(RatioActivation, lambda module, rule: RatioOperator(module))
 
@@ -315,9 +349,10 @@ class BertEmbedder(nn.Module):
 
     Notes
     -----
-    Rules apply to the ``nn.Linear`` layers by module name, e.g.
-    ``{"layers.*.output": Epsilon(1e-2)}``; the query and key projections see detached
-    inputs and carry no relevance.
+    Rules apply to the ``nn.Linear`` and :class:`DetachedLayerNorm` layers, by type or
+    by module name, e.g. ``{"layers.*.output": Epsilon(1e-2)}``; the query and key
+    projections see detached inputs and carry no relevance. ``Zero(bias="share")``
+    makes the relevance sum to the embedding (see :class:`skbilrp.rules.Rule`).
 
     Examples
     --------

@@ -1,4 +1,4 @@
-"""``Rule(bias="share")``: the biases' part of the relevance is passed on to the inputs.
+"""``Rule(bias="share" | "flat")``: the biases' part of the relevance is passed on.
 
 Oracles, none of which use skbilrp's relevance code:
 
@@ -22,6 +22,7 @@ from torch import nn
 
 from skbilrp import Epsilon, Explainer, Gamma, Zero, ZBox, bilrp
 from skbilrp.models.bert import DetachedLayerNorm
+from skbilrp.operators import InputCells
 from skbilrp.rules import resolve_rules
 
 # ------------------------------------------------------------------ by hand
@@ -41,6 +42,18 @@ SHARE_EPS = [[Fr(15, 11), Fr(-5, 11)], [Fr(15, 56), Fr(-25, 56)]]
 SHARE_GAMMA = [[Fr(3, 2), Fr(-1, 2)], [Fr(5, 8), Fr(-7, 8)]]
 # absorbing LRP-0 for comparison: the bias keeps everything (sums are 0 and 0)
 ABSORB_ZERO = [[Fr(1), Fr(-1)], [Fr(1, 2), Fr(-1, 2)]]
+
+
+# bias="flat" spreads b_k evenly over the input (a unit of a 1-d layer has no grid);
+# with x = (1, -1/2) it differs from "share":
+# z_0 = 2 - 1/2 + 1 = 5/2, contributions (2, -1/2), sizes (2, 1/2)
+#      flat:  c_0 = (2 + 1/2, -1/2 + 1/2)        = (5/2, 0)
+#      share: c_0 = (2 + 4/5, -1/2 + 1/5)        = (14/5, -3/10)
+# z_1 = 1 - 1/4 - 1/4 = 1/2, contributions (1, -1/4), sizes (1, 1/4)
+#      flat:  c_1 = (1 - 1/8, -1/4 - 1/8)        = (7/8, -3/8)
+#      share: c_1 = (1 - 1/5, -1/4 - 1/20)       = (4/5, -3/10)
+FLAT_ZERO = [[Fr(5, 2), Fr(0)], [Fr(7, 8), Fr(-3, 8)]]
+SHARE_ZERO_2 = [[Fr(14, 5), Fr(-3, 10)], [Fr(4, 5), Fr(-3, 10)]]
 
 
 def one_layer() -> nn.Module:
@@ -68,6 +81,16 @@ def test_shared_bias_matches_hand_computation(rule, expected, conserves, mode):
         assert [sum(row) for row in expected] == [1, Fr(-1, 4)]
 
 
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+@pytest.mark.parametrize("bias, expected", [("flat", FLAT_ZERO), ("share", SHARE_ZERO_2)])
+def test_flat_and_share_differ_as_computed_by_hand(bias, expected, mode):
+    ex = Explainer(one_layer(), rules=Zero(bias=bias), channel_axis=None, mode=mode, dtype=torch.float64)
+    out = ex.relevance(torch.tensor([[1.0, -0.5]]))
+    expected_f = np.array([[float(v) for v in row] for row in expected])
+    np.testing.assert_allclose(out.relevance[0].numpy(), expected_f, rtol=1e-12, atol=1e-15)
+    assert [sum(row) for row in expected] == [Fr(5, 2), Fr(1, 2)]
+
+
 # ------------------------------------------------- explicit matrices, layer by layer
 
 
@@ -86,23 +109,50 @@ def _dense(layer: nn.Module, in_shape: tuple) -> tuple[torch.Tensor, torch.Tenso
     return w, b
 
 
-def _lrp_by_matrices(model: nn.Sequential, x: torch.Tensor, rule_of: dict) -> np.ndarray:
-    """Per-feature relevance ``(h, d)`` with every rule written out as a matrix."""
+def _cells(out_shape: tuple, in_shape: tuple) -> torch.Tensor:
+    """``(units, inputs)``: each unit's share of every model input under ``bias="flat"``.
+
+    A unit on a grid covers the input rows and columns that adaptive average pooling
+    maps onto its position (all channels); a unit without a grid covers everything.
+    """
+    n_in = int(np.prod(in_shape))
+    if len(out_shape) == 1:
+        return torch.full((out_shape[0], n_in), 1.0 / n_in, dtype=torch.float64)
+    c, h, w = in_shape
+    cells = torch.zeros(*out_shape, *in_shape, dtype=torch.float64)
+    for i in range(out_shape[1]):
+        r0, r1 = (i * h) // out_shape[1], -((-(i + 1) * h) // out_shape[1])
+        for j in range(out_shape[2]):
+            c0, c1 = (j * w) // out_shape[2], -((-(j + 1) * w) // out_shape[2])
+            cells[:, i, j, :, r0:r1, c0:c1] = 1.0 / (c * (r1 - r0) * (c1 - c0))
+    return cells.reshape(-1, n_in)
+
+
+def _lrp_by_matrices(model: nn.Sequential, x: torch.Tensor, rule_of: dict,
+                     model_input: "tuple | None" = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature relevance ``(h, d)`` with every rule written out as a matrix.
+
+    Returns the relevance of ``x`` and, separately, what ``bias="flat"`` layers gave
+    straight to the model input (of shape ``model_input``, default ``x``'s).
+    """
     acts, steps = [x[0].flatten()], []
     shape = tuple(x.shape[1:])
+    model_input = model_input or shape
     with torch.no_grad():
         for name, layer in model.named_children():
             a = acts[-1]
+            out_shape = tuple(layer(torch.zeros(1, *shape, dtype=torch.float64)).shape[1:])
             if isinstance(layer, (nn.Linear, nn.Conv2d)):
                 w, b = _dense(layer, shape)
-                steps.append((name, w, b, a))
+                steps.append((name, w, b, a, _cells(out_shape, model_input)))
                 a = w @ a + b
             elif isinstance(layer, nn.ReLU):
                 a = a.clamp(min=0)
-            shape = tuple(layer(torch.zeros(1, *shape, dtype=torch.float64)).shape[1:])
+            shape = out_shape
             acts.append(a)
     relevance = torch.diag(acts[-1])  # R for feature m starts as phi_m at unit m
-    for name, w, b, a in reversed(steps):
+    direct = torch.zeros(len(relevance), int(np.prod(model_input)), dtype=torch.float64)
+    for name, w, b, a, cells in reversed(steps):
         rule = rule_of[name]
         gamma = rule.gamma if isinstance(rule, Gamma) else 0.0
         w_rho, b_rho = w + gamma * w.clamp(min=0), b + gamma * b.clamp(min=0)
@@ -113,9 +163,11 @@ def _lrp_by_matrices(model: nn.Sequential, x: torch.Tensor, rule_of: dict) -> np
         if rule.bias == "share":
             size = contrib.abs()
             contrib = contrib + b_rho[:, None] * size / size.sum(1, keepdim=True)
+        elif rule.bias == "flat":
+            direct += (relevance * (b_rho / den)[None, :]) @ cells
         # ReLU between layers passes relevance unchanged; a dead unit has R = 0 anyway
         relevance = relevance @ (contrib / den[:, None])
-    return relevance.numpy()
+    return relevance.numpy(), direct.numpy()
 
 
 def _with_biases(model: nn.Module) -> nn.Module:
@@ -128,15 +180,17 @@ def _with_biases(model: nn.Module) -> nn.Module:
 
 
 @pytest.mark.parametrize("mode", ["forward", "reverse"])
-@pytest.mark.parametrize("rule", [Zero(bias="share"), Epsilon(0.05, bias="share"), Gamma(0.25, bias="share")],
-                         ids=["zero", "epsilon", "gamma"])
+@pytest.mark.parametrize("rule", [
+    Zero(bias="share"), Epsilon(0.05, bias="share"), Gamma(0.25, bias="share"),
+    Zero(bias="flat"), Epsilon(0.05, bias="flat"), Gamma(0.25, bias="flat"), Gamma(0.25),
+], ids=repr)
 def test_mlp_matches_explicit_matrices(relu_mlp, rule, mode):
     model = _with_biases(relu_mlp(bias=True))
     x = torch.randn(1, 10, dtype=torch.float64)
     rules = resolve_rules(rule, model)
     got = Explainer(model, rules=rule, channel_axis=None, mode=mode, dtype=torch.float64).relevance(x)
-    expected = _lrp_by_matrices(model, x, rules)
-    np.testing.assert_allclose(got.relevance[0].numpy(), expected, rtol=1e-9, atol=1e-12)
+    relevance, direct = _lrp_by_matrices(model, x, rules)
+    np.testing.assert_allclose(got.relevance[0].numpy(), relevance + direct, rtol=1e-9, atol=1e-12)
 
 
 def _cnn() -> nn.Sequential:
@@ -147,10 +201,11 @@ def _cnn() -> nn.Sequential:
 
 
 @pytest.mark.parametrize("mode", ["forward", "reverse"])
-def test_cnn_matches_explicit_matrices(mode):
+@pytest.mark.parametrize("bias", ["share", "flat"])
+def test_cnn_matches_explicit_matrices(mode, bias):
     """Dense, strided and depthwise layers, z^B first (it never has a bias share)."""
     model = _cnn()
-    rules = {"0": ZBox(-2.0, 2.0, bias="share"), "2": Gamma(0.5, bias="share"), "5": Zero(bias="share")}
+    rules = {"0": ZBox(-2.0, 2.0, bias=bias), "2": Gamma(0.5, bias=bias), "5": Zero(bias=bias)}
     x = torch.rand(1, 2, 7, 7, dtype=torch.float64) * 2 - 1
     got = Explainer(model, rules=rules, channel_axis=None, mode=mode, dtype=torch.float64).relevance(x)
     # the oracle handles z^B itself: the bias-free z^B terms of the first layer
@@ -160,8 +215,8 @@ def test_cnn_matches_explicit_matrices(mode):
     upper = nn.Sequential(*list(model)[1:])
     with torch.no_grad():
         a1 = model[0](x)
-    rel_a1 = _lrp_by_matrices(upper, a1, {"1": rules["2"], "4": rules["5"]})
-    expected = rel_a1 @ (terms / terms.sum(1, keepdim=True)).numpy()
+    rel_a1, direct = _lrp_by_matrices(upper, a1, {"1": rules["2"], "4": rules["5"]}, model_input=(2, 7, 7))
+    expected = rel_a1 @ (terms / terms.sum(1, keepdim=True)).numpy() + direct
     np.testing.assert_allclose(got.relevance[0].reshape(4, -1).numpy(), expected, rtol=1e-9, atol=1e-12)
 
 
@@ -176,6 +231,39 @@ def test_sharing_conserves_where_absorbing_does_not(relu_cnn, images, kernel):
     assert shared.similarity == pytest.approx(absorbed.similarity, rel=1e-12)
     assert abs(shared.conservation_error) < 1e-9 * abs(shared.similarity)
     assert abs(absorbed.conservation_error) > 0.05 * abs(absorbed.similarity)
+
+
+def test_flat_conserves_where_units_see_only_zeros():
+    """The depthwise conv of this CNN has units whose inputs are all zero: they output
+    their bias alone, which "share" cannot pass on and "flat" can."""
+    model = _cnn()
+    with torch.no_grad():  # channel 0 is dead everywhere; its depthwise unit lives on its bias
+        model[0].bias[0] = -100.0
+        model[2].bias[0] = 1.0
+    x, x2 = torch.rand(2, 2, 7, 7, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        a = model[1](model[0](x[None]))
+        seen = nn.functional.conv2d((a != 0).double(), torch.ones(3, 1, 3, 3, dtype=torch.float64),
+                                    stride=2, groups=3)
+    assert (seen == 0).any()  # the case this test is about
+    rules = {"0": ZBox(-1.0, 1.0), "2": Gamma(0.5, bias="flat"), "5": Zero(bias="flat")}
+    flat = bilrp(model, x, x2, kernel="cosine", rules=rules, pooling=None)
+    assert abs(flat.conservation_error) < 1e-9 * abs(flat.similarity)
+    shared = bilrp(model, x, x2, kernel="cosine", rules={**rules, "2": Gamma(0.5, bias="share")}, pooling=None)
+    assert abs(shared.conservation_error) > 1e-3 * abs(shared.similarity)
+
+
+@pytest.mark.parametrize("grid", [(7, 7), (3, 3), (2, 5), (1, 1)])
+def test_cells_of_a_partition_sum_to_one(grid):
+    """Over probes that partition the input, every unit's coverage sums to one."""
+    probes = torch.eye(3 * 7 * 7, dtype=torch.float64).reshape(-1, 3, 7, 7)
+    cov = InputCells(probes).coverage(torch.zeros(len(probes), 4, *grid, dtype=torch.float64), True)
+    assert cov.shape == (len(probes), 1, *grid)
+    torch.testing.assert_close(cov.sum(0), torch.ones(1, *grid, dtype=torch.float64))
+    tokens = torch.eye(5 * 4, dtype=torch.float64).reshape(-1, 5, 4)  # (T, D), channels last
+    cov = InputCells(tokens).coverage(torch.zeros(len(tokens), 5, 8, dtype=torch.float64), False)
+    torch.testing.assert_close(cov.sum(0), torch.ones(5, 1, dtype=torch.float64))
+    assert cov[0, 0, 0] == 0.25 and cov[0, 1, 0] == 0  # token 0's first dimension
 
 
 # ---------------------------------------------------------------------- LayerNorm
@@ -226,7 +314,7 @@ def test_layer_norm_takes_rules_like_a_linear_layer():
 
 
 def test_bias_mode_is_validated():
-    with pytest.raises(ValueError, match="bias must be 'absorb' or 'share'"):
+    with pytest.raises(ValueError, match="bias must be one of"):
         Zero(bias="distribute")
     with pytest.raises(ValueError, match="bias must be"):
         Gamma(0.5, bias=None)

@@ -305,7 +305,8 @@ def test_mobilenet_rules_give_bounded_contributions():
 def test_mobilenet_rules_cover_the_classifier():
     rules = mobilenet_v2_rules(mobilenet_v2(pretrained=False, normalize=False, features_only=False))
     assert rules["features.0.0"] == ZBox(0.0, 1.0)
-    assert rules["classifier.1"] == Epsilon(1e-6)
+    assert rules["classifier.1"] == Epsilon(1e-6, bias="flat")
+    assert mobilenet_v2_rules(mobilenet_v2(pretrained=False), bias="absorb")["features.1.conv.0.0"] == Gamma(0.25)
 
 
 # ---------------------------------------------------------------- digits CNN

@@ -17,6 +17,7 @@ from torch import fx, nn
 
 from .canonize import UnsupportedModelError, canonize
 from .operators import (
+    InputCells,
     InputFlow,
     RelevanceOperator,
     WeightedOperator,
@@ -249,6 +250,7 @@ class Recording:
         """
         net = self.network
         flows: dict[fx.Node, Any] = {}
+        cells = InputCells(probe)
         for i, node in enumerate(net.nodes):
             if node is net.input_node:
                 flows[node] = InputFlow(self.x, probe)
@@ -266,7 +268,9 @@ class Recording:
                     flow_args = [_flow_of(a, flows) for a in node.args]
                     args = fx.node.map_arg(node.args, lambda n: self.constants.get(n))
                     kwargs = fx.node.map_arg(node.kwargs, lambda n: self.constants.get(n))
-                    flows[node] = net.ops[node].push(self.states[node], list(flow_args), args, kwargs)
+                    op = net.ops[node]
+                    extra = {"cells": cells} if op.uses_cells else {}
+                    flows[node] = op.push(self.states[node], list(flow_args), args, kwargs, **extra)
             for arg in node.all_input_nodes:
                 if net.last_use[arg] == i:
                     flows.pop(arg, None)

@@ -35,6 +35,7 @@ from .rules import Rule, ZBox, Zero, add_rule_target
 __all__ = [
     "RelevanceOperator",
     "InputFlow",
+    "InputCells",
     "register_operator",
     "operator_for_module",
     "operator_for_function",
@@ -78,6 +79,42 @@ def materialize(flow: Any) -> Any:
     return flow.materialize() if isinstance(flow, InputFlow) else flow
 
 
+class InputCells:
+    """Where the units of a layer sit on the model input, for ``Rule(bias="flat")``.
+
+    :meth:`coverage` gives, per probe and unit, the fraction of the input region under
+    the unit that the probe covers: the probe averaged over the input's channels and
+    pooled (adaptive average) onto the layer's grid. The input is taken to be laid
+    out like the layer's output (channels first for convolutions, last for Linear
+    layers). Units without a grid (e.g. after global pooling), or on a grid of
+    another rank than the input's, cover the whole input. Over probes that partition
+    the input the coverage sums to one, so a flat bias share conserves.
+    """
+
+    def __init__(self, probe: torch.Tensor) -> None:
+        self.probe = probe
+        self._pooled: dict[tuple, torch.Tensor] = {}  # one pooling per grid and layout
+
+    def coverage(self, like: torch.Tensor, channels_first: bool) -> torch.Tensor:
+        """Coverage broadcastable to ``like`` ``(K*N, ...)``, a layer's output flow."""
+        grid = tuple(like.shape[2:]) if channels_first else tuple(like.shape[1:-1])
+        key = (grid, channels_first)
+        if key not in self._pooled:
+            self._pooled[key] = self._pool(grid, channels_first)
+        cov = self._pooled[key]
+        return cov.unsqueeze(1) if channels_first else cov.unsqueeze(-1)
+
+    def _pool(self, grid: tuple, channels_first: bool) -> torch.Tensor:
+        p = self.probe
+        if not 1 <= len(grid) <= 3 or p.dim() != len(grid) + 2:
+            return p.flatten(1).mean(1).reshape((-1,) + (1,) * len(grid))
+        p = p.mean(1 if channels_first else -1, keepdim=True)
+        if not channels_first:
+            p = p.movedim(-1, 1)
+        pool = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[len(grid) - 1]
+        return pool(p, grid)[:, 0]
+
+
 class RelevanceOperator:
     """Base class: the linear relevance map of one graph node.
 
@@ -89,6 +126,8 @@ class RelevanceOperator:
 
     #: operators whose push is ``flow * state`` elementwise (fusable into a producer)
     elementwise_scale = False
+    #: operators whose push also takes ``cells=``, the :class:`InputCells` of the probe
+    uses_cells = False
 
     def record(self, args: tuple, kwargs: dict) -> tuple[Any, Any]:
         raise NotImplementedError
@@ -149,7 +188,9 @@ class WeightedOperator(RelevanceOperator):
     Flow: ``u_out = (z / z^rho) ⊙ rho(W) u_in`` (no bias: biases absorb relevance).
     With ``rule.bias == "share"`` the bias's part follows the sizes of the
     contributions: ``+ (z / z^rho) ⊙ rho(b) / (|rho(W)| |x|) ⊙ |rho(W)| (sign(x) ⊙ u_in)``;
-    summed over probes that adds ``rho(b)``, so the layer conserves.
+    with ``"flat"`` it follows the input region under each unit:
+    ``+ (z / z^rho) ⊙ rho(b) ⊙ coverage``. Summed over probes either adds ``rho(b)``,
+    so the layer conserves.
     For z^B: ``u_out = (z / z^B) ⊙ (W (x ⊙ v) - W⁺ (low ⊙ v) - W⁻ (high ⊙ v))``.
     """
 
@@ -164,9 +205,15 @@ class WeightedOperator(RelevanceOperator):
         bias = None if module.bias is None else module.bias.detach()
         self.weight_rho = rule.modify(weight)
         self.bias_rho = None if bias is None else rule.modify(bias)
-        self.shares_bias = rule.bias == "share" and bias is not None and not isinstance(rule, ZBox)
+        keeps_bias = bias is None or isinstance(rule, ZBox)  # z^B has no bias term
+        self.shares_bias = rule.bias == "share" and not keeps_bias
         if self.shares_bias:
             self.weight_abs = self.weight_rho.abs()
+        self.uses_cells = rule.bias == "flat" and not keeps_bias
+        self.channels_first = not isinstance(module, nn.Linear)
+        if self.uses_cells:
+            self.bias_grid = self.bias_rho if isinstance(module, nn.Linear) else \
+                self.bias_rho.reshape((-1,) + (1,) * (weight.dim() - 2))
         if isinstance(rule, ZBox):
             self.weight_pos = weight.clamp(min=0)
             self.weight_neg = weight.clamp(max=0)
@@ -201,12 +248,13 @@ class WeightedOperator(RelevanceOperator):
         if self.shares_bias:
             size = self._apply(x.abs(), self.weight_abs, None)
             bias = self.bias_rho
-            if not isinstance(self.module, nn.Linear):  # channels first
+            if self.channels_first:
                 bias = bias.reshape((-1,) + (1,) * (z.dim() - 2))
             state.sign, state.share = torch.sign(x), safe_divide(bias.expand_as(size), size)
         return z, state
 
-    def push(self, state: _WeightedState, flows: list, args: tuple, kwargs: dict) -> torch.Tensor:
+    def push(self, state: _WeightedState, flows: list, args: tuple, kwargs: dict,
+             cells: Optional[InputCells] = None) -> torch.Tensor:
         flow = flows[0]
         if isinstance(self.rule, ZBox):
             if not isinstance(flow, InputFlow):
@@ -231,7 +279,12 @@ class WeightedOperator(RelevanceOperator):
             if state.share is not None:
                 sized = self._apply(per_sample(flow, state.sign), self.weight_abs, None)
                 out = out + per_sample(sized, state.share)
-        return out if state.scale is None else per_sample(out, state.scale)
+            elif self.uses_cells:  # in place: a fresh tensor, and memory-bound on CPU
+                out.addcmul_(self.bias_grid, cells.coverage(out, self.channels_first))
+        if state.scale is not None:
+            n = state.scale.shape[0]
+            out.view(-1, n, *out.shape[1:]).mul_(state.scale)
+        return out
 
 
 # ------------------------------------------------------------------------- elementwise

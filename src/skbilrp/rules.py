@@ -29,7 +29,8 @@ __all__ = [
 ]
 
 
-BiasMode = Literal["absorb", "share"]
+BiasMode = Literal["absorb", "share", "flat"]
+BIAS_MODES = ("absorb", "share", "flat")
 
 
 @dataclass(frozen=True)
@@ -41,31 +42,43 @@ class Rule:
 
     Parameters
     ----------
-    bias : {"absorb", "share"}, default="absorb", keyword-only
+    bias : {"absorb", "share", "flat"}, default="absorb", keyword-only
         What happens to the bias's part ``rho(b_k) / z_k^rho R_k`` of a unit's
-        relevance. ``"absorb"`` is textbook LRP: the bias keeps it, and it shows up
-        in ``conservation_error``. ``"share"`` passes it on to the inputs in proportion
-        to the size of their contributions, ``|a_j rho(w_jk)| / sum_j |a_j rho(w_jk)|``,
-        so the layer conserves relevance. Sharing by size rather than by signed
-        contribution keeps the denominators those of the rule: a bias-free denominator
-        ``z_k - b_k`` can be near zero where ``z_k`` is not. It costs a second pass
-        through the layer with ``|rho(W)|`` per probe.
+        relevance.
+
+        - ``"absorb"``: textbook LRP. The bias keeps it, and it shows up in
+          ``conservation_error``.
+        - ``"share"``: it is passed on to the layer's inputs in proportion to the size
+          of their contributions, ``|a_j rho(w_jk)| / sum_j |a_j rho(w_jk)|``. Sizes
+          rather than signed contributions keep the rule's own denominators (a
+          bias-free ``z_k - b_k`` can be near zero where ``z_k`` is not). Costs a
+          second pass through the layer with ``|rho(W)|`` per probe.
+        - ``"flat"``: it goes straight to the model input, spread evenly over the
+          region under the unit: the input positions that the layer's grid maps onto
+          the unit's position (all of the input for units without position, such as
+          those after global pooling). Costs one average pooling of the probe per
+          layer grid.
+
+        With ``"share"`` or ``"flat"`` the layer conserves relevance.
 
     Notes
     -----
-    Sharing is stable on transformer encoders (all-MiniLM-L6-v2: the relevance sums
-    to the cosine to 1e-6, token ranking unchanged), but it hands relevance to units
-    that explain little of their output; deep convolutional stacks of LRP-0/ε layers
-    then amplify it without bound (MobileNetV2 with ImageNet weights: relevance of
-    order 1e23). A unit whose inputs are all zero (common in depthwise convs after
-    ReLU6) has nothing to share its bias with under either mode.
+    ``"share"`` is stable on transformer encoders (all-MiniLM-L6-v2: the relevance
+    sums to the cosine to 1e-7, token ranking unchanged), but it hands relevance to
+    inputs that explain little of a unit's output; deep convolutional stacks of
+    LRP-0/ε layers then amplify it without bound (MobileNetV2 with ImageNet weights:
+    relevance of order 1e23), and a unit whose inputs are all zero (common in
+    depthwise convs after ReLU6) has nothing to share with. ``"flat"`` adds a bounded
+    term per unit, so it is stable on any network and covers such units too; its
+    share of the explanation does not depend on the input's content, only on where
+    the unit sits.
     """
 
     bias: BiasMode = field(default="absorb", kw_only=True)
 
     def __post_init__(self) -> None:
-        if self.bias not in ("absorb", "share"):
-            raise ValueError(f"bias must be 'absorb' or 'share', got {self.bias!r}.")
+        if self.bias not in BIAS_MODES:
+            raise ValueError(f"bias must be one of {BIAS_MODES}, got {self.bias!r}.")
 
     def modify(self, param: torch.Tensor) -> torch.Tensor:
         """Return ``rho(param)``; the identity for LRP-0."""
@@ -160,7 +173,7 @@ class ZBox(Rule):
     ----------
     low, high : float or torch.Tensor
         Lower and upper bound of the layer input.
-    bias : {"absorb", "share"}, keyword-only
+    bias : {"absorb", "share", "flat"}, keyword-only
         Has no effect: z^B leaves the bias out and always passes on all relevance.
     """
 

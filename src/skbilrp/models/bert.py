@@ -35,8 +35,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..operators import (RatioOperator, RelevanceOperator, materialize, per_sample, register_operator,
-                         safe_divide)
+from ..operators import (InputCells, RatioOperator, RelevanceOperator, materialize, per_sample,
+                         register_operator, safe_divide)
 from ..rules import Rule, Zero
 
 __all__ = [
@@ -112,17 +112,18 @@ class _LayerNormOperator(RelevanceOperator):
 
     The layer is ``y_k = sum_j s_k (delta_jk - 1/n) x_j + b_k`` with ``s = weight / std``.
     Its rule contributes the stabiliser and the bias mode (γ and z^B have no meaning
-    here): with ``bias="absorb"`` ``b`` keeps its share; with ``"share"`` it follows
-    the contribution sizes ``|s_k| |delta_jk - 1/n| |x_j|``. Since
-    ``|delta_jk - 1/n| = 1/n + (1 - 2/n) delta_jk``, that share costs O(n), not O(n²):
-    ``b_k / S_k ((1 - 2/n) w_k + mean(w))`` with ``w = sign(x) ⊙ u`` and
-    ``S_k = (1 - 2/n) |x_k| + mean(|x|)``.
+    here): with ``bias="absorb"`` ``b`` keeps its share; with ``"flat"`` it goes to
+    the token's input; with ``"share"`` it follows the contribution sizes
+    ``|s_k| |delta_jk - 1/n| |x_j|``. Since ``|delta_jk - 1/n| = 1/n + (1 - 2/n) delta_jk``,
+    that share costs O(n), not O(n²): ``b_k / S_k ((1 - 2/n) w_k + mean(w))`` with
+    ``w = sign(x) ⊙ u`` and ``S_k = (1 - 2/n) |x_k| + mean(|x|)``.
     """
 
     def __init__(self, module: DetachedLayerNorm, rule: Rule) -> None:
         self.module = module
         self.rule = rule
         self.shares_bias = rule.bias == "share" and module.bias is not None
+        self.uses_cells = rule.bias == "flat" and module.bias is not None
 
     def record(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict]:
         (x,) = args
@@ -140,7 +141,8 @@ class _LayerNormOperator(RelevanceOperator):
             state["sign"], state["share"] = torch.sign(x), safe_divide(bias.expand_as(size), size)
         return y, state
 
-    def push(self, state: dict, flows: list, args: tuple, kwargs: dict) -> torch.Tensor:
+    def push(self, state: dict, flows: list, args: tuple, kwargs: dict,
+             cells: Optional[InputCells] = None) -> torch.Tensor:
         flow = materialize(flows[0])
         out = per_sample(flow - flow.mean(-1, keepdim=True), state["inv_std"])
         weight = self.module.weight
@@ -150,6 +152,8 @@ class _LayerNormOperator(RelevanceOperator):
             sized = per_sample(flow, state["sign"])
             n = flow.shape[-1]
             out = out + per_sample((1 - 2 / n) * sized + sized.mean(-1, keepdim=True), state["share"])
+        elif self.uses_cells:
+            out = out + self.module.bias.detach() * cells.coverage(out, channels_first=False)
         return out if state["scale"] is None else per_sample(out, state["scale"])
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..layers import Normalize
-from ..rules import Epsilon, Gamma, Rule, ZBox
+from ..rules import BiasMode, Epsilon, Gamma, Rule, ZBox
 from .vgg import IMAGENET_MEAN, IMAGENET_STD, _input_bounds
 
 __all__ = [
@@ -268,7 +268,7 @@ def mobilenet_v2(
 
 
 def mobilenet_v2_rules(
-    extractor: nn.Module, gamma: float = 0.25, epsilon: float = 1e-6
+    extractor: nn.Module, gamma: float = 0.25, epsilon: float = 1e-6, bias: BiasMode = "flat"
 ) -> dict[str, Rule]:
     """Rules for a model from :func:`mobilenet_v2`, keyed by module name.
 
@@ -284,7 +284,13 @@ def mobilenet_v2_rules(
       γ there, ImageNet weights give contributions of order 1e16 (measured).
 
     BatchNorm is folded into the preceding conv by the explainer, so the rules act on
-    the folded convs (which then have biases: relevance is not exactly conserved).
+    the folded convs, which then have biases. With ImageNet weights those biases carry
+    most of each feature: absorbing them (``bias="absorb"``) leaves about a quarter of
+    a cosine similarity explained. On a 224-px photograph 5–42 % of the units of each
+    depthwise conv see only zeros (after ReLU6) and output just their bias, so no rule can pass that share on to the
+    layer's inputs; ``bias="flat"`` hands every bias share to the input region under
+    its unit instead, which conserves and stays stable (see
+    :class:`~skbilrp.rules.Rule`).
 
     Parameters
     ----------
@@ -295,6 +301,9 @@ def mobilenet_v2_rules(
         γ of the depthwise convs.
     epsilon : float, default=1e-6
         ε of the other layers.
+    bias : {"flat", "absorb", "share"}, default="flat"
+        What the folded biases do with their part of the relevance; ``"share"``
+        diverges on these weights.
 
     Returns
     -------
@@ -310,9 +319,9 @@ def mobilenet_v2_rules(
                 rules[name] = ZBox(low, high)
                 first = False
             elif module.groups > 1:
-                rules[name] = Gamma(gamma)
+                rules[name] = Gamma(gamma, bias=bias)
             else:
-                rules[name] = Epsilon(epsilon)
+                rules[name] = Epsilon(epsilon, bias=bias)
         elif isinstance(module, nn.Linear):
-            rules[name] = Epsilon(epsilon)
+            rules[name] = Epsilon(epsilon, bias=bias)
     return rules

@@ -272,7 +272,9 @@ Notes for reading the tables:
   row sums of the HP matrix are ``x ⊙ ∇_x y``, the same ranking as the saliency map.
   BiLRP differs from both only through its rules (z^B and γ instead of LRP-0).
 - On MobileNetV2, HP is not LRP-0: ReLU6 saturates and the folded BatchNorms add
-  biases; `bilrp` uses z^B on the first conv, γ on the depthwise convs and ε elsewhere.
+  biases; `bilrp` uses z^B on the first conv, γ on the depthwise convs and ε elsewhere,
+  and hands each folded bias's share of the relevance to the image region under its
+  unit (`bias="flat"`), so the explanations sum to the similarity.
 
 Measured in {total:.0f} s on a 2-core CPU (torch threads: {threads}; torch {torch},
 Python {python}).

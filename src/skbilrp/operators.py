@@ -94,6 +94,7 @@ class InputCells:
     def __init__(self, probe: torch.Tensor) -> None:
         self.probe = probe
         self._pooled: dict[tuple, torch.Tensor] = {}  # one pooling per grid and layout
+        self._channel_mean: dict[bool, torch.Tensor] = {}  # per layout
 
     def coverage(self, like: torch.Tensor, channels_first: bool) -> torch.Tensor:
         """Coverage broadcastable to ``like`` ``(K*N, ...)``, a layer's output flow."""
@@ -108,9 +109,12 @@ class InputCells:
         p = self.probe
         if not 1 <= len(grid) <= 3 or p.dim() != len(grid) + 2:
             return p.flatten(1).mean(1).reshape((-1,) + (1,) * len(grid))
-        p = p.mean(1 if channels_first else -1, keepdim=True)
-        if not channels_first:
-            p = p.movedim(-1, 1)
+        if channels_first not in self._channel_mean:
+            mean = p.mean(1 if channels_first else -1, keepdim=True)
+            self._channel_mean[channels_first] = mean if channels_first else mean.movedim(-1, 1)
+        p = self._channel_mean[channels_first]
+        if tuple(p.shape[2:]) == grid:
+            return p[:, 0]
         pool = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[len(grid) - 1]
         return pool(p, grid)[:, 0]
 

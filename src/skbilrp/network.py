@@ -47,7 +47,8 @@ class RelevanceNetwork:
     model : nn.Module
         The canonised copy.
     rules : dict
-        Module name → Rule for every weighted layer.
+        Module name → Rule for every layer that takes one (weighted layers and types
+        registered with ``takes_rule=True``).
     """
 
     def __init__(self, model: nn.Module, rules: RuleSpec = "zero", dtype: Optional[torch.dtype] = None) -> None:
@@ -234,7 +235,7 @@ class Recording:
         #: per-sample sizes of the largest and of all flows, for memory budgeting
         self.max_numel = self.total_numel = int(x[0].numel())
 
-    def push(self, probe: torch.Tensor) -> torch.Tensor:
+    def push(self, probe: torch.Tensor, channel_axis: Optional[int] = None) -> torch.Tensor:
         """Map probes on the input to the contribution flows of the features.
 
         Parameters
@@ -242,6 +243,9 @@ class Recording:
         probe : torch.Tensor
             ``(K * N, *x.shape[1:])``, probe-major: row ``k * N + n`` is probe ``k`` of
             sample ``n``. Linear in ``probe``; autograd through it gives reverse mode.
+        channel_axis : int, optional
+            Channel axis of one input sample; tells ``Rule(bias="flat")`` which input
+            positions lie under a unit (see :class:`~skbilrp.operators.InputCells`).
 
         Returns
         -------
@@ -250,7 +254,7 @@ class Recording:
         """
         net = self.network
         flows: dict[fx.Node, Any] = {}
-        cells = InputCells(probe)
+        cells = InputCells(probe, channel_axis)
         for i, node in enumerate(net.nodes):
             if node is net.input_node:
                 flows[node] = InputFlow(self.x, probe)

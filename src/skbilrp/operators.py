@@ -83,40 +83,50 @@ class InputCells:
     """Where the units of a layer sit on the model input, for ``Rule(bias="flat")``.
 
     :meth:`coverage` gives, per probe and unit, the fraction of the input region under
-    the unit that the probe covers: the probe averaged over the input's channels and
-    pooled (adaptive average) onto the layer's grid. The input is taken to be laid
-    out like the layer's output (channels first for convolutions, last for Linear
-    layers). Units without a grid (e.g. after global pooling), or on a grid of
-    another rank than the input's, cover the whole input. Over probes that partition
-    the input the coverage sums to one, so a flat bias share conserves.
+    the unit that the probe covers: the probe averaged over the input's channel axis
+    and pooled (adaptive average) from the input's positions onto the layer's grid.
+    Units without a grid (e.g. after global pooling), or on a grid of another rank
+    than the input's positions, cover the whole input. Over probes that partition the
+    input the coverage sums to one, so a flat bias share conserves.
+
+    Parameters
+    ----------
+    probe : torch.Tensor
+        ``(K * N, *sample_shape)``, as pushed through the network.
+    channel_axis : int, optional
+        The channel axis of one input sample (``0`` for images, ``-1`` for token
+        embeddings). None: assume the input is laid out like each layer's output,
+        channels first for convolutions and last for Linear layers.
     """
 
-    def __init__(self, probe: torch.Tensor) -> None:
+    def __init__(self, probe: torch.Tensor, channel_axis: Optional[int] = None) -> None:
         self.probe = probe
-        self._pooled: dict[tuple, torch.Tensor] = {}  # one pooling per grid and layout
-        self._channel_mean: dict[bool, torch.Tensor] = {}  # per layout
+        self.channel_axis = channel_axis
+        self._pooled: dict[tuple, torch.Tensor] = {}  # one pooling per grid and channel axis
+        self._positions: dict[int, torch.Tensor] = {}  # probe averaged over a channel axis
 
     def coverage(self, like: torch.Tensor, channels_first: bool) -> torch.Tensor:
         """Coverage broadcastable to ``like`` ``(K*N, ...)``, a layer's output flow."""
         grid = tuple(like.shape[2:]) if channels_first else tuple(like.shape[1:-1])
-        key = (grid, channels_first)
+        rank = self.probe.dim() - 1
+        axis = self.channel_axis if self.channel_axis is not None else (0 if channels_first else -1)
+        key = (grid, axis % rank if rank else 0)
         if key not in self._pooled:
-            self._pooled[key] = self._pool(grid, channels_first)
+            self._pooled[key] = self._pool(*key)
         cov = self._pooled[key]
         return cov.unsqueeze(1) if channels_first else cov.unsqueeze(-1)
 
-    def _pool(self, grid: tuple, channels_first: bool) -> torch.Tensor:
+    def _pool(self, grid: tuple, axis: int) -> torch.Tensor:
         p = self.probe
         if not 1 <= len(grid) <= 3 or p.dim() != len(grid) + 2:
             return p.flatten(1).mean(1).reshape((-1,) + (1,) * len(grid))
-        if channels_first not in self._channel_mean:
-            mean = p.mean(1 if channels_first else -1, keepdim=True)
-            self._channel_mean[channels_first] = mean if channels_first else mean.movedim(-1, 1)
-        p = self._channel_mean[channels_first]
-        if tuple(p.shape[2:]) == grid:
-            return p[:, 0]
+        if axis not in self._positions:
+            self._positions[axis] = p.mean(1 + axis)[:, None]  # (K*N, 1, *positions)
+        positions = self._positions[axis]
+        if tuple(positions.shape[2:]) == grid:
+            return positions[:, 0]
         pool = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[len(grid) - 1]
-        return pool(p, grid)[:, 0]
+        return pool(positions, grid)[:, 0]
 
 
 class RelevanceOperator:

@@ -200,7 +200,7 @@ class RelevanceComputer:
             g1 = min(p, g0 + step)
             probe = pooling.probes(g0, g1, self.dtype, rec.x.device)
             probe = probe[:, None].expand(g1 - g0, n, *probe.shape[1:]).reshape(-1, *probe.shape[1:])
-            flow = rec.push(probe).reshape(g1 - g0, n, h)
+            flow = rec.push(probe, self.channel_axis).reshape(g1 - g0, n, h)
             out[:, :, g0:g1] = flow.permute(1, 2, 0)
         return out
 
@@ -214,7 +214,7 @@ class RelevanceComputer:
             k = m1 - m0
             probe = rec.x.new_zeros((k * n,) + sample_shape, requires_grad=True)
             with torch.enable_grad():
-                flow = rec.push(probe).reshape(k, n, h)
+                flow = rec.push(probe, self.channel_axis).reshape(k, n, h)
                 seed = torch.zeros_like(flow)
                 seed[torch.arange(k), :, torch.arange(m0, m1)] = 1
                 (grad,) = torch.autograd.grad(flow, probe, seed)

@@ -301,6 +301,9 @@ def vgg_preset(
 
 PRESETS: dict[str, Callable[[nn.Module], Mapping]] = {
     "zero": lambda model: {WEIGHTED: Zero()},
+    # LRP-0 on every layer that takes a rule, the biases passing their share on
+    "zero-share": lambda model: {rule_targets(): Zero(bias="share")},
+    "zero-flat": lambda model: {rule_targets(): Zero(bias="flat")},
     "epsilon": lambda model: {WEIGHTED: Epsilon()},
     "gamma": lambda model: {(nn.Conv1d, nn.Conv2d): Gamma(), nn.Linear: Epsilon()},
     "vgg": vgg_preset,

@@ -30,7 +30,7 @@ from .models.bert import MINILM_INSTALL, BertEmbedder, load_minilm
 from .pairs import PairExplanation, PairExplanations
 from .pooling import Pooling, make_pooling
 from .relevance import SampleRelevance
-from .rules import RuleSpec, Zero
+from .rules import RuleSpec
 
 __all__ = ["TextKernel", "TextPairExplanation", "TextPairExplanations"]
 
@@ -129,14 +129,15 @@ class TextKernel(DeepKernel):
     kernel : {"linear", "cosine"}, default="cosine"
     output : {"kernel", "distance"}, default="kernel"
         See :class:`~skbilrp.DeepKernel`. Explanations always explain kernel entries.
-    rules : str, Rule, mapping or callable, default=Zero(bias="share")
+    rules : str, Rule, mapping or callable, default="zero-share"
         LRP rules of the ``nn.Linear`` and :class:`~skbilrp.models.bert.DetachedLayerNorm`
-        layers of :class:`~skbilrp.models.bert.BertEmbedder` (one Rule for all, or by
-        type or module-name pattern, e.g. ``{"layers.*.output": Epsilon(0.1)}``). The
-        default is LRP-0 with the biases' share passed on to the inputs, so the token
-        pairs sum to the similarity; ``"zero"`` lets the Linear and LayerNorm biases
-        absorb their share instead (about a quarter of the cosine on all-MiniLM-L6-v2,
-        reported as ``conservation_error``).
+        layers of :class:`~skbilrp.models.bert.BertEmbedder` (a preset name, one Rule
+        for all, or by type or module-name pattern, e.g.
+        ``{"layers.*.output": Epsilon(0.1)}``). The default is LRP-0 with the biases'
+        share passed on to the inputs (``Zero(bias="share")``), so the token pairs sum
+        to the similarity; ``"zero"`` lets the Linear and LayerNorm biases absorb their
+        share instead (about a quarter of the cosine on all-MiniLM-L6-v2, reported as
+        ``conservation_error``).
     max_length : int, default=256
         Texts are truncated to this many tokens (``[CLS]`` and ``[SEP]`` included);
         256 is all-MiniLM-L6-v2's training length.
@@ -168,7 +169,7 @@ class TextKernel(DeepKernel):
     """
 
     def __init__(self, model: Union[None, str, nn.Module] = None, tokenizer: Any = None,
-                 kernel: KernelName = "cosine", output: OutputName = "kernel", rules: RuleSpec = Zero(bias="share"),
+                 kernel: KernelName = "cosine", output: OutputName = "kernel", rules: RuleSpec = "zero-share",
                  max_length: int = 256, batch_size: int = 32, verbose: bool = False) -> None:
         self.model = model
         self.tokenizer = tokenizer

@@ -223,11 +223,11 @@ class WeightedOperator(RelevanceOperator):
         bias = None if module.bias is None else module.bias.detach()
         self.weight_rho = rule.modify(weight)
         self.bias_rho = None if bias is None else rule.modify(bias)
-        keeps_bias = bias is None or isinstance(rule, ZBox)  # z^B has no bias term
-        self.shares_bias = rule.bias == "share" and not keeps_bias
+        has_bias_share = bias is not None and not isinstance(rule, ZBox)  # z^B has no bias term
+        self.shares_bias = rule.bias == "share" and has_bias_share
         if self.shares_bias:
             self.weight_abs = self.weight_rho.abs()
-        self.uses_cells = rule.bias == "flat" and not keeps_bias
+        self.uses_cells = rule.bias == "flat" and has_bias_share
         self.channels_first = not isinstance(module, nn.Linear)
         if self.uses_cells:
             self.bias_grid = self.bias_rho if isinstance(module, nn.Linear) else \

@@ -234,9 +234,10 @@ def rule_targets() -> tuple[type, ...]:
     """Module types that take a Rule: weighted layers, then registered types."""
     return tuple(_RULE_TARGETS)
 
-#: A rule assignment: a preset name, one Rule for every weighted layer, a mapping from
-#: module type or module-name pattern (``fnmatch``) to Rule, or a callable
-#: ``(name, module) -> Rule | None``.
+
+#: A rule assignment: a preset name, one Rule for every layer that takes one, a
+#: mapping from module type or module-name pattern (``fnmatch``) to Rule, or a
+#: callable ``(name, module) -> Rule | None``.
 RuleSpec = Union[str, Rule, Mapping, Callable[[str, nn.Module], "Rule | None"]]
 
 

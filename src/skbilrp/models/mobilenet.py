@@ -287,10 +287,10 @@ def mobilenet_v2_rules(
     the folded convs, which then have biases. With ImageNet weights those biases carry
     most of each feature: absorbing them (``bias="absorb"``) leaves about a quarter of
     a cosine similarity explained. On a 224-px photograph 4–43 % of the units of each
-    depthwise conv see only zeros (after ReLU6) and output just their bias, so no rule can pass that share on to the
-    layer's inputs; ``bias="flat"`` hands every bias share to the input region under
-    its unit instead, which conserves and stays stable (see
-    :class:`~skbilrp.rules.Rule`).
+    depthwise conv see only zeros (after ReLU6) and output just their bias, so no rule
+    can pass that share on to the layer's inputs; ``bias="flat"`` hands every bias
+    share to the input region under its unit instead, which conserves and stays
+    stable (see :class:`~skbilrp.rules.Rule`).
 
     Parameters
     ----------

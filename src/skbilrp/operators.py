@@ -229,9 +229,9 @@ class WeightedOperator(RelevanceOperator):
             self.weight_abs = self.weight_rho.abs()
         self.uses_cells = rule.bias == "flat" and has_bias_share
         self.channels_first = not isinstance(module, nn.Linear)
-        if self.uses_cells:
-            self.bias_grid = self.bias_rho if isinstance(module, nn.Linear) else \
-                self.bias_rho.reshape((-1,) + (1,) * (weight.dim() - 2))
+        if has_bias_share:  # rho(b) broadcastable to the layer's output
+            self.bias_grid = self.bias_rho.reshape((-1,) + (1,) * (weight.dim() - 2)) \
+                if self.channels_first else self.bias_rho
         if isinstance(rule, ZBox):
             self.weight_pos = weight.clamp(min=0)
             self.weight_neg = weight.clamp(max=0)
@@ -265,10 +265,7 @@ class WeightedOperator(RelevanceOperator):
         state = _WeightedState(None if den is z else safe_divide(z, den))
         if self.shares_bias:
             size = self._apply(x.abs(), self.weight_abs, None)
-            bias = self.bias_rho
-            if self.channels_first:
-                bias = bias.reshape((-1,) + (1,) * (z.dim() - 2))
-            state.sign, state.share = torch.sign(x), safe_divide(bias.expand_as(size), size)
+            state.sign, state.share = torch.sign(x), safe_divide(self.bias_grid.expand_as(size), size)
         return z, state
 
     def push(self, state: _WeightedState, flows: list, args: tuple, kwargs: dict,

@@ -1,4 +1,4 @@
-"""Train the digits CNN shipped as ``src/skbilrp/models/weights/digits_cnn.pt``.
+"""Train the digits CNN shipped as ``skbilrp/models/weights/digits_cnn.pt``.
 
 Deterministic: fixed seed, deterministic algorithms, one thread, the fixed stratified
 split ``skbilrp.models.digits.DIGITS_SPLIT`` (1347 training / 450 test images). Adam,
@@ -24,7 +24,7 @@ from torch import nn
 from skbilrp.models.digits import DigitsCNN, load_digits_images
 
 DEFAULT_OUTPUT = (
-    Path(__file__).resolve().parents[1] / "src" / "skbilrp" / "models" / "weights" / "digits_cnn.pt"
+    Path(__file__).resolve().parents[1] / "skbilrp" / "models" / "weights" / "digits_cnn.pt"
 )
 
 

@@ -14,10 +14,10 @@ Both can be cached on disk per sample (``memory``) so that long jobs resume.
 from __future__ import annotations
 
 import copy
-import hashlib
+import functools
+import inspect
 import math
-import os
-import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -27,12 +27,14 @@ import numpy as np
 import torch
 from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted, check_memory, validate_data
 from torch import nn
 from tqdm.auto import tqdm
 
+from .cache import SampleStore, Unkeyable, fingerprint
 from .explainer import Explainer
-from .pairs import PairExplanations, pair_relevance
+from .pairs import DEFAULT_MAX_MEMORY, PairExplanations, check_result_size, pair_relevance
 from .pooling import Pooling, PoolingSpec
 from .relevance import SampleRelevance
 from .rules import RuleSpec
@@ -112,6 +114,17 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
     return torch.get_default_dtype()
 
 
+def _explanation_dtype(model: nn.Module) -> Optional[torch.dtype]:
+    """Compute dtype of explanations: float32 for a half-precision model, else its own.
+
+    LRP divides by stabilised pre-activations; in float16 / bfloat16 those ratios lose
+    most of their digits (relative errors of 3e-4 to 9e-2 were measured on small
+    CNNs), so relevance is computed on a float32 copy while features and kernel values
+    come from the model as given.
+    """
+    return torch.float32 if _model_dtype(model) in (torch.float16, torch.bfloat16) else None
+
+
 def _frozen_copy(model: nn.Module, device: torch.device) -> nn.Module:
     """A copy in eval mode without gradients; the user's model is never touched."""
     frozen = copy.deepcopy(model).eval().to(device)
@@ -120,13 +133,73 @@ def _frozen_copy(model: nn.Module, device: torch.device) -> nn.Module:
     return frozen
 
 
+#: module types whose forward differs between training and eval mode
+_MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm,
+                   nn.modules.instancenorm._InstanceNorm, nn.RReLU, nn.MultiheadAttention)
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_reads_training(cls: type) -> bool:
+    """Whether a module class's own forward reads ``self.training`` (custom dropout, ...)."""
+    forward = cls.forward
+    if forward is nn.Module.forward or getattr(forward, "__module__", "").startswith("torch."):
+        return False
+    try:
+        return "self.training" in inspect.getsource(forward)
+    except (OSError, TypeError):
+        return False
+
+
+def _warn_if_training(model: nn.Module) -> None:
+    """One warning when the model is in training mode and that changes what it computes."""
+    differing = [name or type(model).__name__ for name, m in model.named_modules()
+                 if m.training and (isinstance(m, _MODE_DEPENDENT) or _forward_reads_training(type(m)))]
+    if differing:
+        shown = ", ".join(repr(d) for d in differing[:3]) + (", ..." if len(differing) > 3 else "")
+        warnings.warn(
+            f"The model is in training mode, and {len(differing)} of its modules ({shown}) "
+            "compute differently in eval mode (dropout, batch statistics). DeepKernel uses an "
+            "eval-mode copy for the kernel and its explanations; call model.eval() before "
+            "fit to silence this warning.",
+            UserWarning, stacklevel=3,
+        )
+
+
+def _check_representable(x: np.ndarray, dtype: torch.dtype) -> None:
+    """Refuse samples that overflow the model's dtype (they would give NaN features)."""
+    if not dtype.is_floating_point:
+        return
+    limit = torch.finfo(dtype).max
+    peak = np.abs(x.reshape(len(x), -1)).max(axis=1) if x.size else np.zeros(len(x))
+    bad = np.flatnonzero(peak > limit)
+    if bad.size:
+        raise ValueError(
+            f"Samples {_index_list(bad)} hold values up to {peak[bad].max():.3g}, beyond the "
+            f"largest {dtype} ({limit:.3g}) the model computes in; rescale X (e.g. to the "
+            "range the model was trained on)."
+        )
+
+
+def _check_finite(values: np.ndarray, what: str, hint: str) -> None:
+    """Name the samples whose ``values`` (features or relevance) are NaN or infinite."""
+    bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+    if bad.size:
+        raise ValueError(f"The {what} of samples {_index_list(bad)} are not finite (NaN or inf); {hint}")
+
+
+def _index_list(indices: np.ndarray, shown: int = 5) -> str:
+    listed = ", ".join(str(int(i)) for i in indices[:shown])
+    return f"[{listed}{', ...' if len(indices) > shown else ''}] ({len(indices)} in all)"
+
+
 class _FeatureTask:
     """Feature vectors of a chunk of samples: a plain batched forward, no relevance."""
 
-    def __init__(self, model: nn.Module, batch_size: int, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, batch_size: int, device: torch.device, hint: str = "") -> None:
         self.model = model
         self.batch_size = batch_size
         self.device = device
+        self.hint = hint  # appended when the model rejects the batch
 
     @torch.no_grad()
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray]:
@@ -134,7 +207,12 @@ class _FeatureTask:
         parts = []
         for start in range(0, len(x), self.batch_size):
             batch = torch.tensor(x[start:start + self.batch_size], dtype=dtype, device=self.device)
-            out = self.model(batch)
+            try:
+                out = self.model(batch)
+            except (RuntimeError, ValueError, IndexError, TypeError) as err:
+                raise ValueError(
+                    f"The model rejected a batch of shape {tuple(batch.shape)}: {err}{self.hint}"
+                ) from err
             if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[0] != batch.shape[0]:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise ValueError(
@@ -167,7 +245,7 @@ class _RelevanceTask:
                 # the engine builds its probes on the CPU; explanations run there
                 model = copy.deepcopy(model).to("cpu")
             self._explainer = Explainer(model, rules=self.rules, pooling=self.pooling,
-                                        batch_size=self.batch_size)
+                                        batch_size=self.batch_size, dtype=_explanation_dtype(model))
         return self._explainer
 
     def __getstate__(self) -> dict:
@@ -208,54 +286,6 @@ def _map_chunks(task: Callable[[np.ndarray], tuple], x: np.ndarray, batch_size: 
             yield a, b, result
     finally:
         bar.close()
-
-
-# ------------------------------------------------------------------ on-disk cache
-
-
-class _SampleStore:
-    """Per-sample results on disk, keyed by the sample's bytes, so long jobs resume.
-
-    Each sample's arrays live in one ``.npz`` file written atomically (temporary file
-    then rename): an interrupted job leaves only complete entries behind.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-
-    @staticmethod
-    def key(sample: np.ndarray) -> str:
-        sample = np.ascontiguousarray(sample, dtype=np.float64)
-        digest = hashlib.sha256(repr(sample.shape).encode())
-        digest.update(sample.tobytes())
-        return digest.hexdigest()[:40]
-
-    def load(self, key: str) -> Optional[tuple[np.ndarray, ...]]:
-        path = self.root / f"{key}.npz"
-        if not path.exists():
-            return None
-        with np.load(path) as data:
-            return tuple(data[f"arr_{i}"] for i in range(len(data.files)))
-
-    def save(self, key: str, arrays: tuple[np.ndarray, ...]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, *arrays)
-        os.replace(tmp, self.root / f"{key}.npz")
-
-
-def _fingerprint(*parts: Any) -> str:
-    """Stable hash of the things a cached result depends on."""
-    try:
-        return joblib.hash(parts)
-    except Exception:  # e.g. an unpicklable rule callable: its repr is the next best
-        return hashlib.sha256(repr(parts).encode()).hexdigest()
-
-
-def _model_fingerprint(model: nn.Module) -> str:
-    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    return _fingerprint(type(model).__qualname__, repr(model), state)
 
 
 # ------------------------------------------------------------------- the estimator
@@ -300,6 +330,13 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     memory : str, joblib.Memory or None, default=None
         Directory (or a Memory's location) caching per-sample features and per-sample
         relevance on disk, so a long job resumes where it stopped. None: no cache.
+        Entries are keyed by the model's whole pickled state (parameters, buffers and
+        plain attributes, tensors by value), the rules, the pooling and the sample; a
+        model or rule that cannot be pickled (e.g. holding a lambda) is not cached,
+        with a warning. Unreadable entries are recomputed and overwritten.
+    max_memory : int, default=2 GiB
+        Largest explanation array :meth:`explain_pairs` may build, in bytes; a larger
+        request is refused before any work, with what to pass instead.
     verbose : bool, default=False
         Show progress bars over batches.
 
@@ -320,6 +357,14 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
     Notes
     -----
+    Precision: features and kernel values come from the model in its own dtype.
+    Explanations of a float16 or bfloat16 model are computed on a float32 copy (LRP's
+    ratios lose most of their digits in half precision), so their ``similarity`` can
+    differ from :meth:`transform` by the model's rounding.
+
+    Models in training mode are used as an eval-mode copy (dropout off, BatchNorm on
+    its running statistics); :meth:`fit` warns when that changes what the model computes.
+
     ``DeepKernel`` is *not* a pairwise estimator: it takes raw samples, and its output
     is the pairwise (precomputed) input of the next estimator. Cross-validation thus
     splits its ``X`` by rows only, as it must.
@@ -341,7 +386,8 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                  input_shape: Optional[tuple] = None, rules: RuleSpec = "zero",
                  pooling: PoolingSpec = None, batch_size: int = 64,
                  device: Union[str, torch.device] = "cpu", n_jobs: Optional[int] = None,
-                 memory: Union[None, str, joblib.Memory] = None, verbose: bool = False) -> None:
+                 memory: Union[None, str, joblib.Memory] = None, max_memory: int = DEFAULT_MAX_MEMORY,
+                 verbose: bool = False) -> None:
         self.model = model
         self.kernel = kernel
         self.output = output
@@ -352,6 +398,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         self.device = device
         self.n_jobs = n_jobs
         self.memory = memory
+        self.max_memory = max_memory
         self.verbose = verbose
 
     def __sklearn_tags__(self):
@@ -373,9 +420,10 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             raise ValueError(f"kernel must be 'linear' or 'cosine', got {self.kernel!r}.")
         if self.output not in ("kernel", "distance"):
             raise ValueError(f"output must be 'kernel' or 'distance', got {self.output!r}.")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)) \
-                or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}.")
+        for name in ("batch_size", "max_memory"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
         if self.input_shape is not None:
             shape = tuple(self.input_shape) if isinstance(self.input_shape, (tuple, list)) else None
             if not shape or not all(isinstance(s, (int, np.integer)) and s > 0 for s in shape):
@@ -404,13 +452,48 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         """
         self._check_params()
         X = self._validate_samples(X, reset=True)
+        _warn_if_training(self.model)
         self.model_ = _frozen_copy(self.model, torch.device(self.device))
         self.X_fit_ = X
+        self._fitted_with = self._fit_dependent_params()
         self._relevance_task = None
         self._fit_relevance: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._model_key: Optional[str] = None  # fingerprint for `memory`, made on first use
         self.features_fit_ = self._features(X)
         return self
+
+    def _check_fitted(self) -> None:
+        check_is_fitted(self)
+        self._check_params_unchanged()
+
+    # parameters that the fitted state depends on, and those the explanations depend on
+    _FIT_PARAMS = ("model", "input_shape")
+    _EXPLAIN_PARAMS = ("rules", "pooling", "batch_size")
+
+    def _fit_dependent_params(self) -> dict:
+        return {name: getattr(self, name) for name in self._FIT_PARAMS + self._EXPLAIN_PARAMS}
+
+    def _check_params_unchanged(self) -> None:
+        """Refit-or-rebuild after ``set_params``: never explain with stale parameters.
+
+        A changed ``model`` or ``input_shape`` invalidates the fitted state (features of
+        the training samples): raise scikit-learn's not-fitted error. Changed rules,
+        pooling or batch size only invalidate the explanations: rebuild them.
+        """
+        fitted_with = getattr(self, "_fitted_with", None)
+        if fitted_with is None:
+            return
+        changed = [n for n, v in fitted_with.items() if not _same_param(getattr(self, n), v)]
+        stale = [n for n in changed if n in self._FIT_PARAMS]
+        if stale:
+            raise NotFittedError(
+                f"{', '.join(stale)} changed (set_params) since this {type(self).__name__} was "
+                "fitted; call fit again before using it."
+            )
+        if changed:
+            self._relevance_task = None
+            self._fit_relevance = {}
+            self._fitted_with = self._fit_dependent_params()
 
     def _validate_samples(self, X: Any, reset: bool) -> np.ndarray:
         """sklearn validation of ``X``, returned as float64 of shape ``(n, *input_shape_)``."""
@@ -427,7 +510,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                     f"X has samples of shape {sample_shape}, but DeepKernel expects samples of "
                     f"shape {expected} (flat rows of {math.prod(expected)} values are accepted too)."
                 )
-            X = X.reshape(X.shape[0], -1)
+            X = X.reshape(X.shape[0], math.prod(sample_shape))  # -1 fails on 0 samples
         X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_min_samples=1)
         if reset:
             if self.input_shape is not None:
@@ -440,6 +523,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             else:
                 shape = sample_shape or (X.shape[1],)
             self.input_shape_ = shape
+        _check_representable(X, _model_dtype(self.model if reset else self.model_))
         return X.reshape((X.shape[0],) + tuple(self.input_shape_))
 
     # --------------------------------------------------------------- features
@@ -448,15 +532,23 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         location = check_memory(self.memory).location
         return None if location is None else Path(location) / "skbilrp_deepkernel"
 
-    def _store(self, kind: str, *depends: Any) -> Optional[_SampleStore]:
+    def _store(self, kind: str, *depends: Any) -> Optional[SampleStore]:
+        """The cache of one kind of result, or None (no ``memory``, or nothing to key it by)."""
         root = self._cache_root()
         if root is None:
             return None
-        if getattr(self, "_model_key", None) is None:
-            self._model_key = _model_fingerprint(self.model_)
-        return _SampleStore(root / kind / _fingerprint(self._model_key, *depends))
+        try:
+            if getattr(self, "_model_key", None) is None:
+                self._model_key = fingerprint(type(self.model_).__qualname__, self.model_)
+            return SampleStore(root / kind / fingerprint(self._model_key, *depends))
+        except Unkeyable as err:
+            warnings.warn(
+                f"memory: {kind} are not cached, because the model or its rules cannot be "
+                f"pickled to key the cache ({err}); make them picklable (no lambdas or local "
+                "functions) to cache them.", UserWarning, stacklevel=3)
+            return None
 
-    def _run(self, task: Callable[[np.ndarray], tuple], x: np.ndarray, store: Optional[_SampleStore],
+    def _run(self, task: Callable[[np.ndarray], tuple], x: np.ndarray, store: Optional[SampleStore],
              desc: str) -> tuple[np.ndarray, ...]:
         """Per-sample results of ``task`` on ``x``, taken from ``store`` where present."""
         if store is None:
@@ -470,12 +562,20 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 for offset, i in enumerate(todo[a:b]):
                     per_sample[i] = tuple(r[offset] for r in result)
                     store.save(keys[i], per_sample[i])  # saved as chunks arrive: jobs resume
+        store.warn_unreadable()
         return tuple(np.stack(c) for c in zip(*per_sample))
 
     def _features(self, x: np.ndarray) -> np.ndarray:
-        task = _FeatureTask(self.model_, int(self.batch_size), torch.device(self.device))
+        hint = ""
+        if self.input_shape is None and len(self.input_shape_) == 1:
+            hint = (f". X was given flat ({self.input_shape_[0]} values per sample) and input_shape "
+                    "is not set: pass DeepKernel(..., input_shape=<shape of one sample, e.g. (1, 8, 8)>) "
+                    "or X of shape (n_samples, *sample_shape).")
+        task = _FeatureTask(self.model_, int(self.batch_size), torch.device(self.device), hint)
         store = self._store("features", str(_model_dtype(self.model_)))
         (features,) = self._run(task, x, store, "features")
+        _check_finite(features, "features", "the model overflowed or produced NaN on them; check "
+                      "their scale and the model's numerics (e.g. a float16 model on large inputs).")
         return features
 
     def features(self, X: Any) -> np.ndarray:
@@ -489,7 +589,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         -------
         ndarray of shape (n_samples, h)
         """
-        check_is_fitted(self)
+        self._check_fitted()
         return self._features(self._validate_samples(X, reset=False))
 
     def transform(self, X: Any) -> np.ndarray:
@@ -532,6 +632,10 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     def _pooling(self) -> Pooling:
         return self._relevance_runner().explainer.computer.pooling_for(tuple(self.input_shape_))
 
+    def _n_groups(self) -> Optional[int]:
+        """Groups of input positions per sample, known before any relevance is computed."""
+        return self._pooling().n_groups
+
     def _relevance(self, x: np.ndarray) -> SampleRelevance:
         runner = self._relevance_runner()
         ex = runner.explainer  # built here, before any worker thread could race to build it
@@ -540,6 +644,8 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             store = self._store("relevance", sorted(ex.network.rules.items()), self.pooling,
                                 tuple(self.input_shape_), ex.method, str(_model_dtype(self.model_)))
         rel, feats = self._run(runner, x, store, "relevance")
+        _check_finite(rel, "relevance", "a rule divided by a near-zero denominator or the model "
+                      "overflowed; try rules='epsilon' or check the inputs' scale.")
         return SampleRelevance(torch.from_numpy(rel), torch.from_numpy(feats), self._pooling())
 
     def sample_relevance(self, X: Any) -> SampleRelevance:
@@ -553,7 +659,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         -------
         SampleRelevance
         """
-        check_is_fitted(self)
+        self._check_fitted()
         return self._relevance(self._validate_samples(X, reset=False))
 
     def fit_sample_relevance(self, indices: Optional[Sequence[int]] = None) -> SampleRelevance:
@@ -569,7 +675,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         SampleRelevance
             In the order of ``indices``.
         """
-        check_is_fitted(self)
+        self._check_fitted()
         n_fit = len(self.X_fit_)
         idx = np.arange(n_fit) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= n_fit):
@@ -616,7 +722,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             ``similarity`` up to ``conservation_error`` (zero for bias-free models with
             conserving rules).
         """
-        check_is_fitted(self)
+        self._check_fitted()
         xa = self._validate_samples(X, reset=False)
         xb = None if Y is None else (xa if Y is X else self._validate_samples(Y, reset=False))
         n_b = len(self.X_fit_) if xb is None else len(xb)
@@ -626,6 +732,11 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             pairs = _check_pairs(pairs, len(xa), n_b)
             rows = np.unique([i for i, _ in pairs])
             cols = np.unique([j for _, j in pairs])
+        groups = self._n_groups()
+        if groups is not None:  # refuse before the (long) relevance computation
+            n_entries = len(rows) * len(cols) if pairs is None else len(pairs)
+            itemsize = (_explanation_dtype(self.model_) or _model_dtype(self.model_)).itemsize
+            check_result_size(n_entries, groups, groups, self.max_memory, 8 + itemsize)
         a = self._relevance(xa[rows])
         if xb is None:
             b = self.fit_sample_relevance(cols)
@@ -635,13 +746,22 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             b = self._relevance(xb[cols])
         method = self._relevance_runner().explainer.method
         if pairs is None:
-            return pair_relevance(a, b, self.kernel, method=method)
+            return pair_relevance(a, b, self.kernel, method=method, max_memory=self.max_memory)
         row_pos = {int(r): k for k, r in enumerate(rows)}
         col_pos = {int(c): k for k, c in enumerate(cols)}
         local = [(row_pos[i], col_pos[j]) for i, j in pairs]
-        expl = pair_relevance(a, b, self.kernel, local, method=method)
+        expl = pair_relevance(a, b, self.kernel, local, method=method, max_memory=self.max_memory)
         expl.pairs = pairs
         return expl
+
+
+def _same_param(a: Any, b: Any) -> bool:
+    """Whether a parameter still holds the value it had at fit (the same object, or an
+    equal plain value: strings, numbers, tuples)."""
+    if a is b:
+        return True
+    plain = (str, int, float, bool, type(None), tuple)
+    return isinstance(a, plain) and isinstance(b, plain) and type(a) is type(b) and a == b
 
 
 def _check_pairs(pairs: Any, n_a: int, n_b: int) -> list[tuple[int, int]]:

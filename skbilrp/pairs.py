@@ -17,9 +17,46 @@ import torch
 from .pooling import Pooling
 from .relevance import SampleRelevance
 
-__all__ = ["PairExplanation", "PairExplanations", "pair_relevance", "Kernel"]
+__all__ = ["PairExplanation", "PairExplanations", "pair_relevance", "check_result_size", "Kernel",
+           "DEFAULT_MAX_MEMORY"]
 
 Kernel = Literal["linear", "cosine"]
+
+#: default budget of one materialised explanation array, in bytes
+DEFAULT_MAX_MEMORY = 2 * 2**30
+
+
+def check_result_size(n_entries: int, groups_a: int, groups_b: int, max_memory: int,
+                      bytes_per_value: int = 8) -> None:
+    """Refuse, before any work, an explanation array larger than the memory budget.
+
+    Parameters
+    ----------
+    n_entries : int
+        Kernel entries explained.
+    groups_a, groups_b : int
+        Groups of input positions per sample on each side (``p`` and ``p'``).
+    max_memory : int
+        Budget in bytes.
+    bytes_per_value : int, default=8
+        Bytes each relevance value costs while it is built (float64 result plus any
+        intermediate copy).
+
+    Raises
+    ------
+    MemoryError
+        Naming the size asked for and the ways to ask for less.
+    """
+    n_values = int(n_entries) * int(groups_a) * int(groups_b)
+    needed = n_values * int(bytes_per_value)
+    if needed > max_memory:
+        raise MemoryError(
+            f"Explaining {n_entries} kernel entries on {groups_a} x {groups_b} groups of input "
+            f"positions builds {n_values:.3g} relevance values ({needed / 2**30:.1f} GiB), over "
+            f"the budget of {max_memory / 2**30:.1f} GiB. Ask for less: pass pairs=[(i, j), ...] "
+            "for the entries you need, fewer rows, or a coarser pooling (e.g. pooling=8 for "
+            "8-pixel patches); or raise max_memory if the machine has the memory."
+        )
 
 
 @dataclass
@@ -117,7 +154,8 @@ def _top(rel: np.ndarray, k: int, by: str) -> list[tuple[int, int, float]]:
 
 
 def pair_relevance(a: SampleRelevance, b: SampleRelevance, kernel: Kernel = "linear",
-                   pairs: Optional[Sequence[tuple[int, int]]] = None, method: str = "bilrp") -> PairExplanations:
+                   pairs: Optional[Sequence[tuple[int, int]]] = None, method: str = "bilrp",
+                   max_memory: int = DEFAULT_MAX_MEMORY) -> PairExplanations:
     """Explain the kernel entries between two batches from their per-sample relevance.
 
     Parameters
@@ -129,6 +167,8 @@ def pair_relevance(a: SampleRelevance, b: SampleRelevance, kernel: Kernel = "lin
         Explain only these entries; default: the whole ``len(a) × len(b)`` block.
     method : str
         Recorded on the result.
+    max_memory : int, default=2 GiB
+        Budget of the explanation array in bytes, see :func:`check_result_size`.
 
     Returns
     -------
@@ -140,6 +180,9 @@ def pair_relevance(a: SampleRelevance, b: SampleRelevance, kernel: Kernel = "lin
         raise ValueError("Both batches must come from the same feature map.")
     ra, rb = a.relevance, b.relevance
     fa, fb = a.features, b.features
+    n_entries = len(a) * len(b) if pairs is None else len(pairs)
+    # the product is built in the relevance dtype, then copied to float64
+    check_result_size(n_entries, ra.shape[-1], rb.shape[-1], max_memory, 8 + ra.element_size())
     if kernel == "cosine":
         na = fa.norm(dim=1).clamp_min(torch.finfo(fa.dtype).tiny)
         nb = fb.norm(dim=1).clamp_min(torch.finfo(fb.dtype).tiny)

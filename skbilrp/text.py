@@ -27,7 +27,7 @@ from torch import nn
 from .explainer import Explainer
 from .kernel import DeepKernel, KernelName, OutputName
 from .models.bert import MINILM_INSTALL, BertEmbedder, load_minilm
-from .pairs import PairExplanation, PairExplanations
+from .pairs import DEFAULT_MAX_MEMORY, PairExplanation, PairExplanations
 from .pooling import Pooling, make_pooling
 from .relevance import SampleRelevance
 from .rules import RuleSpec
@@ -143,6 +143,8 @@ class TextKernel(DeepKernel):
         256 is all-MiniLM-L6-v2's training length.
     batch_size : int, default=32
         Texts per forward pass; texts are sorted by length first so batches pad little.
+    max_memory : int, default=2 GiB
+        Largest explanation array :meth:`explain_pairs` may build, in bytes.
     verbose : bool, default=False
 
     Attributes
@@ -170,7 +172,8 @@ class TextKernel(DeepKernel):
 
     def __init__(self, model: Union[None, str, nn.Module] = None, tokenizer: Any = None,
                  kernel: KernelName = "cosine", output: OutputName = "kernel", rules: RuleSpec = "zero-share",
-                 max_length: int = 256, batch_size: int = 32, verbose: bool = False) -> None:
+                 max_length: int = 256, batch_size: int = 32, max_memory: int = DEFAULT_MAX_MEMORY,
+                 verbose: bool = False) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.kernel = kernel
@@ -178,6 +181,7 @@ class TextKernel(DeepKernel):
         self.rules = rules
         self.max_length = max_length
         self.batch_size = batch_size
+        self.max_memory = max_memory
         self.verbose = verbose
 
     def __getstate__(self) -> dict:
@@ -361,6 +365,10 @@ class TextKernel(DeepKernel):
 
     def _relevance(self, texts: np.ndarray) -> SampleRelevance:
         return self._stack(self._sample_parts(texts))
+
+    def _n_groups(self) -> None:
+        # tokens per text are known only after tokenising; pair_relevance checks the size
+        return None
 
     def _relevance_runner(self) -> SimpleNamespace:
         # DeepKernel.explain_pairs reads the method from ``_relevance_runner().explainer``

@@ -1,20 +1,25 @@
 """The ``skbilrp`` command: ``demo``, ``explain`` (two images) and ``text`` (two sentences).
 
-Expected failures (a missing file, a file that is no image, a missing optional
-package) end with one line ``skbilrp: error: <cause and fix>`` on stderr and exit
-status 2; anything else is a bug and keeps its traceback.
+Expected failures (a missing file, a file that is no image, a weights file that is
+no VGG-16 state_dict, a missing optional package, an input size whose work does not
+fit in memory) end with one line ``skbilrp: error: <cause and fix>`` on stderr and
+exit status 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import pickle
+import re
 import sys
-from typing import Any, Optional, Sequence
+import warnings
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["main", "build_parser", "CommandError"]
+__all__ = ["main", "build_parser", "CommandError", "explain_memory"]
 
 PROG = "skbilrp"
 EXIT_USAGE = 2
@@ -51,12 +56,192 @@ def _image_model(name: str, weights: Optional[str]) -> tuple[Any, Any]:
                 "--model vgg16 needs --weights PATH (a torchvision VGG-16 state_dict file); no VGG-16 "
                 "weights ship offline, or use --model mobilenet_v2."
             )
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(f"No such weights file: {weights!r}; check the path.")
-        model = models.vgg16(weights=weights)
+        state = _vgg16_state_dict(weights)
+        try:
+            model = models.vgg16(weights=state)
+        except (ValueError, RuntimeError, TypeError) as err:  # whatever the checks above missed
+            raise CommandError(f"--weights {weights!r} does not load into VGG-16 ({_one_line(err)}); "
+                               f"{_VGG_FIX}.") from err
         return model, models.vgg16_rules(model)
     model = models.digits_cnn(pretrained=True)
     return model, models.digits_cnn_rules(model)
+
+
+_VGG_FIX = ("give a torchvision VGG-16 state_dict file, e.g. torchvision's vgg16-397923af.pth or "
+            "torch.save(model.state_dict(), PATH) of a torchvision.models.vgg16")
+
+
+def _vgg16_state_dict(path: str) -> dict:
+    """Read ``--weights`` safely and check it is a VGG-16 state_dict, naming what is wrong."""
+    import torch
+
+    from .models.vgg import CFGS, make_layers
+
+    what = f"--weights {path!r}"
+    if os.path.isdir(path):
+        raise CommandError(f"{what} is a folder, not a weights file; give the path of the file inside it.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such weights file: {path!r}; check the path.")
+    try:
+        with warnings.catch_warnings():
+            # torch warns about unusual pickle protocols on stderr; the error below says enough
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only=True: arbitrary pickles could run code, so they are refused, not retried
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        held = f" (it holds a {found.group(1)} object)" if found else ""
+        raise CommandError(f"{what} is not a file that torch.load(..., weights_only=True) reads{held}, so "
+                           f"no tensors were loaded; {_VGG_FIX}.") from err
+    except Exception as err:  # noqa: BLE001
+        # torch.load parses untrusted bytes: on a text, empty or truncated file it fails with
+        # whatever its parser hits (EOFError, RuntimeError, IndexError, ...); all mean "bad file"
+        if isinstance(err, MemoryError):
+            raise
+        cause = type(err).__name__ + (f": {_one_line(err).split('. ')[0]}" if str(err) else "")
+        raise CommandError(f"{what} is not a readable PyTorch weights file (torch.load: {cause}); "
+                           f"{_VGG_FIX}.") from err
+    if not isinstance(state, dict):
+        raise CommandError(f"{what} holds a {type(state).__name__}, not a state_dict (a dict from "
+                           f"parameter names to tensors); {_VGG_FIX}.")
+    # the expected names and shapes, from the architecture on the meta device (no memory)
+    layers = make_layers(CFGS["vgg16"]).to("meta")
+    expected = {f"features.{k}": tuple(v.shape) for k, v in layers.state_dict().items()}
+    unknown = [k for k in state if not (isinstance(k, str) and k.startswith(("features.", "classifier.")))]
+    missing = [k for k in expected if k not in state]
+    if unknown or missing:
+        detail = (f"entries {unknown[:3]!r}{' ...' if len(unknown) > 3 else ''} are not part of a VGG-16"
+                  if unknown else f"{len(missing)} of its {len(expected)} convolution entries are missing, "
+                  f"e.g. {missing[0]!r}")
+        raise CommandError(f"{what} is no VGG-16 state_dict: {detail}; {_VGG_FIX}.")
+    for key, shape in expected.items():
+        value = state[key]
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+            is_tensor = isinstance(value, torch.Tensor)
+            got = f"has shape {tuple(value.shape)}" if is_tensor else f"is a {type(value).__name__}"
+            raise CommandError(f"{what} is no VGG-16 state_dict: entry {key!r} {got}, VGG-16 needs a "
+                               f"tensor of shape {shape}; {_VGG_FIX}.")
+    return state
+
+
+# ------------------------------------------------------------- memory estimate
+
+#: Share of this machine's memory one ``explain`` run may plan to use.
+MEMORY_SHARE = 0.8
+#: The limit where the machine's memory cannot be read (e.g. on Windows).
+FALLBACK_MEMORY = 8 * 2**30
+#: Explainer's default probe budget (``max_memory``), used as is by ``explain``.
+_PROBE_MEMORY = 2**30
+#: Total downsampling of each image model: activation sides are ceil(size / 2^k), so
+#: rounding the size up to a multiple of it makes the per-pixel scaling an upper bound.
+_STRIDES = {"mobilenet_v2": 32, "vgg16": 32}
+
+
+def _architecture(name: str) -> Any:
+    """The network of ``--model`` with random weights: activation sizes need no checkpoint."""
+    from . import models
+
+    if name == "mobilenet_v2":
+        return models.mobilenet_v2(pretrained=False)
+    return models.vgg16()
+
+
+def _activation_sizes(model: Any, size: int) -> tuple[int, int, int]:
+    """Per-image numel of all leaf-module outputs (and the input), of the largest, and of the features."""
+    import torch
+
+    numels = [3 * size * size]
+    hooks = [m.register_forward_hook(lambda _m, _i, out: numels.append(out[0].numel()))
+             for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            features = model(torch.zeros(1, 3, size, size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(numels), max(numels), features[0].numel()
+
+
+def explain_memory(model: str, patch: int) -> Callable[[int], int]:
+    """A conservative estimate of the memory ``skbilrp explain`` needs, as a function of ``--size``.
+
+    Activation sizes are measured once on the model at two small sizes (random weights,
+    a few milliseconds) and scaled by the number of pixels, the size rounded up to a
+    multiple of the model's downsampling (so the scaling over- rather than
+    underestimates). For two images, with ``p = ceil(size / patch)²`` patches and ``h``
+    features, the estimate in bytes of float32 is the sum of: the recorded activations,
+    counted twice (the rules keep states of the same size); one chunk of probes, the
+    larger of the Explainer's 1 GiB budget and one probe (3 × the largest activation in
+    forward mode, 2 × all activations in reverse mode, whichever ``mode="auto"``
+    picks); the relevance ``2 × h × p``; and the ``p × p`` pair matrix at 4 + 8 bytes
+    (float32, then float64).
+
+    Parameters
+    ----------
+    model : {"mobilenet_v2", "vgg16"}
+        The ``--model``.
+    patch : int
+        The ``--patch`` side in pixels.
+
+    Returns
+    -------
+    callable
+        ``size -> bytes``.
+    """
+    from .relevance import REVERSE_COST
+
+    stride = _STRIDES[model]
+    net = _architecture(model)
+    small, large = 2 * stride, 4 * stride
+    t1, m1, h1 = _activation_sizes(net, small)
+    t2, m2, h2 = _activation_sizes(net, large)
+    px1, px2 = small * small, large * large
+    n, item = 2, 4
+
+    def estimate(size: int) -> int:
+        px = (stride * math.ceil(size / stride)) ** 2
+        total, largest = max(t1, t2) / px1 * px, max(m1, m2) / px1 * px  # per-pixel, the larger ratio
+        h = max(h1, h1 + (h2 - h1) / (px2 - px1) * (px - px1))  # features: constant + per-pixel part
+        p = math.ceil(size / patch) ** 2
+        probe = 3 * largest if p <= REVERSE_COST * h else 2 * total
+        return int(n * item * 2 * total + max(_PROBE_MEMORY, n * item * probe)
+                   + n * item * h * p + (4 + 8) * p * p)
+
+    return estimate
+
+
+def _memory_limit() -> tuple[int, str]:
+    """The memory one run may plan to use, and where that number comes from."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return FALLBACK_MEMORY, "the default, as this machine's memory is unknown"
+    return int(MEMORY_SHARE * total), f"{MEMORY_SHARE:.0%} of this machine's {_gib(total)}"
+
+
+def _gib(n_bytes: float) -> str:
+    gib = n_bytes / 2**30
+    return f"{gib:.3g} GiB" if gib < 1000 else f"{gib:,.0f} GiB"
+
+
+def _check_size_fits(model: str, size: int, patch: int) -> None:
+    """Refuse, before any work, a ``--size`` whose estimated memory exceeds the limit."""
+    if model not in _STRIDES:  # digits: 8 × 8 only, a few kilobytes
+        return
+    estimate = explain_memory(model, patch)
+    limit, why = _memory_limit()
+    need = estimate(size)
+    if need <= limit:
+        return
+    lo, hi = 0, size  # the largest size that fits: the estimate grows with the size
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if estimate(mid) <= limit else (lo, mid)
+    fix = f"pass --size {lo} or less" if lo else "no --size fits; use a machine with more memory"
+    raise CommandError(
+        f"--size {size} with --patch {patch} needs about {_gib(need)} of memory for --model {model} "
+        f"(estimate), more than the limit of {_gib(limit)} ({why}); {fix}."
+    )
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -73,6 +258,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         raise CommandError(f"--model digits takes 8×8 images; drop --size or give --size 8 (got {size}).")
     if size < 1 or patch < 1:
         raise CommandError(f"--size and --patch must be positive, got {size} and {patch}.")
+    _check_size_fits(args.model, size, patch)
     # read both images before the (slower) model, so a bad path fails at once
     grey = args.model == "digits"
     images = np.stack([load_image(p, size=size, grayscale=grey) for p in (args.image_a, args.image_b)])
@@ -136,9 +322,7 @@ def _require_plotting() -> None:
     try:
         import matplotlib
     except ImportError as err:
-        from .plot import PLOT_INSTALL
-
-        raise ImportError(f"Figures need matplotlib; install it with: {PLOT_INSTALL}") from err
+        raise ImportError(_missing_module_message(err, "Figures need matplotlib")) from err
     if "matplotlib.pyplot" not in sys.modules:
         matplotlib.use("Agg")  # a command-line run never opens windows
 
@@ -153,6 +337,20 @@ def _save(fig: Any, path: str) -> None:
     finally:
         plt.close(fig)
     print(f"figure written to {path}")
+
+
+def _missing_module_message(err: ImportError, context: str) -> str:
+    """Name the package that is really missing: matplotlib imports Pillow, for one."""
+    from .io import IMAGES_INSTALL
+    from .plot import PLOT_INSTALL
+
+    name = (err.name or "").split(".")[0]
+    if name == "PIL":
+        return f"{context}, which needs Pillow, and Pillow is not installed; install it with: {IMAGES_INSTALL}"
+    if name in ("", "matplotlib"):
+        return f"{context}; install it with: {PLOT_INSTALL}"
+    return (f"{context}, which needs {name!r}, and {name!r} cannot be imported ({_one_line(err)}); "
+            f"reinstall it with: {PLOT_INSTALL}")
 
 
 def _one_line(err: BaseException) -> str:

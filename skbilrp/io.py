@@ -37,18 +37,23 @@ def read_image(path: PathLike) -> np.ndarray:
     ----------
     path : str or path-like
         Any format Pillow reads (PNG, JPEG, TIFF, ...); grey, palette and RGBA images
-        are converted to RGB.
+        are converted to RGB (alpha is dropped).
 
     Returns
     -------
     ndarray of float32
+        Pixel values divided by the largest value of their bit depth: 255 for 8-bit
+        images, 65535 for 16-bit grey (Pillow modes ``"I;16*"``, and ``"I"`` holding
+        values up to 65535). Float images (mode ``"F"``) must already lie in [0, 1].
+        Pillow reads 16-bit colour images (e.g. 48-bit RGB PNG) at 8 bits per channel,
+        so these come out exact to 1/255.
 
     Raises
     ------
     FileNotFoundError, IsADirectoryError
         If there is no file at ``path``.
     ValueError
-        If the file is not an image.
+        If the file is not an image, or its values do not fit the range above.
     ImportError
         If Pillow is not installed (the ``skbilrp[images]`` extra).
     """
@@ -61,9 +66,41 @@ def read_image(path: PathLike) -> np.ndarray:
         ) from err
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+            img.load()
+            if img.mode not in _WIDE_MODES:
+                # 8 bits per channel (or palette/bilevel/CMYK, which Pillow maps to 8-bit RGB)
+                return np.asarray(img.convert("RGB"), dtype=np.float32) / np.float32(255.0)
+            values = np.asarray(img)
+            mode = img.mode
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"Cannot read {path!r} as an image ({err}); give a PNG or JPEG file.") from err
+    # convert("RGB") would clip these modes at 255 (a 16-bit image turns white): scale instead
+    grey = _unit_range(values, mode, path)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+#: Pillow's one-channel modes wider than 8 bits; 16-bit colour is decoded to 8 bits by Pillow.
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _unit_range(values: np.ndarray, mode: str, path: str) -> np.ndarray:
+    """Scale one channel of a wide Pillow mode to [0, 1] by the range of its bit depth."""
+    if mode == "F":
+        scaled = values.astype(np.float32)
+        if not np.isfinite(scaled).all() or scaled.size and (scaled.min() < 0.0 or scaled.max() > 1.0):
+            raise ValueError(
+                f"{path!r} holds float pixels in [{np.nanmin(scaled):g}, {np.nanmax(scaled):g}], not in "
+                "[0, 1]; rescale it to [0, 1] or save it with 8 or 16 bits per channel."
+            )
+        return scaled
+    # mode "I" is 32-bit signed, but Pillow uses it for 16-bit files too (older Pillow opens
+    # 16-bit PNGs as "I"); a wider range has no agreed white, so refuse it instead of guessing
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(
+            f"{path!r} holds integer pixels in [{values.min()}, {values.max()}], beyond 16 bits "
+            "(0 .. 65535); save it with 8 or 16 bits per channel."
+        )
+    return (values.astype(np.float64) / 65535.0).astype(np.float32)
 
 
 def resize_center_crop(image: Any, size: int) -> torch.Tensor:

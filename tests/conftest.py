@@ -99,3 +99,27 @@ def hessian_product_oracle(model: nn.Module, x: torch.Tensor, x2: torch.Tensor) 
 def hessian_product() -> Callable[[nn.Module, torch.Tensor, torch.Tensor], np.ndarray]:
     """``hessian_product(model, x, x2)``: the HP oracle from plain autograd, ``(d, d')``."""
     return hessian_product_oracle
+
+
+def round_off(terms, dtype, k: float = 8.0) -> float:
+    """Round-off tolerance ``k * eps(dtype) * sum(|terms|)`` for a sum computed in ``dtype``.
+
+    Adding up ``n`` terms in floating point makes an error of at most about
+    ``n * eps * sum(|terms|)`` for a naive loop, ``log2(n) * eps * sum(|terms|)`` for the
+    pairwise/blocked sums of numpy and BLAS, and about ``sqrt(n) * eps * sum(|terms|)``
+    typically. What cancels sets the scale, not the (possibly much smaller) result, so
+    conservation checks (a similarity minus many relevance terms of both signs) must be
+    measured against ``sum(|terms|)``. The order of the additions, and so the error,
+    depends on the BLAS kernel and the number of threads: a bare absolute tolerance tuned
+    on one machine can fail on another. ``k`` (a few units, more for deep chains of float32
+    products such as LRP through several layers) absorbs the accumulation length.
+    ``dtype`` is the precision the compared quantities were *computed* in (a float32 model
+    gives float32 round-off even if its outputs are cast to float64); numpy or torch dtypes.
+    """
+    if isinstance(dtype, torch.dtype):
+        eps = torch.finfo(dtype).eps
+    else:
+        eps = float(np.finfo(dtype).eps)
+    if isinstance(terms, torch.Tensor):
+        terms = terms.detach().double().cpu().numpy()
+    return float(k * eps * np.abs(np.asarray(terms, dtype=np.float64)).sum())

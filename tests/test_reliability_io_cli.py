@@ -302,3 +302,14 @@ def test_memory_estimate_grows_with_size_and_shrinks_with_patch():
     sizes = [32, 64, 224, 500, 1024, 4096]
     assert all(fine(a) <= fine(b) for a, b in zip(sizes, sizes[1:]))
     assert all(coarse(s) <= fine(s) for s in sizes)
+
+
+def test_vgg16_checks_a_state_dict_given_from_python():
+    from skbilrp.models import vgg16
+
+    state = _vgg_features()
+    state["features.0.weight"] = torch.zeros(64, 3, 5, 5)
+    with pytest.raises(ValueError, match=r"'features.0.weight' has shape \(64, 3, 5, 5\).*\(64, 3, 3, 3\)"):
+        vgg16(weights=state)
+    with pytest.raises(ValueError, match=r"26 convolution entries .* missing, e.g. 'features.0.weight'"):
+        vgg16(weights={"classifier.0.weight": torch.zeros(1)})

@@ -149,26 +149,41 @@ def _load_features(features: nn.Sequential, weights: WeightsSpec) -> None:
     """Load the ``features.*`` entries of a VGG state_dict into ``features``.
 
     The ``classifier.*`` entries of a full checkpoint are accepted and ignored (the
-    extractor has no classifier); any other key is an error, not silently dropped.
+    extractor has no classifier); any other key, a missing entry or a tensor of the
+    wrong shape is an error naming the entry, never silently dropped.
     """
     if isinstance(weights, (str, os.PathLike)):
         state = torch.load(weights, map_location="cpu", weights_only=True)
     else:
         state = weights
     if not isinstance(state, Mapping):
-        raise TypeError(f"VGG weights must be a state_dict, got {type(state).__name__}.")
-    own: dict[str, torch.Tensor] = {}
-    unknown = []
-    for key, value in state.items():
-        if key.startswith("features."):
-            own[key[len("features.") :]] = value
-        elif not key.startswith("classifier."):
-            unknown.append(key)
+        raise TypeError(
+            f"VGG weights must be a state_dict (a dict from parameter names to tensors), got "
+            f"{type(state).__name__}."
+        )
+    unknown = [k for k in state if not (isinstance(k, str) and k.startswith(("features.", "classifier.")))]
     if unknown:
         raise ValueError(
             "These entries are not part of a torchvision VGG state_dict: "
             f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''}"
         )
+    expected = features.state_dict()
+    missing = [k for k in expected if f"features.{k}" not in state]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of the {len(expected)} convolution entries of a VGG state_dict are "
+            f"missing, e.g. 'features.{missing[0]}'."
+        )
+    own: dict[str, torch.Tensor] = {}
+    for key, ours in expected.items():
+        value = state[f"features.{key}"]
+        if not isinstance(value, torch.Tensor) or value.shape != ours.shape:
+            got = f"has shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else \
+                f"is a {type(value).__name__}"
+            raise ValueError(
+                f"Entry 'features.{key}' {got}; VGG-16 needs a tensor of shape {tuple(ours.shape)}."
+            )
+        own[key] = value
     features.load_state_dict(own, strict=True)
 
 

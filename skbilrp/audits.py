@@ -16,7 +16,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator
+from sklearn.kernel_ridge import KernelRidge
 from sklearn.pipeline import Pipeline
+from sklearn.svm import SVR, SVC, NuSVC, NuSVR, OneClassSVM
 from sklearn.utils.validation import check_is_fitted
 
 from .kernel import DeepKernel, features_kernel, kernel_to_distance, self_similarity
@@ -206,6 +208,35 @@ class DecisionExplanation:
         return [(int(self.support[i]), float(self.contributions[query, i])) for i in order]
 
 
+#: estimators whose output _dual_expansion reads as sum_i alpha_i k(x, x_i) + b
+_KERNEL_MACHINES = (SVC, NuSVC, OneClassSVM, SVR, NuSVR, KernelRidge)
+
+
+def _check_kernel_machine(est: Any) -> None:
+    """Refuse an estimator whose output is not a kernel expansion, naming what to use instead.
+
+    Raises
+    ------
+    TypeError
+        If ``est`` is none of SVC, NuSVC, OneClassSVM, SVR, NuSVR, KernelRidge.
+    """
+    if isinstance(est, _KERNEL_MACHINES):
+        return
+    name = type(est).__name__
+    if hasattr(est, "kneighbors"):
+        fix = ("for a neighbour estimator, explain its neighbours with "
+               "skbilrp.audits.explain_neighbors(pipe, X) (DeepKernel(output='distance'), "
+               "metric='precomputed')")
+    else:
+        fix = (f"replace {name} with one of them, e.g. "
+               "make_pipeline(DeepKernel(model), SVC(kernel='precomputed'))")
+    raise TypeError(
+        f"explain_decision cannot explain {name}: its output is not a kernel expansion "
+        "f(x) = sum_i alpha_i k(x, x_i) + b. Supported after the DeepKernel step: SVC, NuSVC, "
+        f"OneClassSVM, SVR, NuSVR and KernelRidge with kernel='precomputed'; {fix}."
+    )
+
+
 def _dual_expansion(est: BaseEstimator, n_fit: int, classes: Optional[Sequence], target: Optional[int]
                     ) -> tuple[np.ndarray, np.ndarray, float, Optional[tuple]]:
     """``(support rows, alpha, intercept, classes)`` with ``f = K[:, support] @ alpha + b``."""
@@ -291,9 +322,16 @@ def explain_decision(estimator: Pipeline, X: Any, classes: Optional[Sequence] = 
     Returns
     -------
     DecisionExplanation
+
+    Raises
+    ------
+    TypeError
+        If the step after the DeepKernel is not one of the kernel machines above (for
+        k-NN, use :func:`explain_neighbors`).
     """
     pre, kern, after = _split_pipeline(estimator)
     est = _only_estimator_after(after, "kernel machine (SVC, OneClassSVM, KernelRidge, ...)")
+    _check_kernel_machine(est)  # before output=: a k-NN step needs another function, not distances
     if kern.output != "kernel":
         raise ValueError("The DeepKernel step must give output='kernel' to feed a kernel machine.")
     support, alpha, intercept, pair_classes = _dual_expansion(est, len(kern.X_fit_), classes, target)
@@ -327,8 +365,8 @@ class ClusterAudit:
 
     Attributes
     ----------
-    label : int
-        The cluster label.
+    label : hashable
+        The cluster label, as given (an int, a str, ...).
     members : ndarray of int
         Rows of ``X_fit_`` in the cluster.
     medoid : int
@@ -353,7 +391,7 @@ class ClusterAudit:
     pooling : Pooling
     """
 
-    label: int
+    label: Any
     members: np.ndarray
     medoid: int
     prototypes: np.ndarray
@@ -374,13 +412,40 @@ def _cluster_labels(clusters: Any, n_fit: int) -> np.ndarray:
         raise TypeError(
             f"Expected cluster labels or a fitted clusterer with labels_, got {type(est).__name__}."
         )
-    labels = np.asarray(labels).reshape(-1)
+    values = labels
+    labels = np.asarray(values)
+    if labels.dtype.kind in "US" and isinstance(values, (list, tuple)):
+        labels = np.asarray(values, dtype=object)  # numpy would turn ["a", -1] into ["a", "-1"]
+    labels = labels.reshape(-1)
     if labels.shape[0] != n_fit:
         raise ValueError(
             f"Got {labels.shape[0]} cluster labels but the DeepKernel was fit on {n_fit} samples; "
             "the labels must be those of the kernel's training samples (X_fit_)."
         )
+    missing = np.flatnonzero([_is_missing(v) for v in labels.tolist()])
+    if missing.size:
+        raise ValueError(
+            f"{missing.size} cluster label(s) are missing (NaN or None), at rows "
+            f"{missing[:5].tolist()}{' ...' if missing.size > 5 else ''} of X_fit_; every training "
+            "sample needs a label. Label them -1 (noise) to leave them out of the audit, e.g. "
+            "np.where(np.isnan(labels), -1, labels)."
+        )
     return labels
+
+
+def _is_missing(value: Any) -> bool:
+    """None, NaN, NaT or pandas.NA."""
+    if value is None:
+        return True
+    try:
+        return bool(value != value)  # only NaN-like values differ from themselves
+    except (TypeError, ValueError):
+        return True  # pandas.NA: its comparisons have no truth value
+
+
+def _is_noise(value: Any) -> bool:
+    """The numeric label -1 (noise of DBSCAN, HDBSCAN, OPTICS); the string "-1" is a label."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and value == -1
 
 
 def audit_clusters(clusters: Any, kernel: Any, n_prototypes: int = 3) -> list[ClusterAudit]:
@@ -389,13 +454,15 @@ def audit_clusters(clusters: Any, kernel: Any, n_prototypes: int = 3) -> list[Cl
     For each cluster: its medoid and most central members (by the kernel), the BiLRP
     explanations of the pairs among these prototypes, and the first-order relevance
     and pair relevance averaged over the pairs (medoid, member). Label ``-1`` (noise,
-    e.g. DBSCAN) is left out. Costs one relevance computation per clustered sample.
+    e.g. DBSCAN) is left out (the list is empty when every sample is noise); missing
+    labels (NaN, None) are refused. Costs one relevance computation per clustered sample.
 
     Parameters
     ----------
     clusters : array-like of shape (n_fit,), fitted clusterer, or Pipeline
-        Labels of the kernel's training samples ``X_fit_``, or an estimator (or the last
-        step of a pipeline) holding them in ``labels_``.
+        Labels of the kernel's training samples ``X_fit_`` (ints, strings or any
+        hashable, sortable values), or an estimator (or the last step of a pipeline)
+        holding them in ``labels_``.
     kernel : DeepKernel or Pipeline
         The fitted DeepKernel the clustering was computed with (or a pipeline holding it).
     n_prototypes : int, default=3
@@ -405,22 +472,38 @@ def audit_clusters(clusters: Any, kernel: Any, n_prototypes: int = 3) -> list[Cl
     -------
     list of ClusterAudit
         One per cluster, by increasing label.
+
+    Raises
+    ------
+    ValueError
+        If a label is missing (NaN or None), or the labels are not one per ``X_fit_`` row.
+    TypeError
+        If the labels mix kinds that cannot be sorted together (e.g. str and int).
     """
     _, kern, _ = _split_pipeline(kernel)
     check_is_fitted(kern)
     if int(n_prototypes) < 1:
         raise ValueError(f"n_prototypes must be at least 1, got {n_prototypes!r}.")
     labels = _cluster_labels(clusters, len(kern.X_fit_))
+    # noise is dropped before sorting, so that e.g. ["a", -1, "b"] needs no order between kinds
+    kept = labels[~np.array([_is_noise(v) for v in labels.tolist()], dtype=bool)]
+    try:
+        distinct = np.unique(kept)
+    except TypeError as err:
+        kinds = sorted({type(v).__name__ for v in kept.tolist()})
+        raise TypeError(
+            f"Cluster labels must be of one sortable kind, got a mix of {', '.join(kinds)}; "
+            "convert them to one kind first, e.g. np.asarray(labels).astype(str)."
+        ) from err
     audits = []
-    for label in np.unique(labels):
-        if label == -1:
-            continue
+    for label in distinct:
         members = np.flatnonzero(labels == label)
-        audits.append(_audit_one(kern, int(label), members, int(n_prototypes)))
+        value = label.item() if isinstance(label, np.generic) else label  # np.str_ -> str, np.int64 -> int
+        audits.append(_audit_one(kern, value, members, int(n_prototypes)))
     return audits
 
 
-def _audit_one(kern: DeepKernel, label: int, members: np.ndarray, n_prototypes: int) -> ClusterAudit:
+def _audit_one(kern: DeepKernel, label: Any, members: np.ndarray, n_prototypes: int) -> ClusterAudit:
     feats = kern.features_fit_[members]
     k = features_kernel(feats, feats, kern.kernel)
     n = len(members)

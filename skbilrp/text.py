@@ -253,10 +253,18 @@ class TextKernel(DeepKernel):
         texts = self._validate_samples(X, reset=True)
         self.model_, self.tokenizer_ = self._load()
         self.X_fit_ = texts
-        self._explainer: Optional[Explainer] = None
-        self._fit_relevance: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._fitted_with = self._fit_dependent_params()
+        self._reset_explanations()
         self.features_fit_ = self._features(texts)
         return self
+
+    # see DeepKernel._check_params_unchanged: what set_params after fit invalidates
+    _FIT_PARAMS = ("model", "tokenizer", "max_length")
+    _EXPLAIN_PARAMS = ("rules", "batch_size")
+
+    def _reset_explanations(self) -> None:
+        self._explainer: Optional[Explainer] = None
+        self._fit_relevance: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _load(self) -> tuple[BertEmbedder, Any]:
         """The frozen encoder and the tokenizer named by ``model`` and ``tokenizer``."""
@@ -344,7 +352,7 @@ class TextKernel(DeepKernel):
         -------
         list of str, or a list of them for a sequence of texts
         """
-        check_is_fitted(self)
+        self._check_fitted()
         if isinstance(text, str):
             return self.tokens([text])[0]
         return [self.tokenizer_.convert_ids_to_tokens(ids) for ids in self._encode(text)]
@@ -381,7 +389,7 @@ class TextKernel(DeepKernel):
     @property
     def explainer_(self) -> Explainer:
         """The :class:`~skbilrp.Explainer` of the encoder (built on first use)."""
-        check_is_fitted(self)
+        self._check_fitted()
         if getattr(self, "_explainer", None) is None:
             self._explainer = Explainer(self.model_, rules=self.rules, channel_axis=-1,
                                         batch_size=int(self.batch_size), verbose=self.verbose)

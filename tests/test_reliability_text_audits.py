@@ -146,3 +146,20 @@ def test_decision_of_a_non_kernel_machine_names_the_supported_ones():
                         KNeighborsClassifier(2, metric="precomputed")).fit(X, y)
     with pytest.raises(TypeError, match=r"cannot explain KNeighborsClassifier.*explain_neighbors"):
         explain_decision(knn, X[:2])
+
+
+def test_text_kernel_set_params_after_fit_rebuilds_or_requires_fit(minilm):
+    from sklearn.exceptions import NotFittedError
+
+    from skbilrp.text import TextKernel
+
+    hf, tok = minilm
+    kern = TextKernel(model=hf, tokenizer=tok).fit(FIT)
+    kern.explain_pairs(QUERY)  # builds the explainer and caches the training texts' relevance
+    kern.set_params(rules="zero")
+    got = kern.explain_pairs(QUERY)
+    want = TextKernel(model=hf, tokenizer=tok, rules="zero").fit(FIT).explain_pairs(QUERY)
+    np.testing.assert_array_equal(got.relevance, want.relevance)
+    kern.set_params(max_length=4)
+    with pytest.raises(NotFittedError, match="max_length changed.*fit again"):
+        kern.transform(QUERY)

@@ -458,6 +458,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         self._fitted_with = self._fit_dependent_params()
         self._reset_explanations()
         self._model_key: Optional[str] = None  # fingerprint for `memory`, made on first use
+        self._uncached: set[str] = set()  # kinds of results `memory` cannot key
         self.features_fit_ = self._features(X)
         return self
 
@@ -545,6 +546,9 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 self._model_key = fingerprint(type(self.model_).__qualname__, self.model_)
             return SampleStore(root / kind / fingerprint(self._model_key, *depends))
         except Unkeyable as err:
+            if kind in self._uncached:
+                return None
+            self._uncached.add(kind)  # warn once per kind, not on every call
             warnings.warn(
                 f"memory: {kind} are not cached, because the model or its rules cannot be "
                 f"pickled to key the cache ({err}); make them picklable (no lambdas or local "

@@ -129,8 +129,11 @@ def test_corrupted_cache_entry_is_recomputed_with_one_warning(x6, tmp_path, monk
 def test_unpicklable_model_is_not_cached_and_says_so(x6, tmp_path):
     model = Scaled(1.0)
     model.hook = lambda t: t  # a lambda cannot be pickled: no way to key the cache
-    with pytest.warns(UserWarning, match="not cached"):
-        k = DeepKernel(model, memory=str(tmp_path)).fit(x6).transform(x6)
+    with pytest.warns(UserWarning, match="not cached") as record:
+        kern = DeepKernel(model, memory=str(tmp_path)).fit(x6)
+        k = kern.transform(x6)
+        kern.transform(x6)
+    assert len([w for w in record if "not cached" in str(w.message)]) == 1
     assert not list(tmp_path.rglob("*.npz"))
     np.testing.assert_array_equal(k, DeepKernel(model).fit(x6).transform(x6))
 

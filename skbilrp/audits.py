@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator
 from sklearn.kernel_ridge import KernelRidge
 from sklearn.pipeline import Pipeline
@@ -22,7 +23,7 @@ from sklearn.svm import SVR, SVC, NuSVC, NuSVR, OneClassSVM
 from sklearn.utils.validation import check_is_fitted
 
 from .kernel import DeepKernel, features_kernel, kernel_to_distance, self_similarity
-from .pairs import PairExplanation, PairExplanations, pair_relevance
+from .pairs import PairExplanation, PairExplanations, pair_relevance, scaled_factors
 from .pooling import Pooling
 from .relevance import SampleRelevance
 
@@ -35,9 +36,7 @@ __all__ = [
     "audit_clusters",
 ]
 
-#: queries explained per pair_relevance call in explain_decision (bounds memory)
-_QUERY_CHUNK = 8
-#: members per pair_relevance call in audit_clusters (bounds memory)
+#: members whose relevance audit_clusters holds at once (bounds memory)
 _PARTNER_CHUNK = 64
 
 
@@ -340,16 +339,19 @@ def explain_decision(estimator: Pipeline, X: Any, classes: Optional[Sequence] = 
     supports = kern.fit_sample_relevance(support)
     k = features_kernel(kern.features(xk), kern.features_fit_[support], kern.kernel)
     decision = k @ alpha + intercept
-    relevance, support_relevance = [], []
-    for start in range(0, len(queries), _QUERY_CHUNK):
-        rel = pair_relevance(queries[start:start + _QUERY_CHUNK], supports, kern.kernel).relevance
-        relevance.append(np.einsum("k,nkpq->np", alpha, rel))
-        support_relevance.append(alpha[None, :, None] * rel.sum(axis=2))
-    relevance_x = np.concatenate(relevance)
+    # contractions of the factors, never the (n, n_sv, p, q) pair relevance:
+    # sum_k alpha_k A_x^T (B_k 1) = A_x^T (sum_k alpha_k B_k 1), and the support side
+    # alpha_k B_k^T (A_x 1)
+    ra, _ = scaled_factors(queries, kern.kernel)
+    rb, _ = scaled_factors(supports, kern.kernel)
+    alpha_t = torch.as_tensor(np.ascontiguousarray(alpha, dtype=np.float64))
+    weights = alpha_t @ rb.sum(-1)  # (h,)
+    relevance_x = torch.einsum("nhp,h->np", ra, weights).numpy()
+    support_relevance = (torch.einsum("nh,khq->nkq", ra.sum(-1), rb) * alpha_t[None, :, None]).numpy()
     return DecisionExplanation(
         decision=decision, intercept=intercept, support=support, dual_coef=alpha,
         contributions=k * alpha[None, :], relevance=relevance_x,
-        support_relevance=np.concatenate(support_relevance),
+        support_relevance=support_relevance,
         conservation_error=decision - intercept - relevance_x.sum(axis=1),
         pooling=queries.pooling, classes=pair_classes,
         _queries=queries, _supports=supports, _kernel=kern.kernel,
@@ -513,11 +515,13 @@ def _audit_one(kern: DeepKernel, label: Any, members: np.ndarray, n_prototypes: 
     medoid = int(prototypes[0])
     partners = members[members != medoid] if n > 1 else members
     rel_medoid = kern.fit_sample_relevance([medoid])
-    interactions = 0.0
+    # mean of A_med^T B_m over partners = A_med^T (mean of B_m): one (h, q) sum, no blocks
+    partner_sum = 0.0
     for start in range(0, len(partners), _PARTNER_CHUNK):
-        chunk = kern.fit_sample_relevance(partners[start:start + _PARTNER_CHUNK])
-        interactions = interactions + pair_relevance(rel_medoid, chunk, kern.kernel).relevance[0].sum(axis=0)
-    interactions = interactions / len(partners)
+        chunk, _ = scaled_factors(kern.fit_sample_relevance(partners[start:start + _PARTNER_CHUNK]), kern.kernel)
+        partner_sum = partner_sum + chunk.sum(0)
+    med, _ = scaled_factors(rel_medoid, kern.kernel)
+    interactions = (med[0].T @ partner_sum).numpy() / len(partners)
     med_sim = k[order[0]]
     rel_protos = kern.fit_sample_relevance(prototypes)
     proto_pairs = [(a, b) for a in range(len(prototypes)) for b in range(a + 1, len(prototypes))] or [(0, 0)]

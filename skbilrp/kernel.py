@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .cache import SampleStore, Unkeyable, fingerprint
 from .explainer import Explainer
-from .pairs import DEFAULT_MAX_MEMORY, PairExplanations, check_result_size, pair_relevance
+from .pairs import DEFAULT_MAX_MEMORY, PairExplanations, pair_relevance
 from .pooling import Pooling, PoolingSpec
 from .relevance import SampleRelevance
 from .rules import RuleSpec
@@ -335,8 +335,9 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         model or rule that cannot be pickled (e.g. holding a lambda) is not cached,
         with a warning. Unreadable entries are recomputed and overwritten.
     max_memory : int, default=2 GiB
-        Largest explanation array :meth:`explain_pairs` may build, in bytes; a larger
-        request is refused before any work, with what to pass instead.
+        Largest whole explanation array, in bytes, that the ``relevance`` of an
+        :meth:`explain_pairs` result may build (a larger one is refused, with what to ask
+        for instead); also the budget of the chunks its entries are streamed in.
     verbose : bool, default=False
         Show progress bars over batches.
 
@@ -639,10 +640,6 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     def _pooling(self) -> Pooling:
         return self._relevance_runner().explainer.computer.pooling_for(tuple(self.input_shape_))
 
-    def _n_groups(self) -> Optional[int]:
-        """Groups of input positions per sample, known before any relevance is computed."""
-        return self._pooling().n_groups
-
     def _relevance(self, x: np.ndarray) -> SampleRelevance:
         runner = self._relevance_runner()
         ex = runner.explainer  # built here, before any worker thread could race to build it
@@ -725,9 +722,10 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         Returns
         -------
         PairExplanations
-            ``relevance`` of shape ``(n, m, p, q)`` (or ``(n_pairs, p, q)``), summing to
-            ``similarity`` up to ``conservation_error`` (zero for bias-free models with
-            conserving rules).
+            Factored: it keeps the per-sample relevance and computes entries on demand.
+            ``relevance`` (built when read) has shape ``(n, m, p, q)`` (or
+            ``(n_pairs, p, q)``); each entry sums to ``similarity`` up to
+            ``conservation_error`` (zero for bias-free models with conserving rules).
         """
         self._check_fitted()
         xa = self._validate_samples(X, reset=False)
@@ -739,11 +737,8 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             pairs = _check_pairs(pairs, len(xa), n_b)
             rows = np.unique([i for i, _ in pairs])
             cols = np.unique([j for _, j in pairs])
-        groups = self._n_groups()
-        if groups is not None:  # refuse before the (long) relevance computation
-            n_entries = len(rows) * len(cols) if pairs is None else len(pairs)
-            itemsize = (_explanation_dtype(self.model_) or _model_dtype(self.model_)).itemsize
-            check_result_size(n_entries, groups, groups, self.max_memory, 8 + itemsize)
+        # no size check here: the result keeps per-sample factors, and only reading its
+        # whole ``relevance`` array is refused over ``max_memory``
         a = self._relevance(xa[rows])
         if xb is None:
             b = self.fit_sample_relevance(cols)
@@ -757,9 +752,8 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         row_pos = {int(r): k for k, r in enumerate(rows)}
         col_pos = {int(c): k for k, c in enumerate(cols)}
         local = [(row_pos[i], col_pos[j]) for i, j in pairs]
-        expl = pair_relevance(a, b, self.kernel, local, method=method, max_memory=self.max_memory)
-        expl.pairs = pairs
-        return expl
+        return pair_relevance(a, b, self.kernel, local, method=method, max_memory=self.max_memory,
+                              labels=pairs)
 
 
 def _same_param(a: Any, b: Any) -> bool:

@@ -1,15 +1,20 @@
 """Pair relevance: the BiLRP explanation of kernel entries.
 
 ``R[n, m] = A_n^T B_m`` from cached per-sample relevance, so explaining an
-``N × M`` block costs ``N + M`` relevance computations and cheap products.
+``N × M`` block costs ``N + M`` relevance computations and cheap products. The
+products are formed on demand: a result keeps the factors, and what reduces the
+``p × p'`` matrices (similarity, conservation error, marginals) never builds them.
 Cosine similarity treats the norms as constants: ``R_cos = R_dot / (|phi| |phi'|)``,
 which sums exactly to the cosine when the rules conserve.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Optional, Sequence
+import copy
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +23,7 @@ from .pooling import Pooling
 from .relevance import SampleRelevance
 
 __all__ = ["PairExplanation", "PairExplanations", "pair_relevance", "check_result_size", "Kernel",
-           "DEFAULT_MAX_MEMORY"]
+           "DEFAULT_MAX_MEMORY", "scaled_factors"]
 
 Kernel = Literal["linear", "cosine"]
 
@@ -27,7 +32,7 @@ DEFAULT_MAX_MEMORY = 2 * 2**30
 
 
 def check_result_size(n_entries: int, groups_a: int, groups_b: int, max_memory: int,
-                      bytes_per_value: int = 8) -> None:
+                      bytes_per_value: int = 8, hint: str = "") -> None:
     """Refuse, before any work, an explanation array larger than the memory budget.
 
     Parameters
@@ -41,6 +46,8 @@ def check_result_size(n_entries: int, groups_a: int, groups_b: int, max_memory: 
     bytes_per_value : int, default=8
         Bytes each relevance value costs while it is built (float64 result plus any
         intermediate copy).
+    hint : str, default=""
+        Appended to the message: further ways to do without the array.
 
     Raises
     ------
@@ -55,7 +62,7 @@ def check_result_size(n_entries: int, groups_a: int, groups_b: int, max_memory: 
             f"positions builds {n_values:.3g} relevance values ({needed / 2**30:.1f} GiB), over "
             f"the budget of {max_memory / 2**30:.1f} GiB. Ask for less: pass pairs=[(i, j), ...] "
             "for the entries you need, fewer rows, or a coarser pooling (e.g. pooling=8 for "
-            "8-pixel patches); or raise max_memory if the machine has the memory."
+            "8-pixel patches); or raise max_memory if the machine has the memory." + hint
         )
 
 
@@ -90,73 +97,413 @@ class PairExplanation:
         return self.relevance.sum(axis=1), self.relevance.sum(axis=0)
 
     def top_interactions(self, k: int = 10, by: Literal["abs", "positive", "negative"] = "abs") -> list[tuple[int, int, float]]:
-        """The ``k`` strongest group pairs as ``(g, g', relevance)``, strongest first."""
+        """The ``k`` strongest group pairs as ``(g, g', relevance)``, strongest first (ties: lower position)."""
         return _top(self.relevance, k, by)
 
 
-@dataclass
 class PairExplanations:
-    """BiLRP explanations of many kernel entries.
+    """BiLRP explanations of many kernel entries, computed on demand from per-sample factors.
+
+    A result of :func:`pair_relevance` keeps the per-sample relevance of both sides
+    (``A_n`` of shape ``(h, p)`` and ``B_m`` of shape ``(h, p')``, divided by the feature
+    norms for the cosine kernel) rather than the ``(n, m, p, p')`` product, which for
+    whole kernel blocks does not fit memory. Entry ``(n, m)`` is ``A_n^T B_m``; what
+    reduces it is computed without building it: ``similarity`` and
+    ``conservation_error`` in ``O(h)`` per entry, :meth:`marginals` in ``O(h p)``;
+    :meth:`pair` builds one ``p × p'`` matrix, :meth:`top_interactions` and iteration
+    stream over entries in chunks, and :attr:`relevance` builds the whole array only
+    when read (refused over ``max_memory``).
+
+    Constructed from arrays, ``PairExplanations(relevance, similarity,
+    conservation_error, pooling_a, pooling_b)``, it holds them as given.
+
+    Parameters
+    ----------
+    relevance : ndarray, optional
+        ``(n, m, p, p')`` or ``(n_pairs, p, p')``; None for a factored result (built by
+        :func:`pair_relevance`).
+    similarity, conservation_error : ndarray, optional
+        ``(n, m)`` or ``(n_pairs,)``, with ``relevance``.
+    pooling_a, pooling_b : Pooling
+    kernel, method : str
+    pairs : list of (int, int) or None
+        The chosen entries, or None for a full block.
+    max_memory : int, default=2 GiB
+        Budget of :attr:`relevance` (see :func:`check_result_size`), and of each chunk
+        that :meth:`top_interactions` and iteration build.
 
     Attributes
     ----------
-    relevance : ndarray
-        ``(n, m, p, p')`` for a block of entries, or ``(n_pairs, p, p')`` when
-        ``pairs`` was given.
-    similarity, conservation_error : ndarray
-        ``(n, m)`` or ``(n_pairs,)``.
-    pairs : list of (int, int) or None
-        The chosen entries, or None for a full block.
-    pooling_a, pooling_b : Pooling
-    kernel, method : str
+    shape : tuple of int
+        ``(n, m)`` for a block, ``(n_pairs,)`` for chosen pairs.
+
+    Notes
+    -----
+    ``len(E)`` is the number of rows (of pairs, for chosen pairs); iterating runs over
+    every entry, row-major, yielding :class:`PairExplanation`. Indexing ``E[rows]``,
+    ``E[rows, cols]`` (or ``E[ks]`` for chosen pairs) with ints, slices, index lists or
+    boolean masks gives a :class:`PairExplanations` of the sub-block, sharing the
+    factors; an int keeps its axis (length one). Use :meth:`pair` for one entry.
     """
 
-    relevance: np.ndarray
-    similarity: np.ndarray
-    conservation_error: np.ndarray
-    pooling_a: Pooling
-    pooling_b: Pooling
-    kernel: str = "linear"
-    method: str = "bilrp"
-    pairs: Optional[list] = field(default=None)
+    def __init__(self, relevance: Optional[np.ndarray] = None, similarity: Optional[np.ndarray] = None,
+                 conservation_error: Optional[np.ndarray] = None, pooling_a: Optional[Pooling] = None,
+                 pooling_b: Optional[Pooling] = None, kernel: str = "linear", method: str = "bilrp",
+                 pairs: Optional[list] = None, max_memory: int = DEFAULT_MAX_MEMORY) -> None:
+        self.pooling_a = pooling_a
+        self.pooling_b = pooling_b
+        self.kernel = kernel
+        self.method = method
+        self.pairs = pairs
+        self.max_memory = int(max_memory)
+        self._factors: Optional[_Factors] = None
+        self._ia = self._ib = None  # factor rows of each side: of the block, or of each pair
+        self._dense = None if relevance is None else np.asarray(relevance)
+        self._similarity = None if similarity is None else np.asarray(similarity)
+        self._error = None if conservation_error is None else np.asarray(conservation_error)
+
+    @classmethod
+    def _from_factors(cls, factors: "_Factors", ia: np.ndarray, ib: np.ndarray, pooling_a: Pooling,
+                      pooling_b: Pooling, kernel: str, method: str, pairs: Optional[list],
+                      max_memory: int) -> "PairExplanations":
+        out = cls(None, None, None, pooling_a, pooling_b, kernel, method, pairs, max_memory)
+        out._factors, out._ia, out._ib = factors, np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64)
+        return out
+
+    def _as(self, cls: type, **extra: Any) -> "PairExplanations":
+        """This result as an instance of the subclass ``cls``, with ``extra`` attributes."""
+        out = cls.__new__(cls)
+        out.__dict__.update(self.__dict__)
+        out.__dict__.update(extra)
+        return out
+
+    # ------------------------------------------------------------------ shape
+
+    @property
+    def _is_block(self) -> bool:
+        if self._dense is not None:
+            return self.pairs is None and self._dense.ndim == 4
+        return self.pairs is None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(n, m)`` for a block of entries, ``(n_pairs,)`` for chosen pairs."""
+        if self._dense is not None:
+            return tuple(self._dense.shape[:2] if self._is_block else self._dense.shape[:1])
+        return (len(self._ia), len(self._ib)) if self._is_block else (len(self._ia),)
+
+    @property
+    def n_groups(self) -> tuple[int, int]:
+        """``(p, p')``: groups of input positions on each side."""
+        if self._dense is not None:
+            return tuple(self._dense.shape[-2:])
+        return self._factors.a.shape[-1], self._factors.b.shape[-1]
 
     def __len__(self) -> int:
-        return len(self.similarity)
+        return self.shape[0]
 
-    def pair(self, i: int, j: Optional[int] = None) -> PairExplanation:
-        """One entry: ``pair(i, j)`` of a block, or ``pair(k)`` for the k-th chosen pair."""
-        idx = (i,) if j is None else (i, j)
-        return PairExplanation(self.relevance[idx], float(self.similarity[idx]),
-                               float(self.conservation_error[idx]), self.pooling_a, self.pooling_b,
-                               self.kernel, self.method)
+    def __repr__(self) -> str:
+        what = "x".join(str(s) for s in self.shape)
+        kind = "block" if self._is_block else "pairs"
+        p, q = self.n_groups
+        return (f"{type(self).__name__}({kind} of {what} entries on {p} x {q} groups, "
+                f"kernel={self.kernel!r}, method={self.method!r})")
+
+    def _entry_indices(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Factor rows ``(ia, ib)`` of entries given by their row-major position."""
+        if self._is_block:
+            m = len(self._ib)
+            return self._ia[flat // m], self._ib[flat % m]
+        return self._ia[flat], self._ib[flat]
+
+    # ------------------------------------------------------------ reductions
+
+    @property
+    def similarity(self) -> np.ndarray:
+        """The kernel values explained, ``(n, m)`` or ``(n_pairs,)``, float64."""
+        if self._similarity is None:
+            f = self._factors
+            self._similarity = self._contract(f.fa, f.fb)
+        return self._similarity
+
+    @property
+    def conservation_error(self) -> np.ndarray:
+        """``similarity`` minus the sum of each entry's relevance, ``(n, m)`` or ``(n_pairs,)``.
+
+        From the factors: the sum of ``A_n^T B_m`` is ``(A_n 1)^T (B_m 1)``.
+        """
+        if self._error is None:
+            f = self._factors
+            self._error = self.similarity - self._contract(f.sa, f.sb)
+        return self._error
+
+    def _contract(self, u: torch.Tensor, v: torch.Tensor) -> np.ndarray:
+        """``<u[ia], v[ib]>`` over the feature axis, for every entry."""
+        ia, ib = torch.from_numpy(self._ia), torch.from_numpy(self._ib)
+        if self._is_block:
+            return (u[ia] @ v[ib].T).numpy()
+        return (u[ia] * v[ib]).sum(1).numpy()
 
     def marginals(self) -> tuple[np.ndarray, np.ndarray]:
-        """First-order maps: sums over the partner axis, ``(..., p)`` and ``(..., p')``."""
-        return self.relevance.sum(axis=-1), self.relevance.sum(axis=-2)
+        """First-order maps: sums over the partner's groups, ``(..., p)`` and ``(..., p')``.
+
+        ``A_n^T (B_m 1)`` and ``B_m^T (A_n 1)``: ``O(h p)`` per entry, no ``p × p'`` matrix.
+
+        Returns
+        -------
+        marginal_a : ndarray of shape (n, m, p) or (n_pairs, p)
+        marginal_b : ndarray of shape (n, m, p') or (n_pairs, p')
+        """
+        if self._dense is not None:
+            return self._dense.sum(axis=-1), self._dense.sum(axis=-2)
+        # not cached: for a whole kernel block they are large, and the caller holds them
+        n_entries = math.prod(self.shape)
+        p, q = self.n_groups
+        check_result_size(n_entries, p + q, 1, self.max_memory,
+                          hint=" (marginals: one value per group and entry)")
+        f = self._factors
+        a, b = f.a[torch.from_numpy(self._ia)], f.b[torch.from_numpy(self._ib)]
+        sa, sb = f.sa[torch.from_numpy(self._ia)], f.sb[torch.from_numpy(self._ib)]
+        if self._is_block:
+            # one GEMM per side, written straight into the (n, m, p) and (n, m, p') results
+            n, m, h = len(a), len(b), a.shape[1]
+            marg_a = torch.empty(n, m, a.shape[2], dtype=a.dtype)
+            for i in range(n):  # (m, h) @ (h, p) per row: no (n, m, h) broadcast copy
+                torch.mm(sb, a[i], out=marg_a[i])
+            marg_b = (sa @ b.permute(1, 0, 2).reshape(h, -1)).reshape(n, m, -1)
+        else:
+            marg_a = torch.einsum("khp,kh->kp", a, sb)
+            marg_b = torch.einsum("khq,kh->kq", b, sa)
+        return marg_a.numpy(), marg_b.numpy()
+
+    # --------------------------------------------------------------- entries
+
+    @property
+    def relevance(self) -> np.ndarray:
+        """The whole ``(n, m, p, p')`` (or ``(n_pairs, p, p')``) array, built on first read.
+
+        Raises
+        ------
+        MemoryError
+            If it is larger than ``max_memory`` (see :func:`check_result_size`); the
+            reductions, :meth:`pair` and iteration need no such array.
+        """
+        if self._dense is None:
+            p, q = self.n_groups
+            check_result_size(math.prod(self.shape), p, q, self.max_memory, 16, hint=_STREAM_HINT)
+            f = self._factors
+            a, b = f.a[torch.from_numpy(self._ia)], f.b[torch.from_numpy(self._ib)]
+            spec = "nhp,mhq->nmpq" if self._is_block else "khp,khq->kpq"
+            self._dense = torch.einsum(spec, a, b).numpy()
+        return self._dense
+
+    def _build(self, flat: np.ndarray) -> np.ndarray:
+        """``(len(flat), p, p')``: the entries at these row-major positions."""
+        if self._dense is not None:
+            return self._dense.reshape(-1, *self._dense.shape[-2:])[flat]
+        ia, ib = self._entry_indices(flat)
+        f = self._factors
+        return torch.bmm(f.a[torch.from_numpy(ia)].transpose(1, 2), f.b[torch.from_numpy(ib)]).numpy()
+
+    def _chunks(self) -> Iterator[np.ndarray]:
+        """Row-major entry positions, in chunks whose matrices fit the streaming budget."""
+        p, q = self.n_groups
+        h = 0 if self._factors is None else self._factors.a.shape[1]
+        # the chunk's matrices, two same-sized temporaries (top-k keys) and the gathered factors
+        per_entry = 8 * (3 * p * q + h * (p + q))
+        step = max(1, min(self.max_memory, _STREAM_BYTES) // per_entry)
+        total = math.prod(self.shape)
+        for start in range(0, total, step):
+            yield np.arange(start, min(total, start + step))
+
+    def __iter__(self) -> Iterator[PairExplanation]:
+        """Every entry, row-major, as a :class:`PairExplanation` (built chunk by chunk)."""
+        sim, err = self.similarity.reshape(-1), self.conservation_error.reshape(-1)
+        for flat in self._chunks():
+            for k, rel in zip(flat, self._build(flat)):
+                yield self._one(int(k), rel, float(sim[k]), float(err[k]))
+
+    def _one(self, k: int, rel: np.ndarray, similarity: float, error: float) -> PairExplanation:
+        """Entry at row-major position ``k`` from its matrix (subclasses trim it)."""
+        return PairExplanation(rel, similarity, error, self.pooling_a, self.pooling_b, self.kernel, self.method)
+
+    def _position(self, i: int, j: Optional[int]) -> int:
+        """Row-major position of ``pair(i, j)`` (block) or ``pair(k)`` (chosen pairs)."""
+        shape = self.shape
+        if (j is None) != (len(shape) == 1):
+            raise ValueError("Use pair(i, j) for a block of entries and pair(k) for the k-th of pairs=.")
+        idx = (i,) if j is None else (i, j)
+        for v, n in zip(idx, shape):
+            if not -n <= int(v) < n:
+                raise IndexError(f"Entry {idx} is out of range for explanations of shape {shape}.")
+        idx = tuple(int(v) % n for v, n in zip(idx, shape))
+        return int(np.ravel_multi_index(idx, shape))
+
+    def pair(self, i: int, j: Optional[int] = None) -> PairExplanation:
+        """One entry: ``pair(i, j)`` of a block, or ``pair(k)`` for the k-th chosen pair.
+
+        Builds only that entry's ``p × p'`` matrix.
+        """
+        k = self._position(i, j)
+        flat = np.array([k])
+        return self._one(k, self._build(flat)[0], float(self.similarity.reshape(-1)[k]),
+                         float(self.conservation_error.reshape(-1)[k]))
 
     def top_interactions(self, k: int = 10, by: Literal["abs", "positive", "negative"] = "abs") -> list[list]:
-        """Per entry, the ``k`` strongest group pairs ``(g, g', relevance)``."""
-        flat = self.relevance.reshape(-1, *self.relevance.shape[-2:])
-        tops = [_top(r, k, by) for r in flat]
-        if self.pairs is None and self.relevance.ndim == 4:
-            n, m = self.relevance.shape[:2]
+        """Per entry, the ``k`` strongest group pairs ``(g, g', relevance)``, strongest first.
+
+        Streams over the entries in chunks; ties go to the lower (row-major) group pair.
+
+        Returns
+        -------
+        list
+            ``tops[i][j]`` for a block, ``tops[k]`` for chosen pairs.
+        """
+        _check_top(k, by)
+        q = self.n_groups[1]
+        tops: list = []
+        for flat in self._chunks():
+            rel = self._build(flat).reshape(len(flat), -1)
+            order = _top_order(rel, int(k), by)
+            values = np.take_along_axis(rel, order, axis=1)
+            rows, cols = np.divmod(order, q)
+            tops.extend(list(zip(r, c, v)) for r, c, v in zip(rows.tolist(), cols.tolist(), values.tolist()))
+        if self._is_block:
+            n, m = self.shape
             return [tops[i * m:(i + 1) * m] for i in range(n)]
         return tops
 
+    # --------------------------------------------------------------- indexing
 
-def _top(rel: np.ndarray, k: int, by: str) -> list[tuple[int, int, float]]:
+    def __getitem__(self, index: Any) -> "PairExplanations":
+        """Sub-block ``E[rows]``, ``E[rows, cols]`` (or ``E[ks]`` of chosen pairs)."""
+        index = index if isinstance(index, tuple) else (index,)
+        shape = self.shape
+        if len(index) > len(shape):
+            raise IndexError(
+                f"Too many indices for explanations of shape {shape}"
+                + ("; chosen pairs take one index, E[k] or E[ks]." if len(shape) == 1 else ".")
+            )
+        picks = [_positions(ix, n) for ix, n in zip(index, shape)] + [np.arange(n) for n in shape[len(index):]]
+        out = copy.copy(self)
+        if len(shape) == 2:
+            r, c = picks
+            grid = np.ix_(r, c)
+            out.pairs = None
+            if self._dense is not None:
+                out._dense = self._dense[grid]
+            if self._factors is not None:
+                out._ia, out._ib = self._ia[r], self._ib[c]
+            out._similarity = None if self._similarity is None else self._similarity[grid]
+            out._error = None if self._error is None else self._error[grid]
+            out._subset(r, c)
+        else:
+            (ks,) = picks
+            out.pairs = None if self.pairs is None else [self.pairs[k] for k in ks]
+            if self._dense is not None:
+                out._dense = self._dense[ks]
+            if self._factors is not None:
+                out._ia, out._ib = self._ia[ks], self._ib[ks]
+            out._similarity = None if self._similarity is None else self._similarity[ks]
+            out._error = None if self._error is None else self._error[ks]
+        return out
+
+    def _subset(self, rows: np.ndarray, cols: np.ndarray) -> None:
+        """Hook: restrict per-row and per-column attributes of a sub-block (see text)."""
+
+
+#: what :attr:`PairExplanations.relevance` suggests instead of the whole array
+_STREAM_HINT = (" Or use what builds no such array: E.pair(i, j), E[rows, cols], E.marginals(), "
+                "E.top_interactions(k), or iterate over E.")
+#: cap of one streamed chunk: larger ones do not speed the products up, they only raise the peak memory
+_STREAM_BYTES = 2**26
+
+
+@dataclass(frozen=True)
+class _Factors:
+    """Per-sample factors of a factored result, shared by its sub-blocks (float64).
+
+    ``a (N, h, p)``, ``b (M, h, p')``: relevance, divided by the feature norms for the
+    cosine kernel; ``fa``, ``fb``: the features, likewise; ``sa``, ``sb``: relevance
+    summed over groups (``A 1``), for the conservation error and the marginals.
+    """
+
+    a: torch.Tensor
+    b: torch.Tensor
+    fa: torch.Tensor
+    fb: torch.Tensor
+    sa: torch.Tensor
+    sb: torch.Tensor
+
+
+def scaled_factors(rel: SampleRelevance, kernel: Kernel) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(relevance, features)`` in float64, divided by the feature norms for the cosine kernel.
+
+    Pair relevance is then ``A_n^T B_m`` for both kernels (norms held constant). A zero
+    feature vector stays zero (similarity 0 with everything).
+    """
+    r, f = rel.relevance.detach().cpu().double(), rel.features.detach().cpu().double()
+    if kernel == "cosine":
+        norm = f.norm(dim=1).clamp_min(torch.finfo(f.dtype).tiny)
+        r, f = r / norm[:, None, None], f / norm[:, None]
+    return r, f
+
+
+def _check_top(k: int, by: str) -> None:
     if by not in ("abs", "positive", "negative"):
         raise ValueError(f"by must be 'abs', 'positive' or 'negative', got {by!r}.")
-    key = {"abs": np.abs(rel), "positive": rel, "negative": -rel}[by]
-    order = np.argsort(key, axis=None)[::-1][: int(k)]
+    if int(k) < 0:
+        raise ValueError(f"k must be a non-negative number of group pairs, got {k!r}.")
+
+
+def _top_order(rel: np.ndarray, k: int, by: str) -> np.ndarray:
+    """``(c, min(k, L))`` positions of the strongest values of each row of ``rel (c, L)``.
+
+    Strongest first, ties to the lower position. ``torch.topk`` finds them (in parallel);
+    rows where it had to choose among values tied at the boundary are redone with a
+    stable sort, so the choice never depends on the selection algorithm.
+    """
+    rel_t = torch.from_numpy(np.ascontiguousarray(rel))
+    key = {"abs": rel_t.abs(), "positive": rel_t, "negative": -rel_t}[by]  # larger = stronger
+    n_rows, n = key.shape
+    k = min(k, n)
+    if k == 0:
+        return np.zeros((n_rows, 0), dtype=np.int64)
+    if k == n:
+        return torch.sort(key, dim=1, descending=True, stable=True).indices.numpy()
+    vals, idx = torch.topk(key, k, dim=1, largest=True, sorted=False)
+    tied = torch.nonzero((key >= vals.min(dim=1).values[:, None]).sum(dim=1) > k).flatten()
+    if tied.numel():
+        idx[tied] = torch.sort(key[tied], dim=1, descending=True, stable=True).indices[:, :k]
+        vals[tied] = torch.gather(key[tied], 1, idx[tied])
+    idx_np, vals_np = idx.numpy(), vals.numpy()
+    return np.take_along_axis(idx_np, np.lexsort((idx_np, -vals_np), axis=1), axis=1)
+
+
+def _positions(index: Any, n: int) -> np.ndarray:
+    """Positions along an axis of length ``n`` picked by an int, slice, list or mask."""
+    if isinstance(index, (int, np.integer)):
+        if not -n <= int(index) < n:
+            raise IndexError(f"Index {int(index)} is out of range for an axis of {n} entries.")
+        return np.array([int(index) % n])
+    picked = np.arange(n)[index]
+    return np.atleast_1d(picked).astype(np.int64)
+
+
+def _top(rel: np.ndarray, k: int, by: str) -> list[tuple[int, int, float]]:
+    _check_top(k, by)
+    order = _top_order(rel.reshape(1, -1), int(k), by)[0]
     rows, cols = np.unravel_index(order, rel.shape)
     return [(int(r), int(c), float(rel[r, c])) for r, c in zip(rows, cols)]
 
 
 def pair_relevance(a: SampleRelevance, b: SampleRelevance, kernel: Kernel = "linear",
                    pairs: Optional[Sequence[tuple[int, int]]] = None, method: str = "bilrp",
-                   max_memory: int = DEFAULT_MAX_MEMORY) -> PairExplanations:
+                   max_memory: int = DEFAULT_MAX_MEMORY, labels: Optional[list] = None) -> PairExplanations:
     """Explain the kernel entries between two batches from their per-sample relevance.
+
+    Nothing of size ``p × p'`` per entry is built here: the result keeps both batches'
+    relevance and computes entries on demand (see :class:`PairExplanations`).
 
     Parameters
     ----------
@@ -164,11 +511,16 @@ def pair_relevance(a: SampleRelevance, b: SampleRelevance, kernel: Kernel = "lin
         Relevance of the two batches (same feature map).
     kernel : {"linear", "cosine"}
     pairs : sequence of (i, j), optional
-        Explain only these entries; default: the whole ``len(a) × len(b)`` block.
+        Explain only these entries (rows of ``a``, rows of ``b``); default: the whole
+        ``len(a) × len(b)`` block.
     method : str
         Recorded on the result.
     max_memory : int, default=2 GiB
-        Budget of the explanation array in bytes, see :func:`check_result_size`.
+        Budget of the result's :attr:`~PairExplanations.relevance` array in bytes, see
+        :func:`check_result_size`, and of its streamed chunks.
+    labels : list of (int, int), optional
+        What the result reports as ``pairs`` (e.g. indices into the caller's batches);
+        default ``pairs``.
 
     Returns
     -------
@@ -178,26 +530,21 @@ def pair_relevance(a: SampleRelevance, b: SampleRelevance, kernel: Kernel = "lin
         raise ValueError(f"kernel must be 'linear' or 'cosine', got {kernel!r}.")
     if a.features.shape[1] != b.features.shape[1]:
         raise ValueError("Both batches must come from the same feature map.")
-    ra, rb = a.relevance, b.relevance
-    fa, fb = a.features, b.features
-    n_entries = len(a) * len(b) if pairs is None else len(pairs)
-    # the product is built in the relevance dtype, then copied to float64
-    check_result_size(n_entries, ra.shape[-1], rb.shape[-1], max_memory, 8 + ra.element_size())
-    if kernel == "cosine":
-        na = fa.norm(dim=1).clamp_min(torch.finfo(fa.dtype).tiny)
-        nb = fb.norm(dim=1).clamp_min(torch.finfo(fb.dtype).tiny)
-        ra, fa = ra / na[:, None, None], fa / na[:, None]
-        rb, fb = rb / nb[:, None, None], fb / nb[:, None]
+    ra, fa = scaled_factors(a, kernel)
+    rb, fb = (ra, fa) if b is a else scaled_factors(b, kernel)
+    sa = ra.sum(-1)
+    sb = sa if rb is ra else rb.sum(-1)
+    factors = _Factors(ra, rb, fa, fb, sa, sb)
     if pairs is None:
-        rel = torch.einsum("nhp,mhq->nmpq", ra, rb)
-        sim = fa @ fb.T
+        ia, ib = np.arange(len(a)), np.arange(len(b))
     else:
         pairs = [(int(i), int(j)) for i, j in pairs]
-        idx_a = torch.tensor([i for i, _ in pairs], dtype=torch.long)
-        idx_b = torch.tensor([j for _, j in pairs], dtype=torch.long)
-        rel = torch.einsum("khp,khq->kpq", ra[idx_a], rb[idx_b])
-        sim = (fa[idx_a] * fb[idx_b]).sum(1)
-    rel_np = rel.double().cpu().numpy()
-    sim_np = sim.double().cpu().numpy()
-    err = sim_np - rel_np.sum(axis=(-2, -1))
-    return PairExplanations(rel_np, sim_np, err, a.pooling, b.pooling, kernel, method, pairs)
+        ia = np.array([i for i, _ in pairs], dtype=np.int64)
+        ib = np.array([j for _, j in pairs], dtype=np.int64)
+        for side, idx, n in (("row", ia, len(a)), ("column", ib, len(b))):
+            if idx.size and (idx.min() < -n or idx.max() >= n):
+                raise IndexError(f"pairs name a {side} out of range [0, {n}).")
+        ia, ib = ia % len(a), ib % len(b)
+    reported = pairs if labels is None else [(int(i), int(j)) for i, j in labels]
+    return PairExplanations._from_factors(factors, ia, ib, a.pooling, b.pooling, kernel, method,
+                                          reported, max_memory)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Optional, Sequence, Union
 
@@ -60,36 +60,55 @@ class TextPairExplanation(PairExplanation):
         return [(self.tokens_a[i], self.tokens_b[j], r) for i, j, r in self.top_interactions(k, by)]
 
 
-@dataclass
 class TextPairExplanations(PairExplanations):
     """BiLRP explanations of many text-kernel entries.
 
-    ``relevance`` is zero-padded to the longest text on each side, ``(n, m, T_a, T_b)``
-    (or ``(n_pairs, T_a, T_b)``); :meth:`pair` returns one entry trimmed to its real
-    tokens, with the token strings.
+    Factored as :class:`~skbilrp.pairs.PairExplanations`. ``relevance`` (built when
+    read) is zero-padded to the longest text on each side, ``(n, m, T_a, T_b)`` (or
+    ``(n_pairs, T_a, T_b)``); :meth:`pair` and iteration give one entry trimmed to its
+    real tokens, with the token strings.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        As :class:`~skbilrp.pairs.PairExplanations`.
+    tokens_a, tokens_b : list of list of str
+        Tokens of every row text and every column text.
 
     Attributes
     ----------
     tokens_a, tokens_b : list of list of str
-        Tokens of every row text and every column text.
+        Tokens of every row text and every column text (for chosen pairs, indexed by
+        the texts named in ``pairs``).
     """
 
-    tokens_a: list = field(default_factory=list)
-    tokens_b: list = field(default_factory=list)
+    def __init__(self, *args: Any, tokens_a: Optional[list] = None, tokens_b: Optional[list] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tokens_a = list(tokens_a or [])
+        self.tokens_b = list(tokens_b or [])
 
     def pair(self, i: int, j: Optional[int] = None) -> TextPairExplanation:
         """One entry, trimmed to real tokens: ``pair(i, j)`` of a block, ``pair(k)`` of ``pairs``."""
-        if (j is None) == (self.pairs is None):
-            raise ValueError("Use pair(i, j) for a block of entries and pair(k) for the k-th of pairs=.")
-        a, b = (i, j) if j is not None else self.pairs[i]
-        base = super().pair(i, j)
+        return super().pair(i, j)
+
+    def _one(self, k: int, rel: np.ndarray, similarity: float, error: float) -> TextPairExplanation:
+        if self.pairs is None:
+            a, b = divmod(k, self.shape[1])
+        else:
+            a, b = self.pairs[k]
         ta, tb = self.tokens_a[a], self.tokens_b[b]
         dim = self.pooling_a.sample_shape[-1]
         return TextPairExplanation(
-            base.relevance[: len(ta), : len(tb)], base.similarity, base.conservation_error,
-            _token_pooling(len(ta), dim), _token_pooling(len(tb), dim), base.kernel, base.method,
+            rel[: len(ta), : len(tb)], similarity, error,
+            _token_pooling(len(ta), dim), _token_pooling(len(tb), dim), self.kernel, self.method,
             tokens_a=list(ta), tokens_b=list(tb),
         )
+
+    def _subset(self, rows: np.ndarray, cols: np.ndarray) -> None:
+        # a sub-block's rows and columns are its own texts
+        self.tokens_a = [self.tokens_a[r] for r in rows]
+        self.tokens_b = [self.tokens_b[c] for c in cols]
 
 
 def _token_pooling(n_tokens: int, hidden_size: int) -> Pooling:
@@ -161,7 +180,8 @@ class TextKernel(DeepKernel):
     batch_size : int, default=32
         Texts per forward pass; texts are sorted by length first so batches pad little.
     max_memory : int, default=2 GiB
-        Largest explanation array :meth:`explain_pairs` may build, in bytes.
+        Largest whole explanation array (``relevance`` of an :meth:`explain_pairs`
+        result) that may be built, in bytes; also the budget of its streamed chunks.
     verbose : bool, default=False
 
     Attributes
@@ -418,10 +438,6 @@ class TextKernel(DeepKernel):
     def _relevance(self, texts: np.ndarray) -> SampleRelevance:
         return self._stack(self._sample_parts(texts))
 
-    def _n_groups(self) -> None:
-        # tokens per text are known only after tokenising; pair_relevance checks the size
-        return None
-
     def _relevance_runner(self) -> SimpleNamespace:
         # DeepKernel.explain_pairs reads the method from ``_relevance_runner().explainer``
         return SimpleNamespace(explainer=self.explainer_)
@@ -442,13 +458,13 @@ class TextKernel(DeepKernel):
         Returns
         -------
         TextPairExplanations
-            ``relevance`` ``(n, m, T_a, T_b)`` zero-padded (or ``(n_pairs, T_a, T_b)``),
-            ``similarity``, ``conservation_error``, ``tokens_a`` and ``tokens_b``;
+            Factored (entries computed on demand): ``relevance`` ``(n, m, T_a, T_b)``
+            zero-padded (or ``(n_pairs, T_a, T_b)``, built when read), ``similarity``,
+            ``conservation_error``, ``tokens_a`` and ``tokens_b``;
             ``.pair(i, j)`` gives one ``(T_a, T_b)`` matrix of real tokens with its tokens.
         """
         expl = super().explain_pairs(X, Y, pairs)
         rows = self._validate_samples(X, reset=False)
         cols = self.X_fit_ if Y is None else self._validate_samples(Y, reset=False)
-        values = {f.name: getattr(expl, f.name) for f in fields(expl)}
-        return TextPairExplanations(**values, tokens_a=self.tokens(list(rows)),
-                                    tokens_b=self.tokens(list(cols)))
+        return expl._as(TextPairExplanations, tokens_a=self.tokens(list(rows)),
+                        tokens_b=self.tokens(list(cols)))

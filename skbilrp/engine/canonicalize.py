@@ -1,0 +1,154 @@
+"""Canonical form of an exported graph: BatchNorm folded into the conv/linear that alone
+feeds it (LRP rules are defined for ``z = W a + b``), schema defaults filled in, mutable
+ops refused."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import fx
+
+from .ops import aten, lookup
+
+__all__ = ["canonicalize", "full_args"]
+
+_FOLDABLE = (aten.conv1d.default, aten.conv2d.default, aten.linear.default, aten.conv2d.padding,
+             aten.conv1d.padding)
+_BN = aten._native_batch_norm_legit_no_training.default
+
+
+def full_args(node: fx.Node) -> tuple[list, dict]:
+    """Positional arguments with schema defaults filled in; kwarg-only ones in kwargs."""
+    op = node.target
+    if not isinstance(op, torch._ops.OpOverload):
+        return list(node.args), dict(node.kwargs)
+    args, kwargs = list(node.args), dict(node.kwargs)
+    for i, a in enumerate(op._schema.arguments):
+        if a.kwarg_only:
+            if a.name not in kwargs and a.has_default_value() and a.name == "alpha":
+                kwargs[a.name] = a.default_value
+            continue
+        if i < len(args):
+            continue
+        if a.name in kwargs:
+            args.append(kwargs.pop(a.name))
+        elif a.has_default_value():
+            args.append(a.default_value)
+    return args, kwargs
+
+
+def canonicalize(graph: fx.Graph, constants: dict) -> None:
+    """Fill schema defaults, fold BatchNorms, refuse mutable ops; edits ``graph`` in place."""
+    for node in graph.nodes:
+        if node.op == "call_function":
+            if isinstance(node.target, torch._ops.OpOverload) and node.target._schema.is_mutable:
+                lookup(node)  # raises, naming op, node and module
+            args, kwargs = full_args(node)
+            node.args, node.kwargs = tuple(args), kwargs
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not _BN:
+            continue
+        src = node.args[0]
+        if not (isinstance(src, fx.Node) and src.target in _FOLDABLE and len(src.users) == 1):
+            continue
+        w_node, b_node = src.args[1], src.args[2]
+        if not _is_constant(w_node, constants) or not (b_node is None or _is_constant(b_node, constants)):
+            continue
+        users = list(node.users)
+        if not all(u.target is operator.getitem for u in users) or any(u.args[1] != 0 for u in users if u.users):
+            continue
+        _, bw, bb, mean, var, _, eps = (constants.get(a.name) if isinstance(a, fx.Node) else a for a in node.args)
+        weight = constants[w_node.name]
+        bias = None if b_node is None else constants[b_node.name]
+        with torch.no_grad():
+            std = torch.sqrt(var + eps)
+            scale = bw / std if bw is not None else 1 / std
+            shift = (bb if bb is not None else 0) - mean * scale
+            w2 = weight * scale.reshape((-1,) + (1,) * (weight.dim() - 1))
+            b2 = (bias if bias is not None else torch.zeros_like(shift)) * scale + shift
+        args = list(src.args)
+        args[1], args[2] = w2, b2
+        src.args = tuple(args)
+        for u in users:
+            u.replace_all_uses_with(src)
+            graph.erase_node(u)
+        graph.erase_node(node)
+
+
+def _is_constant(node, constants) -> bool:
+    return isinstance(node, fx.Node) and node.op == "placeholder" and node.name in constants
+
+
+# ----------------------------------------------------------------- module-level forms
+
+
+class BatchFirstAttention(torch.nn.Module):
+    """``nn.MultiheadAttention(batch_first=True)`` written with the batch axis first
+    throughout (torch's own forward moves it to axis 1), same weights and values.
+    The output projection stays the module ``out_proj`` (rules by name keep working)."""
+
+    def __init__(self, mha: torch.nn.MultiheadAttention) -> None:
+        super().__init__()
+        self.num_heads, self.embed_dim = mha.num_heads, mha.embed_dim
+        self.in_proj_weight, self.in_proj_bias = mha.in_proj_weight, mha.in_proj_bias
+        self.q_proj_weight = getattr(mha, "q_proj_weight", None)
+        self.k_proj_weight = getattr(mha, "k_proj_weight", None)
+        self.v_proj_weight = getattr(mha, "v_proj_weight", None)
+        self.out_proj = mha.out_proj
+        if mha.bias_k is not None or mha.add_zero_attn or mha.dropout:
+            raise UnsupportedModuleError(
+                "nn.MultiheadAttention with add_bias_kv, add_zero_attn or dropout > 0 is not "
+                "supported; build it without them")
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        e, h = self.embed_dim, self.num_heads
+        if self.in_proj_weight is not None:
+            wq, wk, wv = self.in_proj_weight.chunk(3)
+        else:
+            wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+        bq, bk, bv = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None,) * 3
+        n = query.shape[0]
+
+        def heads(t):
+            return t.reshape(n, t.shape[1], h, e // h).transpose(1, 2)
+
+        q = heads(torch.nn.functional.linear(query, wq, bq))
+        k = heads(torch.nn.functional.linear(key, wk, bk))
+        v = heads(torch.nn.functional.linear(value, wv, bv))
+        mask = None
+        if attn_mask is not None:
+            mask = attn_mask if attn_mask.dtype != torch.bool else torch.zeros_like(
+                attn_mask, dtype=q.dtype).masked_fill(attn_mask, float("-inf"))
+        if key_padding_mask is not None:
+            pad = key_padding_mask[:, None, None, :]
+            pad = torch.zeros_like(pad, dtype=q.dtype).masked_fill(pad, float("-inf")) \
+                if pad.dtype == torch.bool else pad.to(q.dtype)
+            mask = pad if mask is None else mask + pad
+        scores = q @ k.transpose(-2, -1) / (e // h) ** 0.5
+        if mask is not None:
+            scores = scores + mask
+        if is_causal:
+            scores = scores.masked_fill(torch.ones(scores.shape[-2:], dtype=torch.bool,
+                                                   device=scores.device).triu(1), float("-inf"))
+        probs = torch.softmax(scores, -1)
+        out = (probs @ v).transpose(1, 2).reshape(n, query.shape[1], e)
+        out = self.out_proj(out)
+        weights = None
+        if need_weights:
+            weights = probs.mean(1) if average_attn_weights else probs
+        return out, weights
+
+
+class UnsupportedModuleError(TypeError):
+    pass
+
+
+def canonical_modules(model: torch.nn.Module) -> None:
+    """Replace modules whose torch forward moves the batch axis (in place, on the copy)."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, torch.nn.MultiheadAttention) and child.batch_first:
+            setattr(model, name, BatchFirstAttention(child))
+        else:
+            canonical_modules(child)

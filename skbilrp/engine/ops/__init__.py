@@ -1,0 +1,127 @@
+"""The one operator table: exact ATen ``OpOverload`` → relevance operator.
+
+Each entry is a class decorated with :func:`relevance_op`. ``record(args, kwargs)``
+gets the node's arguments (tensors, numbers; schema defaults filled in) and returns
+``(output, state)``; ``push(state, flows, args, kwargs, cells)`` gets, parallel to
+``args``, the flow of each argument (None where no relevance flows; a list for a list
+argument) and returns the output's flow. ``push`` is linear in the flows; flows are
+probe-major ``(K*N, ...)``, states per sample ``(N, ...)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import fx
+from torch._ops import OpOverload
+
+from ...operators import InputCells, InputFlow, materialize, per_sample, safe_divide
+from ..trace import UnsupportedModelError, module_of
+
+__all__ = ["OPS", "relevance_op", "RelevanceOp", "UnsupportedOperatorError", "lookup",
+           "InputFlow", "InputCells", "materialize", "per_sample", "safe_divide"]
+
+aten = torch.ops.aten
+
+#: the table: exact overload -> operator class
+OPS: dict[Any, type["RelevanceOp"]] = {}
+
+
+class UnsupportedOperatorError(UnsupportedModelError):
+    """A traced op has no relevance operator, or its operator refuses this use."""
+
+
+def relevance_op(*overloads: OpOverload):
+    """Class decorator: this class is the relevance operator of these exact overloads.
+
+    Raises RuntimeError on a duplicate registration (never overrides silently).
+    """
+    def register(cls):
+        for op in overloads:
+            if not isinstance(op, OpOverload) and op is not _GETITEM:
+                raise TypeError(f"relevance_op needs exact OpOverloads (aten.add.Tensor), got {op!r}.")
+            if op in OPS:
+                raise RuntimeError(f"duplicate registrations for {op}: already mapped to {OPS[op].__name__}")
+            OPS[op] = cls
+        return cls
+    return register
+
+
+import operator as _operator  # noqa: E402
+
+_GETITEM = _operator.getitem
+
+
+def describe(node: fx.Node) -> str:
+    path, cls = module_of(node)
+    return f"{node.target} (node {node.name!r}, module {path or '<root>'!r}, {cls})"
+
+
+def hook(node: fx.Node) -> str:
+    op = node.target
+    name = f"torch.ops.aten.{op._opname}.{op._overloadname}" if isinstance(op, OpOverload) else str(op)
+    return f"@skbilrp.engine.ops.relevance_op({name})"
+
+
+class RelevanceOp:
+    """Base class of an operator-table entry, built once per graph node."""
+
+    #: push is ``flow * state`` elementwise (may be folded into its producer's scale)
+    fusable = False
+    #: push takes ``cells`` (Rule(bias="flat"))
+    uses_cells = False
+    #: the node's module Rule is passed to the constructor
+    takes_rule = False
+
+    def __init__(self, node: fx.Node, network: Any) -> None:
+        self.node = node
+        self.op = node.target
+
+    def refuse(self, why: str, fix: str = "") -> "UnsupportedOperatorError":
+        return UnsupportedOperatorError(
+            f"{describe(self.node)}: {why}."
+            + (f" {fix}." if fix else "")
+            + f" Register an operator with {hook(self.node)}."
+        )
+
+    def record(self, args: list, kwargs: dict) -> tuple[Any, Any]:
+        return self.op(*args, **kwargs), None
+
+    def push(self, state: Any, flows: list, args: list, kwargs: dict, cells: Optional[InputCells]) -> Any:
+        raise NotImplementedError
+
+
+def lookup(node: fx.Node) -> type[RelevanceOp]:
+    """The operator class of ``node``, or an error naming op, node, module and the hook."""
+    if isinstance(node.target, OpOverload) and node.target._schema.is_mutable:
+        raise UnsupportedOperatorError(
+            f"{describe(node)} mutates its input after functionalisation; skbilrp cannot follow "
+            "relevance through in-place updates. Rewrite it out-of-place, or register an "
+            f"operator with {hook(node)}."
+        )
+    cls = OPS.get(node.target)
+    if cls is None:
+        raise UnsupportedOperatorError(
+            f"{describe(node)} has no relevance operator. Register one with {hook(node)}; "
+            "supported ops: skbilrp.engine.ops.OPS (docs page \"Operator table\")."
+        )
+    return cls
+
+
+def flows_only_through(op: RelevanceOp, flows: list, *positions: int) -> None:
+    for i, f in enumerate(flows):
+        if f is not None and i not in positions:
+            raise op.refuse(f"relevance reaches argument {i} of {op.op}, which is not linear in it",
+                            "Detach that argument in the model")
+
+
+def rebatch(size: Any, n_flow: int) -> list:
+    """A size list recorded for the batch ``N`` with its first entry inferred from the flow."""
+    size = list(size)
+    size[0] = -1  # view/reshape infer K*N (also from a (K, N, ...) flow); expand keeps it
+    return size
+
+
+# the entries register themselves on import: the table is complete once these load
+from . import attention, combine, elementwise, pooling, refused, shape, weighted  # noqa: E402,F401

@@ -1,0 +1,109 @@
+"""Attention and normalisation (CP-LRP): softmax probabilities and LayerNorm's
+standard deviation are constants; relevance flows through the values and through the
+centred input. Products with one constant operand (matmul, bmm, einsum) are linear.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op
+from .combine import BiasLike
+
+
+@relevance_op(aten.softmax.int, aten._softmax.default, aten.detach.default, aten._safe_softmax.default)
+class Constant(RelevanceOp):
+    """Outputs that carry no relevance: detached tensors, softmax probabilities (CP-LRP).
+    The network treats them as constants; push is never called."""
+
+    constant = True
+
+
+@relevance_op(aten.matmul.default, aten.bmm.default, aten.mm.default, aten.einsum.default)
+class Product(RelevanceOp):
+    """A matrix product with one constant operand: the product applied to the flow.
+    (Two carrying operands: AttnLRP's uniform rule, not implemented yet: refused.)"""
+
+    def push(self, state, flows, args, kwargs, cells=None):
+        if self.op is aten.einsum.default:
+            parts = flows[1]
+            carrying = [i for i, f in enumerate(parts or []) if f is not None]
+            if len(carrying) != 1:
+                raise self.refuse("einsum of several relevance-carrying operands is not linear",
+                                  "Detach all but one operand")
+            ops = list(args[1])
+            ops[carrying[0]] = materialize(parts[carrying[0]])
+            return torch.einsum(args[0], *ops)  # the equation names the probe axis, if any
+        fa, fb = flows[0], flows[1]
+        if fa is not None and fb is not None:
+            raise self.refuse("a product of two relevance-carrying tensors is not linear",
+                              "Detach one operand (CP-LRP detaches attention probabilities)")
+        ops = [args[0], args[1]]
+        i = 0 if fa is not None else 1
+        ops[i] = materialize(fa if fa is not None else fb)
+        return self._batched(lambda o: self.op(*o), ops, i, ops[i].shape[0])
+
+    @staticmethod
+    def _batched(fn, ops, i, n_flow):
+        """Apply ``fn`` with the constant operands repeated over the probes where they
+        have the batch axis (per-sample constants)."""
+        out_ops = list(ops)
+        for j, o in enumerate(ops):
+            if j != i and isinstance(o, torch.Tensor) and o.dim() >= 3 and o.shape[0] != n_flow \
+                    and n_flow % o.shape[0] == 0 and o.shape[0] > 1:
+                out_ops[j] = o.repeat((n_flow // o.shape[0],) + (1,) * (o.dim() - 1))
+        return fn(out_ops)
+
+
+@relevance_op(aten.scaled_dot_product_attention.default)
+class SDPA(RelevanceOp):
+    """``softmax(q k^T / sqrt(d) + mask) v`` with constant probabilities: ``P @ u_v``."""
+
+    def record(self, args, kwargs):
+        q, k, v, mask, dropout_p, is_causal, scale = (list(args) + [None] * 7)[:7]
+        if dropout_p:
+            raise self.refuse("attention dropout is random", "Put the model in eval mode")
+        if kwargs.get("enable_gqa"):
+            raise self.refuse("grouped-query attention is not supported")
+        scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+        s = q @ k.transpose(-2, -1) * scale
+        if is_causal:
+            s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
+        if mask is not None:
+            s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
+        p = torch.softmax(s, -1)
+        return self.op(*args, **kwargs), p
+
+    def push(self, p, flows, args, kwargs, cells=None):
+        flows_only_through(self, flows, 2)
+        fv = materialize(flows[2])
+        return Product._batched(lambda o: o[0] @ o[1], [p, fv], 1, fv.shape[0])
+
+
+@relevance_op(aten.layer_norm.default)
+class LayerNorm(BiasLike):
+    """``(x - mean) / std * w + b`` with a constant std: the flow is centred and scaled;
+    the shift ``b`` follows the bias mode."""
+
+    def record(self, args, kwargs):
+        x, shape, w, b, eps = args[:5]
+        dims = tuple(range(-len(shape), 0))
+        mean = x.mean(dims, keepdim=True)
+        std = torch.sqrt(x.var(dims, keepdim=True, unbiased=False) + eps)
+        y0 = (x - mean) / std * (w if w is not None else 1)
+        return self.op(*args), (dims, std, y0)
+
+    def push(self, state, flows, args, kwargs, cells=None):
+        flows_only_through(self, flows, 0)
+        dims, std, y0 = state
+        flow = materialize(flows[0])
+        from . import per_sample
+        f = per_sample(flow - flow.mean(dims, keepdim=True), 1 / std)
+        w, b = args[2], args[3]
+        if w is not None:
+            f = f * w
+        if b is None:
+            return f
+        return self.constant_term(f, y0, y0 + b, b, cells)

@@ -1,0 +1,139 @@
+"""Sums and products: split kind (add/sub of carrying tensors), constant kind (a constant
+added to a carrying tensor follows the bias mode like a bias), scaling by constants,
+and BatchNorm that could not be folded (an affine map whose shift follows the bias mode).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import InputFlow, RelevanceOp, aten, flows_only_through, materialize, per_sample, relevance_op, safe_divide
+
+
+def _times(flow: torch.Tensor, c: Any, n: int) -> torch.Tensor:
+    """The flow times a constant (number, broadcast tensor, or per-sample tensor)."""
+    if isinstance(c, torch.Tensor) and c.dim() == flow.dim() and c.shape[0] not in (1, flow.shape[0]):
+        return per_sample(flow, c)
+    return flow * c
+
+
+class BiasLike(RelevanceOp):
+    """A constant term ``c`` in ``out = a + c``: absorbed, shared with ``a`` in proportion
+    to its contributions (``u ⊙ out / a``), or spread flat over the input region under
+    each unit, as the Rule's bias mode of the node's module says."""
+
+    def __init__(self, node, network) -> None:
+        super().__init__(node, network)
+        self.mode = network.bias_mode_for(node)
+        self.uses_cells = self.mode == "flat"
+
+    def constant_term(self, flow, a, out, c, cells):
+        """Flow of ``a + c`` given the flow of ``a``."""
+        if isinstance(flow, InputFlow):  # a relabelling of the model input (preprocessing)
+            return InputFlow(out, flow.probe)
+        flow = materialize(flow)
+        if self.mode == "absorb":
+            return flow
+        if self.mode == "share":
+            return per_sample(flow, safe_divide(out, a))
+        c = torch.as_tensor(c, dtype=flow.dtype).expand(out.shape[1:]) if not (
+            isinstance(c, torch.Tensor) and c.dim() == out.dim() and c.shape[0] == out.shape[0] > 1) else None
+        if c is None:
+            raise self.refuse("a per-sample constant cannot be spread flat", "Use bias='share' or 'absorb'")
+        channels_first = out.dim() >= 4
+        return flow + c * cells.coverage(flow, channels_first)
+
+
+@relevance_op(aten.add.Tensor, aten.sub.Tensor, aten.add.Scalar, aten.sub.Scalar, aten.rsub.Scalar)
+class Add(BiasLike):
+    """``self + alpha * other`` (sub: ``- alpha``): flows add, which splits relevance in
+    proportion to the terms; a term without flow is a constant (bias mode)."""
+
+    def record(self, args, kwargs):
+        out = self.op(*args, **kwargs)
+        sign = -1.0 if self.op in (aten.sub.Tensor, aten.sub.Scalar) else 1.0
+        alpha = kwargs.get("alpha", 1)
+        if self.op is aten.rsub.Scalar:  # other - alpha * self
+            return out, (out, args[0], -alpha, args[1])
+        return out, (out, args[0], sign * alpha, None)
+
+    def push(self, state, flows, args, kwargs, cells=None):
+        out, a, coef, _ = state
+        fa, fb = flows[0], flows[1] if len(flows) > 1 else None
+        if self.op is aten.rsub.Scalar:
+            n = out.shape[0]
+            scaled = _times(materialize(fa), coef, n)
+            return self.constant_term(scaled, coef * a, out, args[1], cells)
+        if fa is not None and fb is not None:
+            return materialize(fa) + materialize(fb) * coef if coef != 1 else materialize(fa) + materialize(fb)
+        if fa is not None:
+            return self.constant_term(fa, a, out, args[1] * coef, cells)
+        # only other carries: out = c + coef * b
+        b_part = materialize(fb) * coef
+        return self.constant_term(b_part, out - a, out, a, cells)
+
+
+@relevance_op(aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar, aten.neg.default)
+class Scale(RelevanceOp):
+    """Product or quotient with a constant (number or tensor without relevance).
+
+    A product of two carrying tensors is refused unless one factor is a gate (it comes
+    through sigmoid / hardsigmoid / softmax and is then a constant, marked by the network).
+    """
+
+    def record(self, args, kwargs):
+        return self.op(*args, **kwargs), None
+
+    def push(self, state, flows, args, kwargs, cells=None):
+        fa = flows[0]
+        fb = flows[1] if len(flows) > 1 else None
+        if self.op is aten.neg.default:
+            if isinstance(fa, InputFlow):
+                return InputFlow(-fa.value, fa.probe)
+            return -materialize(fa)
+        if fa is not None and fb is not None:
+            raise self.refuse("a product of two tensors that both carry relevance is not linear",
+                              "Detach one factor (as for attention probabilities or gates)")
+        divide = self.op in (aten.div.Tensor, aten.div.Scalar)
+        if fb is not None:
+            if divide:
+                raise self.refuse("division by a relevance-carrying tensor is not linear",
+                                  "Detach the divisor in the model")
+            flow, c = fb, args[0]
+        else:
+            flow, c = fa, args[1]
+        if divide and kwargs.get("rounding_mode") is not None:
+            raise self.refuse("rounding division is not linear")
+        if isinstance(flow, InputFlow):
+            value = flow.value / c if divide else flow.value * c
+            return InputFlow(value, flow.probe)
+        flow = materialize(flow)
+        return _times(flow, (1 / c) if divide else c, 0)
+
+
+@relevance_op(aten._native_batch_norm_legit_no_training.default)
+class BatchNorm(BiasLike):
+    """BatchNorm not folded into a conv/linear: ``y = s x + t`` per channel; the flow is
+    scaled by ``s`` and the shift follows the bias mode."""
+
+    def record(self, args, kwargs):
+        x, w, b, mean, var, momentum, eps = args
+        out = self.op(*args)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        s = 1 / torch.sqrt(var + eps)
+        if w is not None:
+            s = s * w
+        t = -mean * s + (b if b is not None else 0)
+        return out, (s.reshape(shape), t.reshape(shape), x, out[0])
+
+    def push(self, state, flows, args, kwargs, cells=None):
+        flows_only_through(self, flows, 0)
+        s, t, x, y = state
+        if self.mode == "share":
+            return (per_sample(materialize(flows[0]), safe_divide(y, x)), None, None)
+        scaled = materialize(flows[0]) * s
+        if self.mode == "absorb":
+            return (scaled, None, None)
+        return (scaled + t * cells.coverage(scaled, True), None, None)

@@ -1,0 +1,94 @@
+"""Pooling and reductions: winner kind (max) and same kind (averages, sums)."""
+
+from __future__ import annotations
+
+from . import RelevanceOp, aten, flows_only_through, materialize, per_sample, relevance_op
+from .shape import Same
+
+
+@relevance_op(aten.max_pool2d.default, aten.max_pool1d.default)
+class MaxPool(RelevanceOp):
+    """Winner takes all: recorded with ``max_pool*_with_indices``, push gathers."""
+
+    def record(self, args, kwargs):
+        fn = aten.max_pool2d_with_indices.default if self.op is aten.max_pool2d.default else None
+        x = args[0]
+        if fn is None:  # 1d: through the 2d op on a unit height
+            out, idx = aten.max_pool2d_with_indices.default(
+                x.unsqueeze(-2), [1, *args[1]], [1, *(args[2] or args[1])], [0, *args[3]],
+                [1, *args[4]], args[5])
+            out, idx = out.squeeze(-2), idx.squeeze(-2)
+        else:
+            out, idx = fn(*args, **kwargs)
+        return out, (idx.flatten(2), tuple(out.shape[1:]))
+
+    def push(self, state, flows, args, kwargs, cells=None):
+        flows_only_through(self, flows, 0)
+        idx, out_shape = state
+        flow = materialize(flows[0])
+        n, c = idx.shape[:2]
+        flat = flow.reshape(-1, n, c, flow[0, 0].numel())
+        return flat.gather(3, idx.expand(flat.shape[0], *idx.shape)).reshape(-1, *out_shape)
+
+
+@relevance_op(aten.amax.default)
+class AMax(RelevanceOp):
+    """``amax``: the winners take the relevance (ties share it evenly)."""
+
+    def record(self, args, kwargs):
+        x, dims, keepdim = args
+        nd = x.dim()
+        if not dims or any(d % nd == 0 for d in dims):
+            raise self.refuse("it reduces over the batch axis")
+        out = self.op(*args)
+        mask = (x == aten.amax.default(x, dims, True)).to(x.dtype)
+        return out, mask / mask.sum(dims, keepdim=True)
+
+    def push(self, mask, flows, args, kwargs, cells=None):
+        flows_only_through(self, flows, 0)
+        return per_sample(materialize(flows[0]), mask).sum(args[1], keepdim=args[2])
+
+
+@relevance_op(aten.max.dim)
+class MaxDim(RelevanceOp):
+    """``max(x, dim)`` → (values, indices): gather at the recorded indices."""
+
+    def record(self, args, kwargs):
+        x, dim, keepdim = args
+        if dim % x.dim() == 0:
+            raise self.refuse("it reduces over the batch axis")
+        values, idx = self.op(*args)
+        return (values, idx), idx if keepdim else idx.unsqueeze(dim)
+
+    def push(self, idx, flows, args, kwargs, cells=None):
+        flows_only_through(self, flows, 0)
+        flow = materialize(flows[0])
+        _, dim, keepdim = args
+        k = flow.shape[0] // idx.shape[0]
+        full = idx.repeat((k,) + (1,) * (idx.dim() - 1))
+        out = flow.gather(dim, full)
+        return (out if keepdim else out.squeeze(dim)), None
+
+
+class Reduce(Same):
+    dim_arg = 1
+
+
+@relevance_op(aten.mean.dim, aten.sum.dim_IntList)
+class MeanSum(Reduce):
+    def _check(self, args):
+        if not args[1]:
+            raise self.refuse("it reduces over all axes, the batch axis included")
+        super()._check(args)
+
+
+@relevance_op(aten.avg_pool2d.default, aten.avg_pool1d.default, aten.adaptive_avg_pool2d.default,
+              aten.adaptive_avg_pool1d.default, aten._adaptive_avg_pool2d.default,
+              aten.upsample_nearest2d.vec, aten.upsample_bilinear2d.vec, aten.upsample_nearest2d.default,
+              aten.upsample_bilinear2d.default, aten.upsample_nearest1d.vec, aten.upsample_linear1d.vec)
+class Pool(Same):
+    """Average pools and upsampling: linear, position-wise weights shared by samples."""
+
+    def _check(self, args):
+        return None
+

@@ -1,0 +1,33 @@
+"""Ops refused by name, each with why and fix (refusals are entries too)."""
+
+from __future__ import annotations
+
+from . import RelevanceOp, aten, relevance_op
+
+
+class Refused(RelevanceOp):
+    why = ""
+    fix = ""
+
+    def record(self, args, kwargs):
+        raise self.refuse(self.why, self.fix)
+
+
+@relevance_op(aten.native_batch_norm.default, aten._native_batch_norm_legit.default,
+              aten._native_batch_norm_legit_functional.default)
+class TrainingBatchNorm(Refused):
+    why = "BatchNorm in training mode uses batch statistics, which mixes samples"
+    fix = "Put the model in eval mode"
+
+
+@relevance_op(aten.bernoulli.p, aten.rand_like.default, aten.randn_like.default, aten.native_dropout.default)
+class Random(Refused):
+    why = "random ops make the explanation irreproducible"
+    fix = "Put the model in eval mode or remove the random op"
+
+
+@relevance_op(aten.exp.default, aten.log.default, aten.pow.Tensor_Scalar, aten.sqrt.default,
+              aten.rsqrt.default, aten.reciprocal.default)
+class NotLinear(Refused):
+    why = "this op has no relevance rule on a relevance-carrying input (it is not a ratio-rule activation)"
+    fix = "Detach its input if it computes a scale, or wrap the block in a module whose rule you register"

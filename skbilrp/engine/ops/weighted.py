@@ -1,0 +1,113 @@
+"""Ops with weights, under their module's Rule (bias modes absorb / share / flat).
+
+``z = W a + b``: ``u_out = (z / z^rho) ⊙ rho(W) u_in``; ``bias="share"`` adds
+``(z / z^rho) ⊙ rho(b) / (|rho(W)| |a|) ⊙ |rho(W)| (sign(a) ⊙ u_in)``, ``"flat"`` adds
+``(z / z^rho) ⊙ rho(b) ⊙ coverage``; z^B: ``(z / z^B) ⊙ (W (x ⊙ v) - W⁺ (l ⊙ v) - W⁻ (h ⊙ v))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from ...rules import ZBox
+from . import InputFlow, RelevanceOp, aten, flows_only_through, materialize, per_sample, relevance_op, safe_divide
+
+
+@dataclass
+class WeightedState:
+    scale: Optional[torch.Tensor]
+    bounds: Optional[tuple] = None
+    sign: Optional[torch.Tensor] = None
+    share: Optional[torch.Tensor] = None
+
+
+@relevance_op(aten.linear.default, aten.conv1d.default, aten.conv2d.default, aten.conv2d.padding,
+              aten.conv1d.padding)
+class Weighted(RelevanceOp):
+    """Linear and convolution layers (any stride, padding, dilation, groups)."""
+
+    takes_rule = True
+
+    def __init__(self, node, network) -> None:
+        super().__init__(node, network)
+        self.rule = network.rule_for(node)
+        self.channels_first = node.target is not aten.linear.default
+        self._params: Optional[tuple] = None
+
+    def _apply(self, x, w, b, conf):
+        return self.op(x, w, b, *conf)
+
+    def _prepare(self, w: torch.Tensor, b: Optional[torch.Tensor]) -> tuple:
+        if self._params is None or self._params[0] is not w:
+            rule = self.rule
+            w_rho = rule.modify(w)
+            b_rho = None if b is None else rule.modify(b)
+            has_bias = b is not None and not isinstance(rule, ZBox)
+            extra = {}
+            if has_bias:
+                extra["bias_grid"] = b_rho.reshape((-1,) + (1,) * (w.dim() - 2)) if self.channels_first else b_rho
+            if rule.bias == "share" and has_bias:
+                extra["w_abs"] = w_rho.abs()
+            if isinstance(rule, ZBox):
+                extra["w_pos"], extra["w_neg"] = w.clamp(min=0), w.clamp(max=0)
+                extra["w_zbox"] = torch.cat([w, -extra["w_pos"], -extra["w_neg"]], dim=1)
+            self._params = (w, b, w_rho, b_rho, has_bias, extra)
+        return self._params
+
+    def record(self, args: list, kwargs: dict):
+        x, w, b, *conf = args
+        z = self._apply(x, w, b, conf)
+        w, b, w_rho, b_rho, has_bias, extra = self._prepare(w, b)
+        rule = self.rule
+        if isinstance(rule, ZBox):
+            low, high = rule.bounds(x)
+            low, high = low.expand(x.shape[1:])[None], high.expand(x.shape[1:])[None]
+            z_rho = (self._apply(x, w, None, conf) - self._apply(low, extra["w_pos"], None, conf)
+                     - self._apply(high, extra["w_neg"], None, conf))
+            return z, WeightedState(safe_divide(z, rule.stabilize(z_rho)), bounds=(low, high))
+        z_rho = self._apply(x, w_rho, b_rho, conf) if rule.modifies_params else z
+        den = rule.stabilize(z_rho)
+        state = WeightedState(None if den is z else safe_divide(z, den))
+        if "w_abs" in extra:
+            size = self._apply(x.abs(), extra["w_abs"], None, conf)
+            state.sign, state.share = torch.sign(x), safe_divide(extra["bias_grid"].expand_as(size), size)
+        return z, state
+
+    @property
+    def uses_cells(self) -> bool:  # type: ignore[override]
+        return self.rule.bias == "flat"
+
+    def push(self, state: WeightedState, flows: list, args: list, kwargs: dict, cells=None) -> Any:
+        flows_only_through(self, flows, 0)
+        flow = flows[0]
+        _, _, _, *conf = args
+        w, b, w_rho, b_rho, has_bias, extra = self._params
+        if isinstance(self.rule, ZBox):
+            if not isinstance(flow, InputFlow):
+                raise self.refuse("the z^B rule applies only to a layer fed by the model input "
+                                  "(through position-wise ops)", "Assign another rule to this layer")
+            probe, (low, high) = flow.probe, state.bounds
+            groups = conf[-1] if conf and self.channels_first else 1
+            if groups == 1 and not isinstance(conf[1] if len(conf) > 1 else 0, str):
+                stacked = torch.cat([flow.materialize(), probe * low, probe * high],
+                                    dim=1 if self.channels_first else -1)
+                out = self._apply(stacked, extra["w_zbox"], None, conf)
+            else:
+                out = (self._apply(flow.materialize(), w, None, conf)
+                       - self._apply(probe * low, extra["w_pos"], None, conf)
+                       - self._apply(probe * high, extra["w_neg"], None, conf))
+        else:
+            flow = materialize(flow)
+            out = self._apply(flow, w_rho, None, conf)
+            if state.share is not None:
+                sized = self._apply(per_sample(flow, state.sign), extra["w_abs"], None, conf)
+                out = out + per_sample(sized, state.share)
+            elif self.rule.bias == "flat" and has_bias:
+                out.addcmul_(extra["bias_grid"], cells.coverage(out, self.channels_first))
+        if state.scale is not None:
+            n = state.scale.shape[0]
+            out.view(-1, n, *out.shape[1:]).mul_(state.scale)
+        return out

@@ -22,7 +22,6 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from .explainer import Explainer

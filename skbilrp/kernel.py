@@ -414,17 +414,21 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
     # ------------------------------------------------------------------ fitting
 
-    def _check_params(self) -> None:
-        if not isinstance(self.model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(self.model).__name__}.")
+    def _check_kernel_params(self, positive_ints: tuple[str, ...]) -> None:
+        """The checks every kernel estimator shares: kernel, output and positive ints."""
         if self.kernel not in ("linear", "cosine"):
             raise ValueError(f"kernel must be 'linear' or 'cosine', got {self.kernel!r}.")
         if self.output not in ("kernel", "distance"):
             raise ValueError(f"output must be 'kernel' or 'distance', got {self.output!r}.")
-        for name in ("batch_size", "max_memory"):
+        for name in positive_ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+    def _check_params(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(self.model).__name__}.")
+        self._check_kernel_params(("batch_size", "max_memory"))
         if self.input_shape is not None:
             shape = tuple(self.input_shape) if isinstance(self.input_shape, (tuple, list)) else None
             if not shape or not all(isinstance(s, (int, np.integer)) and s > 0 for s in shape):

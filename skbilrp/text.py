@@ -243,14 +243,7 @@ class TextKernel(DeepKernel):
             )
         if isinstance(self.model, nn.Module) and self.tokenizer is None:
             raise ValueError("A model given as a module needs its tokenizer: pass tokenizer=.")
-        if self.kernel not in ("linear", "cosine"):
-            raise ValueError(f"kernel must be 'linear' or 'cosine', got {self.kernel!r}.")
-        if self.output not in ("kernel", "distance"):
-            raise ValueError(f"output must be 'kernel' or 'distance', got {self.output!r}.")
-        for name in ("batch_size", "max_length"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        self._check_kernel_params(("batch_size", "max_length", "max_memory"))
         if self.max_length < 2:
             raise ValueError(f"max_length must leave room for [CLS] and [SEP] (>= 2), got {self.max_length}.")
 

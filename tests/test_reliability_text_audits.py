@@ -163,3 +163,11 @@ def test_text_kernel_set_params_after_fit_rebuilds_or_requires_fit(minilm):
     kern.set_params(max_length=4)
     with pytest.raises(NotFittedError, match="max_length changed.*fit again"):
         kern.transform(QUERY)
+
+
+@pytest.mark.parametrize("param", ["max_memory", "batch_size", "max_length"])
+def test_text_kernel_checks_its_positive_int_params(param):
+    from skbilrp.text import TextKernel
+
+    with pytest.raises(ValueError, match=f"{param} must be a positive int, got 0"):
+        TextKernel(**{param: 0}).fit(FIT)

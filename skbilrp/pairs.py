@@ -386,26 +386,19 @@ class PairExplanations:
             )
         picks = [_positions(ix, n) for ix, n in zip(index, shape)] + [np.arange(n) for n in shape[len(index):]]
         out = copy.copy(self)
-        if len(shape) == 2:
-            r, c = picks
-            grid = np.ix_(r, c)
-            out.pairs = None
-            if self._dense is not None:
-                out._dense = self._dense[grid]
-            if self._factors is not None:
-                out._ia, out._ib = self._ia[r], self._ib[c]
-            out._similarity = None if self._similarity is None else self._similarity[grid]
-            out._error = None if self._error is None else self._error[grid]
-            out._subset(r, c)
-        else:
-            (ks,) = picks
-            out.pairs = None if self.pairs is None else [self.pairs[k] for k in ks]
-            if self._dense is not None:
-                out._dense = self._dense[ks]
-            if self._factors is not None:
-                out._ia, out._ib = self._ia[ks], self._ib[ks]
-            out._similarity = None if self._similarity is None else self._similarity[ks]
-            out._error = None if self._error is None else self._error[ks]
+        if len(shape) == 2:  # a sub-block: rows and columns picked independently
+            rows, cols = picks
+            entries = np.ix_(rows, cols)
+            out._subset(rows, cols)
+        else:  # chosen pairs: both sides follow the pair index
+            rows = cols = entries = picks[0]
+            out.pairs = None if self.pairs is None else [self.pairs[k] for k in rows]
+        if self._dense is not None:
+            out._dense = self._dense[entries]
+        if self._factors is not None:
+            out._ia, out._ib = self._ia[rows], self._ib[cols]
+        out._similarity = None if self._similarity is None else self._similarity[entries]
+        out._error = None if self._error is None else self._error[entries]
         return out
 
     def _subset(self, rows: np.ndarray, cols: np.ndarray) -> None:

@@ -24,7 +24,6 @@ import skbilrp
 from skbilrp import Explainer
 from skbilrp.kernel import DeepKernel, _RelevanceTask
 from skbilrp.models import digits_cnn, load_digits_images
-from skbilrp.rules import ZBox
 
 
 class Scaled(nn.Module):

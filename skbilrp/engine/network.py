@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from ..rules import Rule, RuleSpec, Zero, resolve_rules
 from .canonicalize import canonical_modules, canonicalize
-from .ops import OPS, InputCells, InputFlow, aten, lookup
+from .ops import OPS, CellsError, InputFlow, ProbeCells, aten, lookup
 from .ops.elementwise import Ratio
 from .ops.weighted import Weighted
 from .trace import UnsupportedModelError, export, module_of
@@ -51,7 +51,8 @@ class _Program:
         self.ops = {}
         for node in self.nodes:
             if node in self.live and node.op == "call_function":
-                self.ops[node] = lookup(node)(node, network)
+                op = self.ops[node] = lookup(node)(node, network)
+                op.carrying = [isinstance(a, fx.Node) and a in self.carries for a in node.args]
         self.fused = {}
         for node, op in self.ops.items():
             src = node.args[0]
@@ -233,7 +234,8 @@ class ExportedRecording:
         """Map probes ``(K*N, *x.shape[1:])`` (probe-major) to feature flows ``(K*N, h)``."""
         prog = self.program
         flows: dict[fx.Node, Any] = {}
-        cells = InputCells(probe, channel_axis)
+        probe = probe.reshape((-1,) + tuple(self.x.shape))  # (K, N, ...): see ops' layout
+        cells = ProbeCells(probe, channel_axis)
         const = self.constants
         for i, node in enumerate(prog.nodes):
             if node is prog.input_node:
@@ -245,7 +247,7 @@ class ExportedRecording:
                 if flow is None:
                     raise UnsupportedModelError("No relevance reaches the model output.")
                 flow = flow.materialize() if isinstance(flow, InputFlow) else flow
-                return flow.reshape(flow.shape[0], -1)
+                return flow.reshape(flow.shape[0] * flow.shape[1], -1)
             elif node in prog.ops:
                 if node in prog.fused:
                     flows[node] = flows[node.args[0]]
@@ -253,7 +255,10 @@ class ExportedRecording:
                     flow_args = [_flow_of(a, flows) for a in node.args]
                     args = fx.node.map_arg(node.args, lambda n: const.get(n))
                     kwargs = fx.node.map_arg(node.kwargs, lambda n: const.get(n))
-                    flows[node] = prog.ops[node].push(self.states[node], flow_args, list(args), kwargs, cells)
+                    try:
+                        flows[node] = prog.ops[node].push(self.states[node], flow_args, list(args), kwargs, cells)
+                    except CellsError as err:
+                        raise prog.ops[node].refuse(str(err).rstrip(".")) from None
             for arg in node.all_input_nodes:
                 if prog.last_use.get(arg) == i:
                     flows.pop(arg, None)

@@ -4,8 +4,12 @@ Each entry is a class decorated with :func:`relevance_op`. ``record(args, kwargs
 gets the node's arguments (tensors, numbers; schema defaults filled in) and returns
 ``(output, state)``; ``push(state, flows, args, kwargs, cells)`` gets, parallel to
 ``args``, the flow of each argument (None where no relevance flows; a list for a list
-argument) and returns the output's flow. ``push`` is linear in the flows; flows are
-probe-major ``(K*N, ...)``, states per sample ``(N, ...)``.
+argument) and returns the output's flow. ``push`` is linear in the flows.
+
+Layout: a flow is ``(K, *value.shape)``, one leading probe axis before the value's own
+axes, wherever the value keeps its batch axis (timm's ``qkv.permute(2, 0, 3, 1, 4)``, a
+Swin window partition that folds windows into it). States have the value's shape and
+broadcast against the flow, so operators never need to know where the batch axis is.
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ import torch
 from torch import fx
 from torch._ops import OpOverload
 
-from ...operators import InputCells, InputFlow, materialize, per_sample, safe_divide
+from ...operators import InputCells, safe_divide
 from ..trace import UnsupportedModelError, module_of
 
 __all__ = ["OPS", "relevance_op", "RelevanceOp", "UnsupportedOperatorError", "lookup",
-           "InputFlow", "InputCells", "materialize", "per_sample", "safe_divide"]
+           "InputFlow", "ProbeCells", "CellsError", "materialize", "safe_divide", "shift_dims", "flat_apply"]
 
 aten = torch.ops.aten
 
@@ -77,6 +81,8 @@ class RelevanceOp:
     def __init__(self, node: fx.Node, network: Any) -> None:
         self.node = node
         self.op = node.target
+        #: per positional argument: does relevance reach it (set by the network)
+        self.carrying: list[bool] = []
 
     def refuse(self, why: str, fix: str = "") -> "UnsupportedOperatorError":
         return UnsupportedOperatorError(
@@ -116,11 +122,69 @@ def flows_only_through(op: RelevanceOp, flows: list, *positions: int) -> None:
                             "Detach that argument in the model")
 
 
-def rebatch(size: Any, n_flow: int) -> list:
-    """A size list recorded for the batch ``N`` with its first entry inferred from the flow."""
-    size = list(size)
-    size[0] = -1  # view/reshape infer K*N (also from a (K, N, ...) flow); expand keeps it
-    return size
+class InputFlow:
+    """The flow of the model input, kept as ``value ⊙ probe`` until an operator needs it
+    (the z^B rule needs the probe itself; position-wise ops keep the pair)."""
+
+    __slots__ = ("value", "probe")
+
+    def __init__(self, value: torch.Tensor, probe: torch.Tensor) -> None:
+        self.value, self.probe = value, probe  # (N, ...) and (K, N, ...)
+
+    def materialize(self) -> torch.Tensor:
+        return self.probe * self.value
+
+
+def materialize(flow: Any) -> Any:
+    """A flow as a tensor (an :class:`InputFlow` becomes ``value * probe``)."""
+    return flow.materialize() if isinstance(flow, InputFlow) else flow
+
+
+def shift_dims(dims: Any, ndim: int) -> Any:
+    """Axis arguments of a value with ``ndim`` axes, as axes of its flow (one more, in front)."""
+    if isinstance(dims, int):
+        return dims % ndim + 1
+    return [d % ndim + 1 for d in dims]
+
+
+def flat_apply(fn, flow: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """``fn`` on a flow, with the probe axis merged into the value's first axis (for ops
+    such as convolutions and pools that take exactly one leading batch axis)."""
+    k = flow.shape[0]
+    out = fn(flow.flatten(0, 1), *args, **kwargs)
+    return out.unflatten(0, (k, -1))
+
+
+class CellsError(UnsupportedOperatorError):
+    """A bias-passing mode cannot place a constant on the input (re-raised naming the op)."""
+
+
+class ProbeCells(InputCells):
+    """:class:`~skbilrp.operators.InputCells` for flows with a leading probe axis:
+    coverage of a flow ``(K, N, ...)`` (the batch axis right after the probe axis)."""
+
+    def __init__(self, probe: torch.Tensor, channel_axis: Optional[int] = None) -> None:
+        super().__init__(probe.flatten(0, 1), channel_axis)
+        self.k, self.n = probe.shape[:2]
+
+    def coverage(self, like: torch.Tensor, channels_first: bool) -> torch.Tensor:  # type: ignore[override]
+        if like.dim() < 2 or like.shape[1] != self.n:
+            raise CellsError(
+                "bias='flat' needs the layer's batch axis first (this layer's output has shape "
+                f"{tuple(like.shape[1:])} for a batch of {self.n}); use bias='share' or 'absorb'.")
+        shape = torch.empty((self.k * self.n,) + tuple(like.shape[2:]), device="meta")
+        cov = super().coverage(shape, channels_first)
+        return cov.unflatten(0, (self.k, self.n))
+
+    def spread(self, const: torch.Tensor) -> torch.Tensor:
+        """Flow of a constant with no position on the input (a class token): spread over
+        the whole input, each probe getting the fraction of the input it covers."""
+        if const.dim() < 1 or const.shape[0] != self.n:
+            raise CellsError(
+                f"a constant of shape {tuple(const.shape)} joins a relevance-carrying tensor "
+                f"away from its batch axis (batch of {self.n}); use bias='absorb'.")
+        share = self.probe.reshape(self.k, self.n, -1).mean(2)
+        return const * share.reshape(share.shape + (1,) * (const.dim() - 1))
 
 
 # the entries register themselves on import: the table is complete once these load

@@ -24,7 +24,7 @@ class Constant(RelevanceOp):
 @relevance_op(aten.matmul.default, aten.bmm.default, aten.mm.default, aten.einsum.default)
 class Product(RelevanceOp):
     """A matrix product with one constant operand: the product applied to the flow.
-    (Two carrying operands: AttnLRP's uniform rule, not implemented yet: refused.)"""
+    Two carrying operands (``q @ k^T`` feeding anything but a softmax) are refused."""
 
     def push(self, state, flows, args, kwargs, cells=None):
         if self.op is aten.einsum.default:
@@ -35,26 +35,39 @@ class Product(RelevanceOp):
                                   "Detach all but one operand")
             ops = list(args[1])
             ops[carrying[0]] = materialize(parts[carrying[0]])
-            return torch.einsum(args[0], *ops)  # the equation names the probe axis, if any
+            return torch.einsum(_with_probe_axis(args[0], carrying[0]), *ops)
         fa, fb = flows[0], flows[1]
         if fa is not None and fb is not None:
             raise self.refuse("a product of two relevance-carrying tensors is not linear",
                               "Detach one operand (CP-LRP detaches attention probabilities)")
-        ops = [args[0], args[1]]
         i = 0 if fa is not None else 1
-        ops[i] = materialize(fa if fa is not None else fb)
-        return self._batched(lambda o: self.op(*o), ops, i, ops[i].shape[0])
+        flow, const = materialize(fa if fa is not None else fb), args[1 - i]
+        if flow.dim() < 3 or const.dim() < 2:
+            raise self.refuse("a product with a vector operand is not supported",
+                              "Write it with a matrix (unsqueeze the vector)")
+        return matmul_flow(flow, const, first=i == 0)
 
-    @staticmethod
-    def _batched(fn, ops, i, n_flow):
-        """Apply ``fn`` with the constant operands repeated over the probes where they
-        have the batch axis (per-sample constants)."""
-        out_ops = list(ops)
-        for j, o in enumerate(ops):
-            if j != i and isinstance(o, torch.Tensor) and o.dim() >= 3 and o.shape[0] != n_flow \
-                    and n_flow % o.shape[0] == 0 and o.shape[0] > 1:
-                out_ops[j] = o.repeat((n_flow // o.shape[0],) + (1,) * (o.dim() - 1))
-        return fn(out_ops)
+
+def matmul_flow(flow: torch.Tensor, const: torch.Tensor, first: bool) -> torch.Tensor:
+    """``value @ const`` (``first``) or ``const @ value`` for a flow ``(K, *value.shape)``:
+    singleton axes after the probe axis align the value's batch axes with the constant's."""
+    extra = (const.dim() - 2) - (flow.dim() - 3)
+    if extra > 0:
+        flow = flow.reshape((flow.shape[0],) + (1,) * extra + tuple(flow.shape[1:]))
+    return torch.matmul(flow, const) if first else torch.matmul(const, flow)
+
+
+def _with_probe_axis(equation: str, operand: int) -> str:
+    """An einsum equation with a new leading axis on one operand and on the output."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    letter = next(c for c in "ZYXWVUTSRQPONMLKJIHGFEDCBAzyxwvutsrqponmlkjihgfedcba" if c not in eq)
+    if not arrow:  # implicit output: "..." then the letters used once, sorted
+        letters = [c for c in lhs if c.isalpha()]
+        rhs = ("..." if "..." in lhs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    terms[operand] = letter + terms[operand]
+    return ",".join(terms) + "->" + letter + rhs
 
 
 @relevance_op(aten.scaled_dot_product_attention.default)
@@ -78,8 +91,7 @@ class SDPA(RelevanceOp):
 
     def push(self, p, flows, args, kwargs, cells=None):
         flows_only_through(self, flows, 2)
-        fv = materialize(flows[2])
-        return Product._batched(lambda o: o[0] @ o[1], [p, fv], 1, fv.shape[0])
+        return matmul_flow(materialize(flows[2]), p, first=False)
 
 
 @relevance_op(aten.layer_norm.default)
@@ -99,8 +111,7 @@ class LayerNorm(BiasLike):
         flows_only_through(self, flows, 0)
         dims, std, y0 = state
         flow = materialize(flows[0])
-        from . import per_sample
-        f = per_sample(flow - flow.mean(dims, keepdim=True), 1 / std)
+        f = (flow - flow.mean(dims, keepdim=True)) / std
         w, b = args[2], args[3]
         if w is not None:
             f = f * w

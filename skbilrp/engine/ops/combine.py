@@ -9,14 +9,7 @@ from typing import Any
 
 import torch
 
-from . import InputFlow, RelevanceOp, aten, flows_only_through, materialize, per_sample, relevance_op, safe_divide
-
-
-def _times(flow: torch.Tensor, c: Any, n: int) -> torch.Tensor:
-    """The flow times a constant (number, broadcast tensor, or per-sample tensor)."""
-    if isinstance(c, torch.Tensor) and c.dim() == flow.dim() and c.shape[0] not in (1, flow.shape[0]):
-        return per_sample(flow, c)
-    return flow * c
+from . import InputFlow, RelevanceOp, aten, flows_only_through, materialize, relevance_op, safe_divide
 
 
 class BiasLike(RelevanceOp):
@@ -35,15 +28,17 @@ class BiasLike(RelevanceOp):
             return InputFlow(out, flow.probe)
         flow = materialize(flow)
         if self.mode == "absorb":
-            return flow
+            return _full(flow, out)
         if self.mode == "share":
-            return per_sample(flow, safe_divide(out, a))
-        c = torch.as_tensor(c, dtype=flow.dtype).expand(out.shape[1:]) if not (
-            isinstance(c, torch.Tensor) and c.dim() == out.dim() and c.shape[0] == out.shape[0] > 1) else None
-        if c is None:
-            raise self.refuse("a per-sample constant cannot be spread flat", "Use bias='share' or 'absorb'")
-        channels_first = out.dim() >= 4
-        return flow + c * cells.coverage(flow, channels_first)
+            return flow * safe_divide(out, a)
+        c = torch.as_tensor(c, dtype=flow.dtype, device=flow.device)
+        return flow + c * cells.coverage(_full(flow, out), out.dim() >= 4)
+
+
+def _full(flow: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """A flow broadcast to the shape of ``out`` (``a`` may broadcast up in ``a + c``)."""
+    shape = (flow.shape[0],) + tuple(out.shape)
+    return flow if flow.shape == shape else flow.expand(shape)
 
 
 @relevance_op(aten.add.Tensor, aten.sub.Tensor, aten.add.Scalar, aten.sub.Scalar, aten.rsub.Scalar)
@@ -63,8 +58,7 @@ class Add(BiasLike):
         out, a, coef, _ = state
         fa, fb = flows[0], flows[1] if len(flows) > 1 else None
         if self.op is aten.rsub.Scalar:
-            n = out.shape[0]
-            scaled = _times(materialize(fa), coef, n)
+            scaled = materialize(fa) * coef
             return self.constant_term(scaled, coef * a, out, args[1], cells)
         if fa is not None and fb is not None:
             return materialize(fa) + materialize(fb) * coef if coef != 1 else materialize(fa) + materialize(fb)
@@ -79,12 +73,17 @@ class Add(BiasLike):
 class Scale(RelevanceOp):
     """Product or quotient with a constant (number or tensor without relevance).
 
-    A product of two carrying tensors is refused unless one factor is a gate (it comes
-    through sigmoid / hardsigmoid / softmax and is then a constant, marked by the network).
+    Gates are constants: a factor that comes through sigmoid / hardsigmoid (squeeze-
+    excitation, LSTM-style gates) carries no relevance (marked by the network). A product
+    of two carrying tensors splits uniformly, as AttnLRP does:
+    ``u_out = (u_a ⊙ b + a ⊙ u_b) / 2``, linear in the flows, and it conserves since
+    ``(a b + a b) / 2 = a b``.
     """
 
     def record(self, args, kwargs):
-        return self.op(*args, **kwargs), None
+        out = self.op(*args, **kwargs)
+        both = self.op is aten.mul.Tensor and all(self.carrying[:2])
+        return out, (args[0], args[1]) if both else None
 
     def push(self, state, flows, args, kwargs, cells=None):
         fa = flows[0]
@@ -93,14 +92,14 @@ class Scale(RelevanceOp):
             if isinstance(fa, InputFlow):
                 return InputFlow(-fa.value, fa.probe)
             return -materialize(fa)
-        if fa is not None and fb is not None:
-            raise self.refuse("a product of two tensors that both carry relevance is not linear",
-                              "Detach one factor (as for attention probabilities or gates)")
         divide = self.op in (aten.div.Tensor, aten.div.Scalar)
+        if divide and fb is not None:
+            raise self.refuse("division by a relevance-carrying tensor is not linear",
+                              "Detach the divisor in the model")
+        if fa is not None and fb is not None:
+            a, b = state
+            return (materialize(fa) * b + materialize(fb) * a) * 0.5
         if fb is not None:
-            if divide:
-                raise self.refuse("division by a relevance-carrying tensor is not linear",
-                                  "Detach the divisor in the model")
             flow, c = fb, args[0]
         else:
             flow, c = fa, args[1]
@@ -108,9 +107,9 @@ class Scale(RelevanceOp):
             raise self.refuse("rounding division is not linear")
         if isinstance(flow, InputFlow):
             value = flow.value / c if divide else flow.value * c
-            return InputFlow(value, flow.probe)
-        flow = materialize(flow)
-        return _times(flow, (1 / c) if divide else c, 0)
+            if value.shape == flow.value.shape:
+                return InputFlow(value, flow.probe)
+        return materialize(flow) / c if divide else materialize(flow) * c
 
 
 @relevance_op(aten._native_batch_norm_legit_no_training.default)
@@ -132,7 +131,7 @@ class BatchNorm(BiasLike):
         flows_only_through(self, flows, 0)
         s, t, x, y = state
         if self.mode == "share":
-            return (per_sample(materialize(flows[0]), safe_divide(y, x)), None, None)
+            return (materialize(flows[0]) * safe_divide(y, x), None, None)
         scaled = materialize(flows[0]) * s
         if self.mode == "absorb":
             return (scaled, None, None)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from . import RelevanceOp, aten, flows_only_through, materialize, per_sample, relevance_op
-from .shape import Same
+from . import RelevanceOp, aten, flat_apply, flows_only_through, materialize, relevance_op, shift_dims
+from .shape import Same, _refuse_batch_axis
 
 
 @relevance_op(aten.max_pool2d.default, aten.max_pool1d.default)
@@ -20,15 +20,15 @@ class MaxPool(RelevanceOp):
             out, idx = out.squeeze(-2), idx.squeeze(-2)
         else:
             out, idx = fn(*args, **kwargs)
-        return out, (idx.flatten(2), tuple(out.shape[1:]))
+        return out, (idx.flatten(2), tuple(out.shape))
 
     def push(self, state, flows, args, kwargs, cells=None):
         flows_only_through(self, flows, 0)
         idx, out_shape = state
         flow = materialize(flows[0])
-        n, c = idx.shape[:2]
-        flat = flow.reshape(-1, n, c, flow[0, 0].numel())
-        return flat.gather(3, idx.expand(flat.shape[0], *idx.shape)).reshape(-1, *out_shape)
+        k, (n, c) = flow.shape[0], idx.shape[:2]
+        flat = flow.reshape(k, n, c, -1)
+        return flat.gather(3, idx.expand(k, *idx.shape)).reshape(k, *out_shape)
 
 
 @relevance_op(aten.amax.default)
@@ -38,15 +38,14 @@ class AMax(RelevanceOp):
     def record(self, args, kwargs):
         x, dims, keepdim = args
         nd = x.dim()
-        if not dims or any(d % nd == 0 for d in dims):
-            raise self.refuse("it reduces over the batch axis")
+        _refuse_batch_axis(self, dims, nd, "reduces over")
         out = self.op(*args)
         mask = (x == aten.amax.default(x, dims, True)).to(x.dtype)
         return out, mask / mask.sum(dims, keepdim=True)
 
     def push(self, mask, flows, args, kwargs, cells=None):
         flows_only_through(self, flows, 0)
-        return per_sample(materialize(flows[0]), mask).sum(args[1], keepdim=args[2])
+        return (materialize(flows[0]) * mask).sum(shift_dims(args[1], mask.dim()), keepdim=args[2])
 
 
 @relevance_op(aten.max.dim)
@@ -55,8 +54,7 @@ class MaxDim(RelevanceOp):
 
     def record(self, args, kwargs):
         x, dim, keepdim = args
-        if dim % x.dim() == 0:
-            raise self.refuse("it reduces over the batch axis")
+        _refuse_batch_axis(self, dim, x.dim(), "reduces over")
         values, idx = self.op(*args)
         return (values, idx), idx if keepdim else idx.unsqueeze(dim)
 
@@ -64,22 +62,18 @@ class MaxDim(RelevanceOp):
         flows_only_through(self, flows, 0)
         flow = materialize(flows[0])
         _, dim, keepdim = args
-        k = flow.shape[0] // idx.shape[0]
-        full = idx.repeat((k,) + (1,) * (idx.dim() - 1))
-        out = flow.gather(dim, full)
-        return (out if keepdim else out.squeeze(dim)), None
-
-
-class Reduce(Same):
-    dim_arg = 1
+        out = flow.gather(shift_dims(dim, idx.dim()), idx.expand(flow.shape[0], *idx.shape))
+        return (out if keepdim else out.squeeze(shift_dims(dim, idx.dim()))), None
 
 
 @relevance_op(aten.mean.dim, aten.sum.dim_IntList)
-class MeanSum(Reduce):
+class MeanSum(Same):
+    """Means and sums over axes other than the batch axis: linear, the op on the flow."""
+
+    dim_arg = 1
+
     def _check(self, args):
-        if not args[1]:
-            raise self.refuse("it reduces over all axes, the batch axis included")
-        super()._check(args)
+        _refuse_batch_axis(self, args[1], args[0].dim(), "reduces over")
 
 
 @relevance_op(aten.avg_pool2d.default, aten.avg_pool1d.default, aten.adaptive_avg_pool2d.default,
@@ -89,6 +83,7 @@ class MeanSum(Reduce):
 class Pool(Same):
     """Average pools and upsampling: linear, position-wise weights shared by samples."""
 
-    def _check(self, args):
-        return None
+    def push(self, state, flows, args, kwargs, cells=None):
+        flows_only_through(self, flows, 0)
+        return flat_apply(self.op, materialize(flows[0]), *args[1:], **kwargs)
 

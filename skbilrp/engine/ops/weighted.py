@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 
 from ...rules import ZBox
-from . import InputFlow, RelevanceOp, aten, flows_only_through, materialize, per_sample, relevance_op, safe_divide
+from . import InputFlow, RelevanceOp, aten, flat_apply, flows_only_through, materialize, relevance_op, safe_divide
 
 
 @dataclass
@@ -39,6 +39,12 @@ class Weighted(RelevanceOp):
 
     def _apply(self, x, w, b, conf):
         return self.op(x, w, b, *conf)
+
+    def _apply_flow(self, flow, w, conf):
+        """The layer without bias on a flow ``(K, *value.shape)``."""
+        if self.channels_first:
+            return flat_apply(self.op, flow, w, None, *conf)
+        return self.op(flow, w, None)
 
     def _prepare(self, w: torch.Tensor, b: Optional[torch.Tensor]) -> tuple:
         if self._params is None or self._params[0] is not w:
@@ -93,21 +99,19 @@ class Weighted(RelevanceOp):
             groups = conf[-1] if conf and self.channels_first else 1
             if groups == 1 and not isinstance(conf[1] if len(conf) > 1 else 0, str):
                 stacked = torch.cat([flow.materialize(), probe * low, probe * high],
-                                    dim=1 if self.channels_first else -1)
-                out = self._apply(stacked, extra["w_zbox"], None, conf)
+                                    dim=2 if self.channels_first else -1)
+                out = self._apply_flow(stacked, extra["w_zbox"], conf)
             else:
-                out = (self._apply(flow.materialize(), w, None, conf)
-                       - self._apply(probe * low, extra["w_pos"], None, conf)
-                       - self._apply(probe * high, extra["w_neg"], None, conf))
+                out = (self._apply_flow(flow.materialize(), w, conf)
+                       - self._apply_flow(probe * low, extra["w_pos"], conf)
+                       - self._apply_flow(probe * high, extra["w_neg"], conf))
         else:
             flow = materialize(flow)
-            out = self._apply(flow, w_rho, None, conf)
+            out = self._apply_flow(flow, w_rho, conf)
             if state.share is not None:
-                sized = self._apply(per_sample(flow, state.sign), extra["w_abs"], None, conf)
-                out = out + per_sample(sized, state.share)
+                out = out + self._apply_flow(flow * state.sign, extra["w_abs"], conf) * state.share
             elif self.rule.bias == "flat" and has_bias:
                 out.addcmul_(extra["bias_grid"], cells.coverage(out, self.channels_first))
         if state.scale is not None:
-            n = state.scale.shape[0]
-            out.view(-1, n, *out.shape[1:]).mul_(state.scale)
+            out.mul_(state.scale)
         return out

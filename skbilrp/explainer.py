@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from .network import RelevanceNetwork
+from .engine import ExportedNetwork
 from .pairs import Kernel, PairExplanation, PairExplanations, pair_relevance
 from .pooling import PoolingSpec
 from .relevance import Method, Mode, RelevanceComputer, SampleRelevance
@@ -59,7 +59,7 @@ class Explainer:
                  channel_axis: Optional[int] = 0, mode: Mode = "auto", method: Method = "bilrp",
                  batch_size: int = 16, max_memory: int = 2**30, dtype: Optional[torch.dtype] = None,
                  verbose: bool = False) -> None:
-        self.network = RelevanceNetwork(model, rules=rules, dtype=dtype)
+        self.network = ExportedNetwork(model, rules=rules, dtype=dtype)
         self.computer = RelevanceComputer(self.network, pooling, channel_axis, mode, method,
                                           batch_size, max_memory, verbose)
 

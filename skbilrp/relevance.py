@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .network import Recording, RelevanceNetwork
+from .engine import ExportedNetwork, ExportedRecording
 from .pooling import Pooling, PoolingSpec, make_pooling
 
 __all__ = ["SampleRelevance", "RelevanceComputer", "as_tensor"]
@@ -111,7 +111,7 @@ class RelevanceComputer:
 
     Parameters
     ----------
-    network : RelevanceNetwork
+    network : ExportedNetwork
         The prepared model.
     pooling : None, int, tuple or array
         See :func:`skbilrp.pooling.make_pooling`.
@@ -130,7 +130,7 @@ class RelevanceComputer:
         Show progress bars.
     """
 
-    def __init__(self, network: RelevanceNetwork, pooling: PoolingSpec = None, channel_axis: Optional[int] = 0,
+    def __init__(self, network: ExportedNetwork, pooling: PoolingSpec = None, channel_axis: Optional[int] = 0,
                  mode: Mode = "auto", method: Method = "bilrp", batch_size: int = 16,
                  max_memory: int = 2**30, verbose: bool = False) -> None:
         if mode not in ("auto", "forward", "reverse"):
@@ -191,7 +191,7 @@ class RelevanceComputer:
         return int(max(1, min(total, self.max_memory // max(1, n * per_probe_numel * itemsize))))
 
     @torch.no_grad()
-    def _forward(self, rec: Recording, pooling: Pooling) -> torch.Tensor:
+    def _forward(self, rec: ExportedRecording, pooling: Pooling) -> torch.Tensor:
         n, h = rec.features.shape
         p = pooling.n_groups
         out = rec.features.new_empty(n, h, p)
@@ -204,7 +204,7 @@ class RelevanceComputer:
             out[:, :, g0:g1] = flow.permute(1, 2, 0)
         return out
 
-    def _reverse(self, rec: Recording, pooling: Pooling) -> torch.Tensor:
+    def _reverse(self, rec: ExportedRecording, pooling: Pooling) -> torch.Tensor:
         n, h = rec.features.shape
         out = rec.features.new_empty(n, h, pooling.n_groups)
         step = self._chunk(n, 2 * rec.total_numel, h)

@@ -12,12 +12,11 @@ every cell is one glyph wide; a number is right-aligned in a field of
 ``FIELD_WIDTH`` cells and fields are separated by one blank cell. The digit detector
 reads each cell exactly once (an 8×8 kernel with the cell pitch as stride).
 
-The product of two detections is not a linear operation of one relevance-carrying
-tensor, so :class:`BigramProduct` gets its own relevance operator
-(:class:`BigramProductOperator`), registered with
-:func:`skbilrp.operators.register_operator` on import: half of the relevance of
-``a * b`` goes through each factor, ``u_out = (u_a ⊙ b + a ⊙ u_b) / 2``, which is linear
-in the incoming flows and conserves, since ``(a b + a b) / 2 = a b``.
+The product of two detections is a product of two relevance-carrying tensors, which
+the engine's operator table splits uniformly (``aten.mul.Tensor``, see the docs page
+"Operator table"): half of the relevance of ``a * b`` goes through each factor,
+``u_out = (u_a ⊙ b + a ⊙ u_b) / 2``, which is linear in the incoming flows and
+conserves, since ``(a b + a b) / 2 = a b``.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ from torch import nn
 
 from .explainer import Explainer
 from .models.digits import digits_cnn, load_digits_images
-from .operators import RelevanceOperator, materialize, register_operator
 from .pairs import PairExplanations
 from .rules import RuleSpec
 
@@ -53,7 +51,6 @@ __all__ = [
     "DigitDetector",
     "train_digit_detector",
     "BigramProduct",
-    "BigramProductOperator",
     "BigramNetwork",
     "bigram_network",
     "cnn_table_features",
@@ -372,38 +369,12 @@ class BigramProduct(nn.Module):
 
     Maps presence maps ``d`` of shape ``(N, 10, R, C)`` to ``(N, 10, 10, R, C - 1)``
     with ``out[n, a, b, r, c] = d[n, a, r, c] * d[n, b, r, c + 1]``: the evidence for
-    digit ``a`` followed by digit ``b``. Its relevance rule is
-    :class:`BigramProductOperator`.
+    digit ``a`` followed by digit ``b``. Relevance splits evenly between the two
+    factors (the uniform rule for products of two carrying tensors).
     """
 
     def forward(self, d: torch.Tensor) -> torch.Tensor:
         return d[..., :-1][:, :, None] * d[..., 1:][:, None, :]
-
-
-class BigramProductOperator(RelevanceOperator):
-    """Relevance of :class:`BigramProduct`: half through each factor.
-
-    With flows ``u`` of the presence maps (``sum`` over probes ``= d``), the flow of
-    ``a * b`` is ``(u_a ⊙ b + a ⊙ u_b) / 2``: linear in ``u``, and summed over probes it
-    gives ``(a b + a b) / 2 = a b``, so the rule conserves.
-    """
-
-    def record(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple]:
-        (d,) = args
-        left, right = d[..., :-1], d[..., 1:]
-        return left[:, :, None] * right[:, None, :], (left, right)
-
-    def push(self, state: tuple, flows: list, args: tuple, kwargs: dict) -> torch.Tensor:
-        left, right = state
-        u = materialize(flows[0])
-        u = u.reshape(-1, *left.shape[:-1], left.shape[-1] + 1)  # (K, N, 10, R, C)
-        u_left, u_right = u[..., :-1], u[..., 1:]
-        out = 0.5 * (u_left[:, :, :, None] * right[None, :, None]
-                     + left[None, :, :, None] * u_right[:, :, None])
-        return out.reshape(-1, *out.shape[2:])
-
-
-register_operator(BigramProduct, lambda module, rule: BigramProductOperator())
 
 
 class BigramNetwork(nn.Module):

@@ -22,7 +22,7 @@ from torch import nn
 
 from skbilrp import Epsilon, Explainer, Gamma, Zero, ZBox, bilrp
 from skbilrp.models.bert import DetachedLayerNorm
-from skbilrp.operators import InputCells
+from skbilrp.engine.cells import InputCells
 from skbilrp.rules import resolve_rules
 
 # ------------------------------------------------------------------ by hand

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skbilrp import Epsilon, Explainer, Gamma, ZBox, Zero, bilrp
-from skbilrp.network import RelevanceNetwork
+from skbilrp.engine import ExportedNetwork
 
 DT = torch.float64
 
@@ -185,13 +185,13 @@ def test_batchnorm_folding_keeps_function_and_user_model(images, hessian_product
     e = ex.explain(x)
     bilrp(model, x[0], x[1], method="hp")
 
-    # the canonised copy computes the same function as the model in eval mode ...
-    canon = ex.network.model
-    unfolded = [m for m in canon.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    # the canonical graph computes the same function as the model in eval mode ...
+    canon = ex.network
+    graph = canon.program(x, {}).graph
+    unfolded = [n for n in graph.nodes if n.op == "call_function" and "batch_norm" in str(n.target)]
     assert len(unfolded) == 1  # only the BN after a ReLU remains
-    # (folded BNs become fresh nn.Identity modules, whose mode does not matter)
-    assert not any(m.training for m in canon.modules() if not isinstance(m, nn.Identity))
-    assert_close(features(canon, x), features(reference, x), rtol=1e-12)
+    assert not any(m.training for m in canon.model.modules())
+    assert_close(canon.record(x).features, features(reference, x), rtol=1e-12)
     np.testing.assert_allclose(np.diag(e.similarity), (features(reference, x) ** 2).sum(1), rtol=1e-12)
     # ... and the user's model is untouched: parameters, statistics, mode, hooks
     after = model.state_dict()
@@ -413,14 +413,14 @@ def test_normalize_layer_with_zbox_equals_normalized_input(images):
 
 
 def test_activation_after_folded_batchnorm_is_fused_into_its_conv():
-    # folding leaves an Identity where the BatchNorm was; it must not block fusion
+    # folding removes the BatchNorm node; the activation then fuses into its conv
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 3, 3, bias=False), nn.BatchNorm2d(3), nn.ReLU6(),
                           nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten()).eval()
     model[1].running_mean.uniform_(-1, 1)
     model[1].running_var.uniform_(0.5, 2)
-    net = RelevanceNetwork(model, dtype=torch.float64)
+    net = ExportedNetwork(model, dtype=torch.float64)
     x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
     rec = net.record(x)
-    assert len(rec.fused) == 2
+    assert len(net.program(x, {}).fused) == 2
     torch.testing.assert_close(rec.features, model.double()(x).flatten(1))

@@ -1,5 +1,5 @@
 """Bad input and unsupported models fail early, naming the cause and the fix;
-``register_operator`` makes an unsupported module work."""
+``relevance_op`` makes an unsupported op work."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from skbilrp import Explainer, bilrp
-from skbilrp import operators
-from skbilrp.canonize import UnsupportedModelError
-from skbilrp.operators import RatioOperator, register_operator
+from skbilrp.engine import OPS, UnsupportedModelError, relevance_op
+from skbilrp.engine.ops import aten
+from skbilrp.engine.ops.elementwise import Ratio
 from skbilrp.pooling import make_pooling
 from skbilrp.rules import PRESETS
 
@@ -81,27 +81,36 @@ class DataDependent(nn.Module):
         return -x
 
 
-@pytest.mark.parametrize("module, path, type_name", [
-    (nn.LayerNorm(16), "1", "LayerNorm"),
-    (DataDependent(), "1", "DataDependent"),
+class Exp(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.exp(x)
+
+
+class Sin(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(x)
+
+
+@pytest.mark.parametrize("module, op", [
+    (Exp(), "aten.exp.default"),  # in the table as a refusal: it is not a ratio-rule activation
+    (Sin(), "aten.sin.default"),  # not in the table
+    (nn.LSTM(8, 8), "aten.lstm.input"),
 ])
-def test_unsupported_module_in_sequential(module, path, type_name):
-    model = nn.Sequential(nn.Linear(4, 16), module, nn.ReLU())
+def test_unsupported_op_names_op_module_path_and_hook(module, op):
+    model = nn.Sequential(nn.Linear(4, 8), nn.Sequential(nn.ReLU(), module))
     with pytest.raises(UnsupportedModelError) as info:
-        Explainer(model)
+        Explainer(model).relevance(torch.rand(2, 4))
     message = str(info.value)
-    assert repr(path) in message
-    assert type_name in message
-    assert "register_operator" in message
+    assert op in message
+    assert "module '1.1'" in message and type(module).__name__ in message
+    assert f"relevance_op(torch.ops.{op})" in message
 
 
-def test_unsupported_nested_module_names_full_path():
-    inner = nn.Sequential(nn.Linear(4, 8), nn.LSTM(8, 8))
-    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.ReLU(), inner))
-    with pytest.raises(UnsupportedModelError) as info:
-        Explainer(model)
-    message = str(info.value)
-    assert "'1.1.1'" in message and "LSTM" in message and "register_operator" in message
+def test_untraceable_model_names_the_cause():
+    model = nn.Sequential(nn.Linear(4, 8), DataDependent())
+    with pytest.raises(UnsupportedModelError, match="torch.export") as info:
+        Explainer(model).relevance(torch.rand(2, 4))
+    assert "data-dependent" in str(info.value)
 
 
 def test_unknown_rules_preset():
@@ -133,36 +142,31 @@ def test_bad_pooling_through_explainer(explainer, relu_cnn):
         Explainer(relu_cnn(in_channels=1), pooling=np.zeros((4, 4), dtype=int)).explain(torch.rand(1, 1, 8, 8))
 
 
-# ----------------------------------------------------------------- register_operator
+# ------------------------------------------------------------------ relevance_op
 
 
-class Square(nn.Module):
-    """``z²``: a product of a tensor with itself, which the tracer cannot linearise."""
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return z * z
-
-
-def square_net() -> nn.Module:
+def sin_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 5, bias=False), Square(), nn.Linear(5, 3, bias=False)).to(DT)
+    return nn.Sequential(nn.Linear(6, 5, bias=False), Sin(), nn.Linear(5, 3, bias=False)).to(DT)
 
 
 @pytest.fixture
-def unregister_square():
+def unregister_sin():
     """Registration is global: undo it so the test also holds when run again."""
     yield
-    operators._MODULE_OPERATORS.pop(Square, None)
+    OPS.pop(aten.sin.default, None)
 
 
-def test_register_operator_makes_custom_module_work(unregister_square):
-    model = square_net()
+def test_relevance_op_makes_an_unsupported_op_work(unregister_sin):
+    model = sin_net()
     x = torch.rand(2, 6, dtype=DT)
-    # unregistered, z * z is a product of two relevance-carrying tensors: refused
-    with pytest.raises(ValueError, match="not linear"):
+    with pytest.raises(UnsupportedModelError, match="aten.sin.default"):
         Explainer(model).relevance(x)
 
-    register_operator(Square, lambda module, rule: RatioOperator(module))
+    @relevance_op(aten.sin.default)
+    class SinRatio(Ratio):
+        """sin as a ratio-rule activation: ``u_out = sin(z) / z ⊙ u_in``."""
+
     fwd = Explainer(model, mode="forward").relevance(x)
     rev = Explainer(model, mode="reverse").relevance(x)
     np.testing.assert_allclose(fwd.relevance.numpy(), rev.relevance.numpy(), rtol=1e-12, atol=1e-14)
@@ -170,15 +174,15 @@ def test_register_operator_makes_custom_module_work(unregister_square):
         phi = model(x).numpy()
     np.testing.assert_allclose(fwd.features.numpy(), phi, rtol=1e-14)
     np.testing.assert_allclose(fwd.relevance.sum(-1).numpy(), phi, rtol=1e-10)  # conserves
-    # the ratio rule z² / z = z, by hand: R_i = x_i sum_k W2_mk z_k W1_ki
+    # the ratio rule by hand: R_mi = x_i sum_k W2_mk (sin(z_k) / z_k) W1_ki
     w1, w2 = model[0].weight.detach(), model[2].weight.detach()
     z = x @ w1.T
-    expected = torch.einsum("mk,nk,ki,ni->nmi", w2, z, w1, x)
+    expected = torch.einsum("mk,nk,ki,ni->nmi", w2, torch.sin(z) / z, w1, x)
     np.testing.assert_allclose(fwd.relevance.numpy(), expected.numpy(), rtol=1e-12)
-    e = Explainer(model).explain(x)
-    np.testing.assert_allclose(e.relevance.sum(axis=(-2, -1)), phi @ phi.T, rtol=1e-10)
 
 
-def test_register_operator_rejects_non_module():
-    with pytest.raises(TypeError, match="nn.Module subclass"):
-        register_operator(int, lambda module, rule: None)
+def test_relevance_op_refuses_duplicates_and_non_overloads():
+    with pytest.raises(RuntimeError, match="duplicate"):
+        relevance_op(aten.relu.default)(Ratio)
+    with pytest.raises(TypeError, match="OpOverload"):
+        relevance_op(torch.sin)(Ratio)

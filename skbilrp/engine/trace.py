@@ -41,8 +41,10 @@ def export(model: nn.Module, args: tuple, kwargs: dict) -> Traced:
             ep = torch.export.export(model, args, kwargs, strict=False)
             ep = ep.run_decompositions({})
     except Exception as err:  # torch.export raises many types
+        _raise_if_input_does_not_fit(model, args, kwargs)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnsupportedModelError(
-            f"Cannot export {type(model).__name__} with torch.export: {err}. skbilrp needs a "
+            f"Cannot export {type(model).__name__} with torch.export: {first} skbilrp needs a "
             "model without data-dependent control flow (torch.export.export(model, args, "
             "strict=False) must succeed)."
         ) from err
@@ -57,6 +59,17 @@ def export(model: nn.Module, args: tuple, kwargs: dict) -> Traced:
         lookup[ph] = ep.constants[target]
     user = list(sig.user_inputs)
     return Traced(ep.graph, lookup, user, user)
+
+
+def _raise_if_input_does_not_fit(model: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Tell a bad input (the model's own forward fails) from an untraceable model."""
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    except (RuntimeError, IndexError, ValueError):
+        raise
+    except Exception:  # noqa: BLE001 - any other failure is the export's to report
+        return
 
 
 def module_of(node: fx.Node) -> tuple[str, str]:

@@ -35,9 +35,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..operators import (InputCells, RatioOperator, RelevanceOperator, materialize, per_sample,
-                         register_operator, safe_divide)
-from ..rules import Rule, Zero
+from ..rules import add_rule_target
 
 __all__ = [
     "BertEmbedder",
@@ -99,62 +97,15 @@ class DetachedLayerNorm(nn.Module):
         return torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting():
+            # one aten.layer_norm node, whose relevance operator holds the std constant
+            return nn.functional.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
         y = (x - x.mean(-1, keepdim=True)) * self.inverse_std(x)
         if self.weight is not None:
             y = y * self.weight
         if self.bias is not None:
             y = y + self.bias
         return y
-
-
-class _LayerNormOperator(RelevanceOperator):
-    """Flow: centre over the last axis, then scale by ``weight / std``.
-
-    The layer is ``y_k = sum_j s_k (delta_jk - 1/n) x_j + b_k`` with ``s = weight / std``.
-    Its rule contributes the stabiliser and the bias mode (γ and z^B have no meaning
-    here): with ``bias="absorb"`` ``b`` keeps its share; with ``"flat"`` it goes to
-    the token's input; with ``"share"`` it follows the contribution sizes
-    ``|s_k| |delta_jk - 1/n| |x_j|``. Since ``|delta_jk - 1/n| = 1/n + (1 - 2/n) delta_jk``,
-    that share costs O(n), not O(n²): ``b_k / S_k ((1 - 2/n) w_k + mean(w))`` with
-    ``w = sign(x) ⊙ u`` and ``S_k = (1 - 2/n) |x_k| + mean(|x|)``.
-    """
-
-    def __init__(self, module: DetachedLayerNorm, rule: Rule) -> None:
-        self.module = module
-        self.rule = rule
-        self.shares_bias = rule.bias == "share" and module.bias is not None
-        self.uses_cells = rule.bias == "flat" and module.bias is not None
-
-    def record(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict]:
-        (x,) = args
-        y = self.module(x)
-        state = {"inv_std": self.module.inverse_std(x), "scale": None, "share": None}
-        den = self.rule.stabilize(y)
-        if den is not y:
-            state["scale"] = safe_divide(y, den)
-        if self.shares_bias:
-            n = x.shape[-1]
-            size = (1 - 2 / n) * x.abs() + x.abs().mean(-1, keepdim=True)
-            bias = self.module.bias.detach()
-            if self.module.weight is not None:  # units with weight 0 have no contributions
-                bias = bias * (self.module.weight.detach() != 0)
-            state["sign"], state["share"] = torch.sign(x), safe_divide(bias.expand_as(size), size)
-        return y, state
-
-    def push(self, state: dict, flows: list, args: tuple, kwargs: dict,
-             cells: Optional[InputCells] = None) -> torch.Tensor:
-        flow = materialize(flows[0])
-        out = per_sample(flow - flow.mean(-1, keepdim=True), state["inv_std"])
-        weight = self.module.weight
-        if weight is not None:
-            out = out * weight.detach()
-        if state["share"] is not None:
-            sized = per_sample(flow, state["sign"])
-            n = flow.shape[-1]
-            out = out + per_sample((1 - 2 / n) * sized + sized.mean(-1, keepdim=True), state["share"])
-        elif self.uses_cells:
-            out = out + self.module.bias.detach() * cells.coverage(out, channels_first=False)
-        return out if state["scale"] is None else per_sample(out, state["scale"])
 
 
 class RatioActivation(nn.Module):
@@ -198,40 +149,18 @@ class ValueMixing(nn.Module):
         self.num_heads = int(num_heads)
 
     def mix(self, probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """Apply per-sample ``probs`` ``(N, H, T, T)`` to ``values`` ``(K*N, T, D)``."""
+        """Apply ``probs`` ``(N, H, T, T)`` to ``values`` ``(N, T, D)``."""
         n, h = probs.shape[:2]
         t, d = values.shape[-2:]
-        v = values.reshape(-1, n, t, h, d // h)
-        out = torch.einsum("nhts,knshe->knthe", probs.to(values.dtype), v)
+        v = values.reshape(n, t, h, d // h)
+        out = torch.einsum("nhts,nshe->nthe", probs.to(values.dtype), v)
         return out.reshape(values.shape)
 
     def forward(self, probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         return self.mix(probs.detach(), values)
 
 
-class _ValueMixingOperator(RelevanceOperator):
-    """Flow: ``u_context = P @ u_V`` per sample, with the recorded probabilities ``P``."""
-
-    def __init__(self, module: ValueMixing) -> None:
-        self.module = module
-
-    def record(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        probs, values = args
-        return self.module(probs, values), probs.detach()
-
-    def push(self, probs: torch.Tensor, flows: list, args: tuple, kwargs: dict) -> torch.Tensor:
-        if flows[0] is not None:
-            raise ValueError(
-                "Relevance reaches the attention probabilities; compute them from "
-                "detached hidden states (x.detach()) so that it flows through the values only."
-            )
-        return self.module.mix(probs, materialize(flows[1]))
-
-
-register_operator(DetachedLayerNorm, lambda module, rule: _LayerNormOperator(module, rule or Zero()),
-                  takes_rule=True)
-register_operator(ValueMixing, lambda module, rule: _ValueMixingOperator(module))
-register_operator(RatioActivation, lambda module, rule: RatioOperator(module))
+add_rule_target(DetachedLayerNorm)  # its Rule gives the stabiliser and the bias mode
 
 
 # ------------------------------------------------------------------------------ encoder

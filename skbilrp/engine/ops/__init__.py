@@ -20,7 +20,7 @@ import torch
 from torch import fx
 from torch._ops import OpOverload
 
-from ...operators import InputCells, safe_divide
+from ..cells import CellsError, ProbeCells, safe_divide
 from ..trace import UnsupportedModelError, module_of
 
 __all__ = ["OPS", "relevance_op", "RelevanceOp", "UnsupportedOperatorError", "lookup",
@@ -94,7 +94,7 @@ class RelevanceOp:
     def record(self, args: list, kwargs: dict) -> tuple[Any, Any]:
         return self.op(*args, **kwargs), None
 
-    def push(self, state: Any, flows: list, args: list, kwargs: dict, cells: Optional[InputCells]) -> Any:
+    def push(self, state: Any, flows: list, args: list, kwargs: dict, cells: Optional[ProbeCells]) -> Any:
         raise NotImplementedError
 
 
@@ -155,37 +155,5 @@ def flat_apply(fn, flow: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return out.unflatten(0, (k, -1))
 
 
-class CellsError(UnsupportedOperatorError):
-    """A bias-passing mode cannot place a constant on the input (re-raised naming the op)."""
-
-
-class ProbeCells(InputCells):
-    """:class:`~skbilrp.operators.InputCells` for flows with a leading probe axis:
-    coverage of a flow ``(K, N, ...)`` (the batch axis right after the probe axis)."""
-
-    def __init__(self, probe: torch.Tensor, channel_axis: Optional[int] = None) -> None:
-        super().__init__(probe.flatten(0, 1), channel_axis)
-        self.k, self.n = probe.shape[:2]
-
-    def coverage(self, like: torch.Tensor, channels_first: bool) -> torch.Tensor:  # type: ignore[override]
-        if like.dim() < 2 or like.shape[1] != self.n:
-            raise CellsError(
-                "bias='flat' needs the layer's batch axis first (this layer's output has shape "
-                f"{tuple(like.shape[1:])} for a batch of {self.n}); use bias='share' or 'absorb'.")
-        shape = torch.empty((self.k * self.n,) + tuple(like.shape[2:]), device="meta")
-        cov = super().coverage(shape, channels_first)
-        return cov.unflatten(0, (self.k, self.n))
-
-    def spread(self, const: torch.Tensor) -> torch.Tensor:
-        """Flow of a constant with no position on the input (a class token): spread over
-        the whole input, each probe getting the fraction of the input it covers."""
-        if const.dim() < 1 or const.shape[0] != self.n:
-            raise CellsError(
-                f"a constant of shape {tuple(const.shape)} joins a relevance-carrying tensor "
-                f"away from its batch axis (batch of {self.n}); use bias='absorb'.")
-        share = self.probe.reshape(self.k, self.n, -1).mean(2)
-        return const * share.reshape(share.shape + (1,) * (const.dim() - 1))
-
-
 # the entries register themselves on import: the table is complete once these load
-from . import attention, combine, elementwise, pooling, refused, shape, weighted  # noqa: E402,F401
+from . import attention, combine, elementwise, normalization, pooling, refused, shape, weighted  # noqa: E402,F401

@@ -1,6 +1,5 @@
-"""Attention and normalisation (CP-LRP): softmax probabilities and LayerNorm's
-standard deviation are constants; relevance flows through the values and through the
-centred input. Products with one constant operand (matmul, bmm, einsum) are linear.
+"""Attention (CP-LRP): softmax probabilities are constants; relevance flows through the
+values. Products with one constant operand (matmul, bmm, einsum) are linear.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ import math
 import torch
 
 from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op
-from .combine import BiasLike
 
 
 @relevance_op(aten.softmax.int, aten._softmax.default, aten.detach.default, aten._safe_softmax.default)
@@ -92,29 +90,3 @@ class SDPA(RelevanceOp):
     def push(self, p, flows, args, kwargs, cells=None):
         flows_only_through(self, flows, 2)
         return matmul_flow(materialize(flows[2]), p, first=False)
-
-
-@relevance_op(aten.layer_norm.default)
-class LayerNorm(BiasLike):
-    """``(x - mean) / std * w + b`` with a constant std: the flow is centred and scaled;
-    the shift ``b`` follows the bias mode."""
-
-    def record(self, args, kwargs):
-        x, shape, w, b, eps = args[:5]
-        dims = tuple(range(-len(shape), 0))
-        mean = x.mean(dims, keepdim=True)
-        std = torch.sqrt(x.var(dims, keepdim=True, unbiased=False) + eps)
-        y0 = (x - mean) / std * (w if w is not None else 1)
-        return self.op(*args), (dims, std, y0)
-
-    def push(self, state, flows, args, kwargs, cells=None):
-        flows_only_through(self, flows, 0)
-        dims, std, y0 = state
-        flow = materialize(flows[0])
-        f = (flow - flow.mean(dims, keepdim=True)) / std
-        w, b = args[2], args[3]
-        if w is not None:
-            f = f * w
-        if b is None:
-            return f
-        return self.constant_term(f, y0, y0 + b, b, cells)

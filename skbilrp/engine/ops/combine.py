@@ -5,8 +5,6 @@ and BatchNorm that could not be folded (an affine map whose shift follows the bi
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from . import InputFlow, RelevanceOp, aten, flows_only_through, materialize, relevance_op, safe_divide

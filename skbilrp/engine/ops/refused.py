@@ -30,4 +30,4 @@ class Random(Refused):
               aten.rsqrt.default, aten.reciprocal.default)
 class NotLinear(Refused):
     why = "this op has no relevance rule on a relevance-carrying input (it is not a ratio-rule activation)"
-    fix = "Detach its input if it computes a scale, or wrap the block in a module whose rule you register"
+    fix = "Detach its input if it computes a scale (as normalisations do)"

@@ -1,0 +1,100 @@
+"""Where a layer's units sit on the model input: what ``Rule(bias="flat")`` spreads a
+bias over. Plus the one division the operators share."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .trace import UnsupportedModelError
+
+__all__ = ["InputCells", "ProbeCells", "CellsError", "safe_divide"]
+
+
+def safe_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``num / den`` with zero where ``den`` is exactly zero."""
+    return torch.where(den == 0, torch.zeros_like(num), num / torch.where(den == 0, 1, den))
+
+
+class InputCells:
+    """Where the units of a layer sit on the model input, for ``Rule(bias="flat")``.
+
+    :meth:`coverage` gives, per probe and unit, the fraction of the input region under
+    the unit that the probe covers: the probe averaged over the input's channel axis
+    and pooled (adaptive average) from the input's positions onto the layer's grid.
+    Units without a grid (e.g. after global pooling), or on a grid of another rank
+    than the input's positions, cover the whole input. Over probes that partition the
+    input the coverage sums to one, so a flat bias share conserves.
+
+    Parameters
+    ----------
+    probe : torch.Tensor
+        ``(K * N, *sample_shape)``, as pushed through the network.
+    channel_axis : int, optional
+        The channel axis of one input sample (``0`` for images, ``-1`` for token
+        embeddings). None: assume the input is laid out like each layer's output,
+        channels first for convolutions and last for Linear layers.
+    """
+
+    def __init__(self, probe: torch.Tensor, channel_axis: Optional[int] = None) -> None:
+        self.probe = probe
+        self.channel_axis = channel_axis
+        self._pooled: dict[tuple, torch.Tensor] = {}  # one pooling per grid and channel axis
+        self._positions: dict[int, torch.Tensor] = {}  # probe averaged over a channel axis
+
+    def coverage(self, like: torch.Tensor, channels_first: bool) -> torch.Tensor:
+        """Coverage broadcastable to ``like`` ``(K*N, ...)``, a layer's output flow."""
+        grid = tuple(like.shape[2:]) if channels_first else tuple(like.shape[1:-1])
+        rank = self.probe.dim() - 1
+        axis = self.channel_axis if self.channel_axis is not None else (0 if channels_first else -1)
+        key = (grid, axis % rank if rank else 0)
+        if key not in self._pooled:
+            self._pooled[key] = self._pool(*key)
+        cov = self._pooled[key]
+        return cov.unsqueeze(1) if channels_first else cov.unsqueeze(-1)
+
+    def _pool(self, grid: tuple, axis: int) -> torch.Tensor:
+        p = self.probe
+        if not 1 <= len(grid) <= 3 or p.dim() != len(grid) + 2:
+            return p.flatten(1).mean(1).reshape((-1,) + (1,) * len(grid))
+        if axis not in self._positions:
+            self._positions[axis] = p.mean(1 + axis)[:, None]  # (K*N, 1, *positions)
+        positions = self._positions[axis]
+        if tuple(positions.shape[2:]) == grid:
+            return positions[:, 0]
+        pool = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[len(grid) - 1]
+        return pool(positions, grid)[:, 0]
+
+
+class CellsError(UnsupportedModelError):
+    """A bias-passing mode cannot place a constant on the input (re-raised naming the op)."""
+
+
+class ProbeCells(InputCells):
+    """:class:`InputCells` for flows with a leading probe axis:
+    coverage of a flow ``(K, N, ...)`` (the batch axis right after the probe axis)."""
+
+    def __init__(self, probe: torch.Tensor, channel_axis: Optional[int] = None) -> None:
+        super().__init__(probe.flatten(0, 1), channel_axis)
+        self.k, self.n = probe.shape[:2]
+
+    def coverage(self, like: torch.Tensor, channels_first: bool) -> torch.Tensor:  # type: ignore[override]
+        if like.dim() < 2 or like.shape[1] != self.n:
+            raise CellsError(
+                "bias='flat' needs the layer's batch axis first (this layer's output has shape "
+                f"{tuple(like.shape[1:])} for a batch of {self.n}); use bias='share' or 'absorb'.")
+        meta = torch.empty((self.k * self.n,) + tuple(like.shape[2:]), device="meta")
+        cov = super().coverage(meta, channels_first)
+        return cov.unflatten(0, (self.k, self.n))
+
+    def spread(self, const: torch.Tensor) -> torch.Tensor:
+        """Flow of a constant with no position on the input (a class token): spread over
+        the whole input, each probe getting the fraction of the input it covers."""
+        if const.dim() < 1 or const.shape[0] != self.n:
+            raise CellsError(
+                f"a constant of shape {tuple(const.shape)} joins a relevance-carrying tensor "
+                f"away from its batch axis (batch of {self.n}); use bias='absorb'.")
+        share = self.probe.reshape(self.k, self.n, -1).mean(2)
+        return const * share.reshape(share.shape + (1,) * (const.dim() - 1))

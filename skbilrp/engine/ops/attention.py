@@ -88,5 +88,8 @@ class SDPA(RelevanceOp):
         return self.op(*args, **kwargs), p
 
     def push(self, p, flows, args, kwargs, cells=None):
-        flows_only_through(self, flows, 2)
+        # q and k only shape the probabilities, constants under CP-LRP: their flows end here
+        flows_only_through(self, flows, 0, 1, 2)
+        if flows[2] is None:
+            raise self.refuse("no relevance reaches the values", "Explain an input that feeds them")
         return matmul_flow(materialize(flows[2]), p, first=False)

@@ -76,9 +76,22 @@ class Dropout(Same):
         return flows[0]
 
 
-@relevance_op(aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.expand.default)
-class Resize(Same):
+@relevance_op(aten.expand.default)
+class Expand(Same):
     size_arg = 1
+
+
+@relevance_op(aten.view.default, aten._unsafe_view.default, aten.reshape.default)
+class Resize(Same):
+    """Views as reshapes: a flow's memory layout need not be the value's (the export
+    chose ``view`` for the value's strides), the shape is what matters."""
+
+    size_arg = 1
+
+    def push(self, ndim, flows, args, kwargs, cells=None):
+        flows_only_through(self, flows, 0)
+        flow = materialize(flows[0])
+        return flow.reshape([flow.shape[0], *args[1]])
 
 
 @relevance_op(aten.permute.default)
@@ -118,9 +131,24 @@ class Unsqueeze(Same):
     dim_arg, extra_dims = 1, 1
 
 
-@relevance_op(aten.constant_pad_nd.default)
+@relevance_op(aten.constant_pad_nd.default, aten.pad.default)
 class Pad(Same):
-    """Padding: the flow is padded with zeros (a non-zero fill value is a constant)."""
+    """Constant padding: the flow is padded with zeros. A non-zero fill value is a
+    constant, absorbed (refused under a bias-passing mode, which would have to place it
+    on the input). Reflect / replicate / circular padding copy input values: refused."""
+
+    def __init__(self, node, network) -> None:
+        super().__init__(node, network)
+        self.mode = network.bias_mode_for(node)
+
+    def _check(self, args):
+        if self.op is aten.pad.default and args[2] != "constant":
+            raise self.refuse(f"{args[2]!r} padding copies input values",
+                              "Pad with mode='constant' or register an operator")
+        fill = args[2] if self.op is aten.constant_pad_nd.default else args[3]
+        if fill and self.mode != "absorb":
+            raise self.refuse(f"padding with the constant {fill} cannot pass its share to the input "
+                              f"(bias={self.mode!r})", "Pad with zeros or use bias='absorb'")
 
     def push(self, state, flows, args, kwargs, cells=None):
         flows_only_through(self, flows, 0)

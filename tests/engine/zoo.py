@@ -243,6 +243,42 @@ class SwinWindowAttention(nn.Module):
         return torch.roll(out, shifts=(s, s), dims=(1, 2)).flatten(1)
 
 
+class GroupNormBlock(nn.Module):
+    """A diffusion-U-Net-style residual block: GroupNorm, SiLU, conv; normalised output."""
+
+    def __init__(self, c=4, inplace=True, relu_only=False):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(2, c), nn.Conv2d(c, c, 3, padding=1)
+        self.act = nn.SiLU(inplace=inplace)
+        self.norm2, self.conv2 = nn.GroupNorm(4, c), nn.Conv2d(c, c, 3, padding=1)
+        with torch.no_grad():
+            for n in (self.norm1, self.norm2):
+                n.weight.uniform_(0.5, 1.5)
+                n.bias.normal_(0, 0.3)
+
+    def forward(self, x):
+        h = self.conv1(self.act(self.norm1(x)))
+        h = self.conv2(self.act(self.norm2(h)))
+        return F.normalize((x + h).flatten(1), dim=1)
+
+
+class RMSNormMLP(nn.Module):
+    """A Llama-style token MLP: RMSNorm, SiLU-gated projection (a product of two carrying
+    tensors: the uniform rule), residual."""
+
+    def __init__(self, c=6, inplace=True, relu_only=False, d=6):
+        super().__init__()
+        self.norm = nn.RMSNorm(d)
+        self.gate, self.up, self.down = nn.Linear(d, 8, bias=False), nn.Linear(d, 8, bias=False), nn.Linear(8, d)
+        self.act = nn.SiLU(inplace=inplace)
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        h = self.norm(x)
+        return (x + self.down(self.act(self.gate(h)) * self.up(h))).mean(1)
+
+
 ZOO = {
     "resnet_basic": (lambda **k: BasicBlock(**k), (4, 8, 8), True),
     "resnet_bottleneck": (lambda **k: Bottleneck(**k), (6, 6, 6), True),
@@ -256,6 +292,8 @@ ZOO = {
     "unet_bilinear": (lambda **k: UNetBlock(**k), (2, 6, 6), True),
     "unet_nearest": (lambda **k: UNetBlock(mode="nearest", **k), (2, 6, 6), True),
     "swin_window": (lambda **k: SwinWindowAttention(**k), (3, 8, 8), False),
+    "groupnorm_unet": (lambda **k: GroupNormBlock(**k), (4, 6, 6), False),
+    "rmsnorm_gated_mlp": (lambda **k: RMSNormMLP(**k), (5, 6), False),
 }
 
 

@@ -12,16 +12,15 @@ that share costs O(n), not O(n^2): ``b_k / S_k ((1 - 2/n) w_k + mean(w))`` with
 
 from __future__ import annotations
 
-import math
 
 import torch
 
 from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op, safe_divide
 
 
-@relevance_op(aten.layer_norm.default)
-class LayerNorm(RelevanceOp):
-    """``(x - mean) / std * w + b`` over the trailing ``normalized_shape`` axes."""
+class Centred(RelevanceOp):
+    """Shared by LayerNorm and GroupNorm: ``y = (x - mean) * inv_std * w + b`` over the
+    trailing axis of a grouped view ``(..., n)`` of the input."""
 
     takes_rule = True
 
@@ -29,32 +28,100 @@ class LayerNorm(RelevanceOp):
         super().__init__(node, network)
         self.rule = network.rule_for(node)
 
-    def record(self, args, kwargs):
-        x, shape, w, b, eps = args[:5]
-        dims = tuple(range(-len(shape), 0))
-        y = self.op(*args)
-        inv_std = torch.rsqrt(x.var(dims, keepdim=True, unbiased=False) + eps)
+    def centred_state(self, x, y, w, b, eps) -> dict:
+        """``x``, ``w``, ``b`` in the grouped view (``w``, ``b`` broadcastable to it)."""
+        inv_std = torch.rsqrt(x.var(-1, keepdim=True, unbiased=False) + eps)
         den = self.rule.stabilize(y)
-        state = {"dims": dims, "inv_std": inv_std, "scale": None if den is y else safe_divide(y, den),
-                 "share": None}
+        state = {"inv_std": inv_std, "scale": None if den is y else safe_divide(y, den), "share": None}
         if self.rule.bias == "share" and b is not None:
-            n = math.prod(shape)
-            size = (1 - 2 / n) * x.abs() + x.abs().mean(dims, keepdim=True)
+            n = x.shape[-1]
+            size = (1 - 2 / n) * x.abs() + x.abs().mean(-1, keepdim=True)
             bias = b if w is None else b * (w != 0)  # a unit of weight 0 has no contributions
             state["sign"], state["share"] = torch.sign(x), safe_divide(bias.expand_as(size), size)
-        return y, state
+        return state
 
-    def push(self, state, flows, args, kwargs, cells=None):
-        flows_only_through(self, flows, 0)
-        dims, w, b = state["dims"], args[2], args[3]
-        flow = materialize(flows[0])
-        out = (flow - flow.mean(dims, keepdim=True)) * state["inv_std"]
+    def centred_push(self, flow, state, w):
+        """The flow through the layer (grouped view), bias share included, flat term not."""
+        out = (flow - flow.mean(-1, keepdim=True)) * state["inv_std"]
         if w is not None:
             out = out * w
         if state["share"] is not None:
             sized = flow * state["sign"]
-            n = math.prod(args[1])
-            out = out + ((1 - 2 / n) * sized + sized.mean(dims, keepdim=True)) * state["share"]
-        elif self.rule.bias == "flat" and b is not None:
-            out = out + b * cells.coverage(out, channels_first=False)
+            n = flow.shape[-1]
+            out = out + ((1 - 2 / n) * sized + sized.mean(-1, keepdim=True)) * state["share"]
+        return out
+
+    def finish(self, out, state, b, channels_first, cells):
+        if state["share"] is None and self.rule.bias == "flat" and b is not None:
+            out = out + b * cells.coverage(out, channels_first=channels_first)
         return out if state["scale"] is None else out * state["scale"]
+
+
+@relevance_op(aten.layer_norm.default)
+class LayerNorm(Centred):
+    """``(x - mean) / std * w + b`` over the trailing ``normalized_shape`` axes."""
+
+    def record(self, args, kwargs):
+        x, shape, w, b, eps = args[:5]
+        y = self.op(*args)
+        lead = x.shape[:x.dim() - len(shape)]
+        flat = (lambda t: None if t is None else t.reshape(-1))
+        state = self.centred_state(x.reshape(*lead, -1), y.reshape(*lead, -1), flat(w), flat(b), eps)
+        return y, state
+
+    def push(self, state, flows, args, kwargs, cells=None):
+        flows_only_through(self, flows, 0)
+        shape, w, b = args[1], args[2], args[3]
+        flow = materialize(flows[0])
+        grouped = flow.reshape(*flow.shape[:flow.dim() - len(shape)], -1)
+        out = self.centred_push(grouped, state, None if w is None else w.reshape(-1)).reshape(flow.shape)
+        return self.finish(out, state, b, False, cells)
+
+
+@relevance_op(aten.group_norm.default)
+class GroupNorm(Centred):
+    """``(x - mean_g) / std_g * w_c + b_c`` over each group of channels (and positions)."""
+
+    def record(self, args, kwargs):
+        x, groups, w, b, eps = args[:5]
+        y = self.op(*args)
+        n = x.shape[0]
+        grid = (1, -1) + (1,) * (x.dim() - 2)
+        view = (lambda t: None if t is None else t.reshape(grid).expand_as(x).reshape(n, groups, -1))
+        state = self.centred_state(x.reshape(n, groups, -1), y.reshape(n, groups, -1), view(w), view(b), eps)
+        state["w"] = view(w)
+        return y, state
+
+    def push(self, state, flows, args, kwargs, cells=None):
+        flows_only_through(self, flows, 0)
+        groups, b = args[1], args[3]
+        flow = materialize(flows[0])
+        grouped = flow.reshape(flow.shape[0], flow.shape[1], groups, -1)
+        out = self.centred_push(grouped, state, state["w"]).reshape(flow.shape)
+        if b is not None:
+            b = b.reshape((-1,) + (1,) * (flow.dim() - 3))
+        return self.finish(out, state, b, True, cells)
+
+
+@relevance_op(aten.rms_norm.default)
+class RMSNorm(RelevanceOp):
+    """``x / rms(x) * w`` with a constant rms: the flow is scaled."""
+
+    def record(self, args, kwargs):
+        x, shape, w, eps = args[:4]
+        dims = tuple(range(-len(shape), 0))
+        eps = torch.finfo(x.dtype).eps if eps is None else eps
+        return self.op(*args), torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
+
+    def push(self, inv_rms, flows, args, kwargs, cells=None):
+        flows_only_through(self, flows, 0)
+        out = materialize(flows[0]) * inv_rms
+        return out if args[2] is None else out * args[2]
+
+
+@relevance_op(aten.linalg_vector_norm.default)
+class Norm(RelevanceOp):
+    """A vector norm is a constant (``F.normalize`` divides by it), as LayerNorm's
+    standard deviation is; the network never pushes through it."""
+
+    constant = True

@@ -279,6 +279,21 @@ class RMSNormMLP(nn.Module):
         return (x + self.down(self.act(self.gate(h)) * self.up(h))).mean(1)
 
 
+class TokenGather(nn.Module):
+    """Tokens tiled (repeat) and picked at constant indices (gather), as token-pruning
+    and patch-merging code does."""
+
+    def __init__(self, c=3, inplace=True, relu_only=False, d=4):
+        super().__init__()
+        self.proj = nn.Linear(d, d, bias=not relu_only)
+        self.register_buffer("index", torch.tensor([0, 2, 1, 5, 3, 0]), persistent=False)
+
+    def forward(self, x):
+        h = F.relu(self.proj(x)).repeat(1, 2, 1)
+        idx = self.index[None, :, None].expand(x.shape[0], -1, h.shape[-1])
+        return torch.gather(h, 1, idx).flatten(1)
+
+
 ZOO = {
     "resnet_basic": (lambda **k: BasicBlock(**k), (4, 8, 8), True),
     "resnet_bottleneck": (lambda **k: Bottleneck(**k), (6, 6, 6), True),
@@ -294,6 +309,7 @@ ZOO = {
     "swin_window": (lambda **k: SwinWindowAttention(**k), (3, 8, 8), False),
     "groupnorm_unet": (lambda **k: GroupNormBlock(**k), (4, 6, 6), False),
     "rmsnorm_gated_mlp": (lambda **k: RMSNormMLP(**k), (5, 6), False),
+    "token_gather": (lambda **k: TokenGather(**k), (3, 4), True),
 }
 
 

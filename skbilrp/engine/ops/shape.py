@@ -81,6 +81,25 @@ class Expand(Same):
     size_arg = 1
 
 
+@relevance_op(aten.repeat.default)
+class Repeat(Same):
+    """Tiling copies the value, so the flow is tiled alike (the probe axis once)."""
+
+    def push(self, ndim, flows, args, kwargs, cells=None):
+        flows_only_through(self, flows, 0)
+        return materialize(flows[0]).repeat([1, *args[1]])
+
+
+@relevance_op(aten.gather.default)
+class Gather(Same):
+    """Gathering at constant indices."""
+
+    def push(self, ndim, flows, args, kwargs, cells=None):
+        flows_only_through(self, flows, 0)
+        flow, index = materialize(flows[0]), args[2]
+        return flow.gather(shift_dims(args[1], ndim), index.expand(flow.shape[0], *index.shape))
+
+
 @relevance_op(aten.view.default, aten._unsafe_view.default, aten.reshape.default)
 class Resize(Same):
     """Views as reshapes: a flow's memory layout need not be the value's (the export

@@ -20,9 +20,9 @@ the same way.
 # Two tables and the bigram network
 # ---------------------------------
 # The product of two detections carries relevance from both factors, which is not a
-# linear operation of one input; :mod:`skbilrp.tables` registers a rule for it with
-# :func:`skbilrp.operators.register_operator`: half of the relevance of ``a * b``
-# goes to each factor, which conserves it exactly.
+# linear operation of one input; the operator table splits such products uniformly
+# (see the docs page "Operator table"): half of the relevance of ``a * b`` goes to
+# each factor, which conserves it exactly.
 import matplotlib.pyplot as plt
 import numpy as np
 

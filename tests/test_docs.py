@@ -61,3 +61,14 @@ def test_docs_build_with_warnings_as_errors(tmp_path: Path) -> None:
     api = (out / "api.html").read_text(encoding="utf-8")
     for name in ("skbilrp.Explainer", "skbilrp.bilrp", "skbilrp.kernel.DeepKernel"):
         assert name in api, f"{name} is missing from the API reference"
+
+
+def test_operator_table_page_lists_exactly_the_table() -> None:
+    """docs/operators.rst names every entry of skbilrp.engine.OPS and nothing else."""
+    from skbilrp.engine import OPS
+
+    text = (DOCS / "operators.rst").read_text(encoding="utf-8")
+    table = text.split("Registering an operator")[0]
+    listed = set(re.findall(r"``(aten\.[\w.]+|getitem)``", table))
+    names = {"getitem" if "getitem" in str(op) else str(op) for op in OPS}
+    assert listed == names, {"undocumented": sorted(names - listed), "not in OPS": sorted(listed - names)}

@@ -36,6 +36,7 @@ class _Program:
     """One exported graph (for one input shape) with its operators."""
 
     def __init__(self, network: "ExportedNetwork", x: torch.Tensor, context: dict) -> None:
+        self.network = network
         traced = export(network.model, (x,), context)
         self.graph, self.constants = traced.graph, traced.constants
         canonicalize(self.graph, self.constants)
@@ -68,7 +69,8 @@ class _Program:
         for node in self.nodes:
             if node.op != "call_function" or node in gates:
                 continue
-            if getattr(OPS.get(node.target), "constant", False):
+            entry = OPS.get(node.target)
+            if entry is not None and entry.is_constant(self.network):
                 continue
             if any(a in carries for a in node.all_input_nodes):
                 carries.add(node)
@@ -117,11 +119,18 @@ class ExportedNetwork:
         Rule assignment, see :func:`skbilrp.rules.resolve_rules` (keyed by module name).
     dtype : torch.dtype, optional
         Compute dtype of the copy.
+    softmax : {"constant", "attnlrp"}, default="constant"
+        Attention probabilities as constants (CP-LRP: relevance flows through the
+        values), or AttnLRP's softmax rule with uniform splits of ``q @ k^T``.
     """
 
-    def __init__(self, model: nn.Module, rules: RuleSpec = "zero", dtype: Optional[torch.dtype] = None) -> None:
+    def __init__(self, model: nn.Module, rules: RuleSpec = "zero", dtype: Optional[torch.dtype] = None,
+                 softmax: str = "constant") -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        if softmax not in ("constant", "attnlrp"):
+            raise ValueError(f"softmax must be 'constant' or 'attnlrp', got {softmax!r}.")
+        self.softmax = softmax
         frozen = copy.deepcopy(model).eval()
         if dtype is not None:
             frozen = frozen.to(dtype)

@@ -77,6 +77,13 @@ class RelevanceOp:
     uses_cells = False
     #: the node's module Rule is passed to the constructor
     takes_rule = False
+    #: the output carries no relevance (detach, norms): see :meth:`is_constant`
+    constant = False
+
+    @classmethod
+    def is_constant(cls, network: Any) -> bool:
+        """Whether this op's output carries no relevance in ``network``."""
+        return cls.constant
 
     def __init__(self, node: fx.Node, network: Any) -> None:
         self.node = node

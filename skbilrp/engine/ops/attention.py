@@ -8,36 +8,66 @@ import math
 
 import torch
 
-from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op
+from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op, shift_dims
 
 
-@relevance_op(aten.softmax.int, aten._softmax.default, aten.detach.default, aten._safe_softmax.default)
+@relevance_op(aten.detach.default)
 class Constant(RelevanceOp):
-    """Outputs that carry no relevance: detached tensors, softmax probabilities (CP-LRP).
-    The network treats them as constants; push is never called."""
+    """Detached tensors carry no relevance; the network never pushes through them."""
 
     constant = True
+
+
+@relevance_op(aten.softmax.int, aten._softmax.default, aten._safe_softmax.default)
+class Softmax(RelevanceOp):
+    """Softmax probabilities: constants (CP-LRP, the default: relevance flows through the
+    values only), or with ``softmax="attnlrp"`` AttnLRP's rule, the softmax's Jacobian
+    ``u_out = s ⊙ (u - <s, u>)`` (its bias part is absorbed), with the products of two
+    carrying operands that follow (``q @ k^T``) split uniformly."""
+
+    @classmethod
+    def is_constant(cls, network) -> bool:
+        return network.softmax == "constant"
+
+    def record(self, args, kwargs):
+        out = self.op(*args, **kwargs)
+        return out, out
+
+    def push(self, s, flows, args, kwargs, cells=None):
+        flows_only_through(self, flows, 0)
+        flow = materialize(flows[0])
+        dim = shift_dims(args[1], s.dim())
+        return s * (flow - (s * flow).sum(dim, keepdim=True))
 
 
 @relevance_op(aten.matmul.default, aten.bmm.default, aten.mm.default, aten.einsum.default)
 class Product(RelevanceOp):
     """A matrix product with one constant operand: the product applied to the flow.
-    Two carrying operands (``q @ k^T`` feeding anything but a softmax) are refused."""
+    Two carrying operands (``q @ k^T`` under ``softmax="attnlrp"``, bilinear layers)
+    split uniformly, as AttnLRP does: ``(u_a @ b + a @ u_b) / 2``."""
+
+    def record(self, args, kwargs):
+        out = self.op(*args, **kwargs)
+        both = self.op is not aten.einsum.default and all(self.carrying[:2])
+        return out, (args[0], args[1]) if both else None
 
     def push(self, state, flows, args, kwargs, cells=None):
         if self.op is aten.einsum.default:
             parts = flows[1]
             carrying = [i for i, f in enumerate(parts or []) if f is not None]
             if len(carrying) != 1:
-                raise self.refuse("einsum of several relevance-carrying operands is not linear",
-                                  "Detach all but one operand")
+                raise self.refuse("einsum of several relevance-carrying operands is not supported",
+                                  "Detach all but one operand, or write the product with matmul")
             ops = list(args[1])
             ops[carrying[0]] = materialize(parts[carrying[0]])
             return torch.einsum(_with_probe_axis(args[0], carrying[0]), *ops)
         fa, fb = flows[0], flows[1]
         if fa is not None and fb is not None:
-            raise self.refuse("a product of two relevance-carrying tensors is not linear",
-                              "Detach one operand (CP-LRP detaches attention probabilities)")
+            a, b = state
+            if a.dim() < 2 or b.dim() < 2:
+                raise self.refuse("a product with a vector operand is not supported",
+                                  "Write it with a matrix (unsqueeze the vector)")
+            return (matmul_flow(materialize(fa), b, first=True) + matmul_flow(materialize(fb), a, first=False)) * 0.5
         i = 0 if fa is not None else 1
         flow, const = materialize(fa if fa is not None else fb), args[1 - i]
         if flow.dim() < 3 or const.dim() < 2:
@@ -70,7 +100,13 @@ def _with_probe_axis(equation: str, operand: int) -> str:
 
 @relevance_op(aten.scaled_dot_product_attention.default)
 class SDPA(RelevanceOp):
-    """``softmax(q k^T / sqrt(d) + mask) v`` with constant probabilities: ``P @ u_v``."""
+    """``softmax(q k^T / sqrt(d) + mask) v``: with constant probabilities ``P @ u_v``;
+    under ``softmax="attnlrp"`` the composition of the rules of its parts (uniform
+    products, the softmax Jacobian), as if it had been decomposed."""
+
+    def __init__(self, node, network) -> None:
+        super().__init__(node, network)
+        self.attnlrp = network.softmax == "attnlrp"
 
     def record(self, args, kwargs):
         q, k, v, mask, dropout_p, is_causal, scale = (list(args) + [None] * 7)[:7]
@@ -85,11 +121,21 @@ class SDPA(RelevanceOp):
         if mask is not None:
             s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
         p = torch.softmax(s, -1)
-        return self.op(*args, **kwargs), p
+        return self.op(*args, **kwargs), (p, scale, (q, k, v) if self.attnlrp else None)
 
-    def push(self, p, flows, args, kwargs, cells=None):
-        # q and k only shape the probabilities, constants under CP-LRP: their flows end here
+    def push(self, state, flows, args, kwargs, cells=None):
         flows_only_through(self, flows, 0, 1, 2)
-        if flows[2] is None:
-            raise self.refuse("no relevance reaches the values", "Explain an input that feeds them")
-        return matmul_flow(materialize(flows[2]), p, first=False)
+        p, scale, qkv = state
+        fq, fk, fv = (materialize(f) for f in flows[:3])
+        if not self.attnlrp:
+            # q and k only shape the probabilities, constants under CP-LRP: their flows end here
+            if fv is None:
+                raise self.refuse("no relevance reaches the values", "Explain an input that feeds them")
+            return matmul_flow(fv, p, first=False)
+        if fq is None or fk is None or fv is None:
+            raise self.refuse("softmax='attnlrp' needs relevance to reach q, k and v")
+        q, k, v = qkv
+        kt = k.transpose(-2, -1)
+        u_s = (matmul_flow(fq, kt, first=True) + matmul_flow(fk.transpose(-2, -1), q, first=False)) * (0.5 * scale)
+        u_p = p * (u_s - (p * u_s).sum(-1, keepdim=True))
+        return (matmul_flow(u_p, v, first=True) + matmul_flow(fv, p, first=False)) * 0.5

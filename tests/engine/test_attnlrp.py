@@ -1,0 +1,109 @@
+"""AttnLRP (``softmax="attnlrp"``) against its detach-trick twin.
+
+The twin computes the same values, written so that plain autograd's gradient × input
+*is* the rule: products of two carrying tensors as ``(a @ b.detach() + a.detach() @ b)
+/ 2`` (uniform), LayerNorm with a detached standard deviation, GELU as ``z * (f(z) /
+z).detach()``, softmax left alone (AttnLRP's softmax rule is its Jacobian). With LRP-0
+(biases absorbed) the engine's flow of the probe ``e_i`` must be column ``i`` of the
+twin's Jacobian times ``x_i``. No skbilrp code is in the oracle.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import close, indicator_probes, probes
+from torch import nn
+
+from skbilrp import Explainer
+from skbilrp.engine import ExportedNetwork
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def uniform(a, b, twin):
+    return 0.5 * (a @ b.detach() + a.detach() @ b) if twin else a @ b
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block on tokens ``(N, T, D)``, timm-style attention."""
+
+    def __init__(self, d=8, heads=2, twin=False, sdpa=False):
+        super().__init__()
+        self.twin, self.sdpa, self.heads = twin, sdpa, heads
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc1, self.fc2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+
+    def norm(self, m, x):
+        if not self.twin:
+            return m(x)
+        mu = x.mean(-1, keepdim=True)
+        std = torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + m.eps).detach()
+        return (x - mu) / std * m.weight + m.bias
+
+    def gelu(self, z):
+        return z * (F.gelu(z) / z).detach() if self.twin else F.gelu(z)
+
+    def forward(self, x):
+        n, t, d = x.shape
+        qkv = self.qkv(self.norm(self.norm1, x)).reshape(n, t, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if self.sdpa:
+            a = F.scaled_dot_product_attention(q, k, v)
+        else:
+            s = uniform(q, k.transpose(-2, -1), self.twin) * (d // self.heads) ** -0.5
+            a = uniform(s.softmax(-1), v, self.twin)
+        x = x + self.proj(a.transpose(1, 2).reshape(n, t, d))
+        x = x + self.fc2(self.gelu(self.fc1(self.norm(self.norm2, x))))
+        return x.mean(1)
+
+
+def build(**kw):
+    torch.manual_seed(0)
+    m = Block(**kw).double().eval()
+    with torch.no_grad():
+        for ln in (m.norm1, m.norm2):
+            ln.weight.uniform_(0.5, 1.5)
+            ln.bias.normal_(0, 0.3)
+    return m
+
+
+@pytest.mark.parametrize("sdpa", [False, True], ids=["handwritten", "sdpa"])
+def test_attnlrp_equals_gradient_times_input_of_its_twin(sdpa):
+    model, twin = build(sdpa=sdpa), build(twin=True)
+    x = torch.randn(2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    rec = ExportedNetwork(model, "zero", torch.float64, softmax="attnlrp").record(x)
+    with torch.no_grad():
+        close(rec.features, twin(x), k=16)
+    h = rec.features.shape[1]
+    flows = rec.push(indicator_probes(x, None), None).reshape(-1, 2, h)  # (T*D, N, h)
+    jac = torch.autograd.functional.jacobian(twin, x)  # (N, h, N, T, D)
+    idx = torch.arange(2)
+    jac = jac[idx, :, idx].reshape(2, h, -1)  # (N, h, T*D)
+    oracle = (jac * x.reshape(2, 1, -1)).permute(2, 0, 1)
+    close(flows, oracle, k=1e4)
+
+
+def test_attnlrp_differs_from_cp_lrp_and_is_reverse_mode_consistent():
+    model = build()
+    x = torch.randn(2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    cp = ExportedNetwork(model, "zero", torch.float64).record(x)
+    at = ExportedNetwork(model, "zero", torch.float64, softmax="attnlrp").record(x)
+    p = probes(x, 3)
+    assert float((cp.push(p, None) - at.push(p, None)).abs().max()) > 1e-3
+    seed = torch.randn(3 * 2, at.features.shape[1], dtype=torch.float64)
+    q = p.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad((at.push(q, None) * seed).sum(), q)
+    lhs = float((at.push(p, None) * seed).sum())
+    assert abs(lhs - float((grad * p).sum())) <= 1e3 * torch.finfo(torch.float64).eps * float(
+        (at.push(p, None) * seed).abs().sum())
+
+
+def test_softmax_option_is_validated():
+    with pytest.raises(ValueError, match="attnlrp"):
+        ExportedNetwork(build(), softmax="attn")
+    assert Explainer(build(), softmax="attnlrp").network.softmax == "attnlrp"

@@ -240,10 +240,7 @@ class _RelevanceTask:
     @property
     def explainer(self) -> Explainer:
         if self._explainer is None:
-            model = self.model
-            if any(t.device.type != "cpu" for t in model.parameters()):
-                # the engine builds its probes on the CPU; explanations run there
-                model = copy.deepcopy(model).to("cpu")
+            model = self.model  # explanations run on the model's device
             self._explainer = Explainer(model, rules=self.rules, pooling=self.pooling,
                                         batch_size=self.batch_size, dtype=_explanation_dtype(model))
         return self._explainer

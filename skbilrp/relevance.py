@@ -147,7 +147,8 @@ class RelevanceComputer:
         self.batch_size = int(batch_size)
         self.max_memory = int(max_memory)
         self.verbose = verbose
-        self.dtype = next(iter(network.model.parameters()), torch.zeros(())).dtype
+        reference = next(iter(network.model.parameters()), torch.zeros(()))
+        self.dtype, self.device = reference.dtype, reference.device
 
     def pooling_for(self, sample_shape: tuple) -> Pooling:
         """The pooling for inputs of one sample shape."""
@@ -155,9 +156,9 @@ class RelevanceComputer:
 
     def __call__(self, x: Any, context: Optional[dict] = None) -> SampleRelevance:
         """Relevance of a batch ``x`` (array or tensor, samples first)."""
-        x = as_tensor(x, self.dtype)
+        x = as_tensor(x, self.dtype).to(self.device)  # everything runs on the model's device
         pooling = self.pooling_for(tuple(x.shape[1:]))
-        context = context or {}
+        context = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in (context or {}).items()}
         parts = []
         starts = range(0, x.shape[0], self.batch_size)
         for start in tqdm(starts, desc="relevance", disable=not self.verbose or len(starts) < 2, leave=False):

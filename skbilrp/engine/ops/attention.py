@@ -117,7 +117,7 @@ class SDPA(RelevanceOp):
         scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
         s = q @ k.transpose(-2, -1) * scale
         if is_causal:
-            s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
+            s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).triu(1), float("-inf"))
         if mask is not None:
             s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
         p = torch.softmax(s, -1)

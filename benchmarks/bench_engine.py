@@ -1,8 +1,11 @@
 """Speed of skbilrp's relevance engine, as ratios measured side by side in one run.
 
 (a) Forward mode: cost of pushing one probe per sample through the linearised
-    relevance network (``Recording.push``), relative to a plain batched forward of
-    the same (canonised) network; and the one-time ``record`` cost. Target <= 1.2.
+    relevance network of the export engine (``ExportedNetwork(model, rules).record(x)
+    .push(probe)``), relative to a plain batched forward of the same network; and the
+    one-time ``record`` cost. CNNs (VGG-16, MobileNetV2) and transformers with random
+    weights (a ViT-S/16 written as timm writes it, a Hugging Face BERT-base encoder on
+    token embeddings). Target <= 1.2.
 (b) A 10 × 10 block of pairs, VGG-16 to pool5 at 128 px, 8-px patches, exact: the
     reference algorithm (``_reference.py``: per pair, per feature, batch size 1) vs
     ``Explainer.explain``. The reference would take days, so a few of its features are
@@ -12,8 +15,8 @@
 
 Absolute times vary with the machine's load; only the ratios of neighbouring
 measurements are meant to be compared. Run ``python benchmarks/bench_engine.py``
-(about 8 minutes on 2 cores) or ``--quick`` (a smoke run on small inputs, < 1 min);
-see benchmarks/README.md for the measured numbers.
+(about 10 minutes on 2 cores; ``--parts a`` for part (a) only) or ``--quick`` (a smoke
+run on small inputs, < 1 min); see benchmarks/README.md for the measured numbers.
 """
 
 from __future__ import annotations
@@ -54,9 +57,10 @@ from collections import defaultdict  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
+from torch import fx, nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -70,7 +74,9 @@ from _reference import (  # noqa: E402
 )
 
 import skbilrp  # noqa: E402
+from skbilrp.engine import ExportedNetwork, ExportedRecording  # noqa: E402
 from skbilrp.models import mobilenet_v2, mobilenet_v2_rules, vgg16, vgg16_rules  # noqa: E402
+from skbilrp.pooling import make_pooling  # noqa: E402
 
 TARGET_PROBE = 1.2
 TARGET_EXACT = 100.0
@@ -117,15 +123,111 @@ def minimum(values: Sequence[Seconds]) -> Seconds:
     return Seconds(min(v.wall for v in values), min(v.cpu for v in values))
 
 
-def probe_batch(explainer: skbilrp.Explainer, x: torch.Tensor, k: int) -> torch.Tensor:
+def probe_batch(x: torch.Tensor, pooling: object, channel_axis: Optional[int], k: int) -> torch.Tensor:
     """``k`` probes per sample, probe-major ``(k * N, ...)``, built as the engine builds
-    them in forward mode (``RelevanceComputer._forward``)."""
-    pooling = explainer.computer.pooling_for(tuple(x.shape[1:]))
-    probe = pooling.probes(0, k, x.dtype)
+    them in forward mode (``RelevanceComputer._forward``): the indicators of the first
+    ``k`` groups of ``make_pooling(pooling, sample shape, channel_axis)``."""
+    probe = make_pooling(pooling, tuple(x.shape[1:]), channel_axis).probes(0, k, x.dtype)
     return probe[:, None].expand(k, x.shape[0], *probe.shape[1:]).reshape(-1, *probe.shape[1:])
 
 
 # ------------------------------------------------------------------ (a) forward mode
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention written as timm writes it (``timm.layers.Attention``,
+    without the fused-attention path): one ``qkv`` Linear, ``q @ k^T * scale``, softmax,
+    ``@ v``."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        qkv = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        attn = attn.softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(n, t, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+
+    def __init__(self, dim: int, heads: int, mlp: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """ViT-S/16 by default (12 blocks, width 384, 6 heads, MLP 1536), as timm's
+    ``vit_small_patch16_224``: patch-embedding convolution, class token, learned position
+    embedding, pre-norm blocks, final LayerNorm; the embedding is the class token."""
+
+    def __init__(self, size: int = 224, patch: int = 16, dim: int = 384, depth: int = 12, heads: int = 6,
+                 mlp: int = 1536) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, patch, patch)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, (size // patch) ** 2 + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[Block(dim, heads, mlp) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.norm(self.blocks(x))[:, 0]
+
+
+class BertMeanEmbedding(nn.Module):
+    """A Hugging Face ``BertModel`` on ``inputs_embeds`` ``(N, T, D)``; the embedding is
+    the mean of ``last_hidden_state`` over the tokens. Eager attention, so that the graph
+    holds the matrix products as BERT users' models compute them."""
+
+    def __init__(self, layers: int = 12) -> None:
+        super().__init__()
+        import transformers  # noqa: PLC0415 - only part (a) needs it
+
+        config = transformers.BertConfig(num_hidden_layers=layers, attn_implementation="eager")
+        self.bert = transformers.BertModel(config, add_pooling_layer=False)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.bert(inputs_embeds=embeddings).last_hidden_state.mean(1)
+
+
+def plain_forward_model(network: ExportedNetwork) -> nn.Module:
+    """The model the push is compared with: the engine's frozen copy (``network.model``),
+    with convolution + BatchNorm pairs folded (``torch.fx.experimental.optimization.fuse``)
+    where it has BatchNorms, since the engine folds them in its graph too."""
+    model = network.model
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    from torch.fx.experimental.optimization import fuse  # noqa: PLC0415
+
+    return fuse(model)
+
+
+@dataclass
+class ProbeConfig:
+    """One row of part (a)."""
+
+    name: str
+    rules_name: str
+    model: nn.Module
+    rules: object
+    x: torch.Tensor
+    pooling: object  # pooling spec of the probes (patch size, or None: every position)
+    channel_axis: Optional[int]
 
 
 @dataclass
@@ -159,29 +261,29 @@ class ProbeCost:
         return minimum(self.push).wall / self.k / minimum(self.forward).wall
 
 
-def measure_probe_cost(name: str, rules_name: str, explainer: skbilrp.Explainer, x: torch.Tensor,
-                       k: int, rounds: int) -> ProbeCost:
+def measure_probe_cost(config: ProbeConfig, network: ExportedNetwork, k: int, rounds: int) -> ProbeCost:
     """Interleave forward / record / push ``rounds`` times after one warm-up round, so that
     each round's ratio compares neighbouring measurements."""
-    model = explainer.network.model
-    probe = probe_batch(explainer, x, k)
-    cost = ProbeCost(name, rules_name, tuple(x.shape), k, [], [], [])
+    x, axis = config.x, config.channel_axis
+    model = plain_forward_model(network)
+    probe = probe_batch(x, config.pooling, axis, k)
+    cost = ProbeCost(config.name, config.rules_name, tuple(x.shape), k, [], [], [])
     for r in range(rounds + 1):
         with torch.no_grad():
             t_fwd, _ = timed(lambda: model(x))
-        t_rec, rec = timed(lambda: explainer.network.record(x))
+        t_rec, recording = timed(lambda: network.record(x))
         with torch.no_grad():
-            t_push, _ = timed(lambda: rec.push(probe))
-        del rec
-        if r > 0:  # round 0 warms the allocator and oneDNN's primitive cache
+            t_push, _ = timed(lambda: recording.push(probe, axis))
+        recording = None  # free the recorded states before the next round
+        if r > 0:  # round 0 exports the graph and warms the allocator and oneDNN's primitive cache
             cost.forward.append(t_fwd)
             cost.record.append(t_rec)
             cost.push.append(t_push)
     return cost
 
 
-def probe_configs(args: argparse.Namespace) -> list[tuple[str, str, nn.Module, object, torch.Tensor, int]]:
-    """(network, rules name, model, rules, input batch, pooling) for part (a)."""
+def probe_configs(args: argparse.Namespace) -> list[ProbeConfig]:
+    """The rows of part (a)."""
     gen = torch.Generator().manual_seed(0)
     vgg = vgg16(cut="pool5")
     x_vgg = torch.rand(args.batch, 3, args.size, args.size, generator=gen)
@@ -190,24 +292,37 @@ def probe_configs(args: argparse.Namespace) -> list[tuple[str, str, nn.Module, o
     except ImportError:
         mnet, weights = mobilenet_v2(pretrained=False), "random"
     x_mnet = torch.rand(args.batch, 3, args.mobilenet_size, args.mobilenet_size, generator=gen)
+    layers = args.transformer_layers
+    blocks, bert_layers = ("", "") if layers == 12 else (f", {layers} blocks", f", {layers} layers")
+    torch.manual_seed(0)
+    vit = VisionTransformer(size=args.vit_size, depth=layers).eval()
+    x_vit = torch.rand(args.batch, 3, args.vit_size, args.vit_size, generator=gen)
+    bert = BertMeanEmbedding(layers).eval()
+    x_bert = torch.randn(args.batch, args.bert_tokens, 768, generator=gen) * 0.5
     return [
-        ("VGG-16 pool5 (random)", "LRP-0", vgg, "zero", x_vgg, 16),
-        ("VGG-16 pool5 (random)", "vgg16_rules", vgg, vgg16_rules(vgg), x_vgg, 16),
-        (f"MobileNetV2 ({weights})", "LRP-0", mnet, "zero", x_mnet, 16),
-        (f"MobileNetV2 ({weights})", "mobilenet_v2_rules", mnet, mobilenet_v2_rules(mnet), x_mnet, 16),
+        ProbeConfig("VGG-16 pool5 (random)", "LRP-0", vgg, "zero", x_vgg, 16, 0),
+        ProbeConfig("VGG-16 pool5 (random)", "vgg16_rules", vgg, vgg16_rules(vgg), x_vgg, 16, 0),
+        ProbeConfig(f"MobileNetV2 ({weights})", "LRP-0", mnet, "zero", x_mnet, 16, 0),
+        ProbeConfig(f"MobileNetV2 ({weights})", "mobilenet_v2_rules", mnet, mobilenet_v2_rules(mnet), x_mnet,
+                    16, 0),
         # the preset hands bias shares to the input (bias="flat"); what that costs:
-        (f"MobileNetV2 ({weights})", 'same, bias="absorb"', mnet, mobilenet_v2_rules(mnet, bias="absorb"),
-         x_mnet, 16),
+        ProbeConfig(f"MobileNetV2 ({weights})", 'same, bias="absorb"', mnet,
+                    mobilenet_v2_rules(mnet, bias="absorb"), x_mnet, 16, 0),
+        # 16-px patches: a probe is one patch-embedding cell
+        ProbeConfig(f"ViT-S/16{blocks} (random)", "LRP-0", vit, "zero", x_vit, 16, 0),
+        # a probe is one token, summed over its 768 embedding dimensions
+        ProbeConfig(f"BERT-base{bert_layers} (random)", "LRP-0", bert, "zero", x_bert, None, -1),
     ]
 
 
 def part_a(args: argparse.Namespace) -> None:
     results, profiles = [], []
-    for name, rules_name, model, rules, x, pooling in probe_configs(args):
-        explainer = skbilrp.Explainer(model, rules=rules, pooling=pooling)
-        results.append(measure_probe_cost(name, rules_name, explainer, x, args.probes, args.rounds))
+    for config in probe_configs(args):
+        network = ExportedNetwork(config.model, config.rules)
+        results.append(measure_probe_cost(config, network, args.probes, args.rounds))
         if args.profile:
-            profiles.append(profile_push(explainer, x, args.probes, f"{name}, {rules_name}"))
+            profiles.append(profile_push(network, config, args.probes))
+        del network
     print_part_a(results, args.rounds)
     for text in profiles:
         print(text)
@@ -218,15 +333,15 @@ def _median_range(values: Sequence[float]) -> str:
 
 
 def print_part_a(results: Sequence[ProbeCost], rounds: int) -> None:
-    print(f"(a) forward mode: push of K probes per sample, divided by K, vs a plain batched forward of the "
-          f"canonised model\n    (explainer.network.model, torch.no_grad). {rounds} interleaved rounds after a "
-          f"warm-up; wall-time ratios: median [min-max] of the\n    per-round ratios, and the ratio of the "
-          f"minimum times. Times: medians.")
-    print(f"    {'network':<25}{'rules':<20}{'batch':<15}{'K':>2}{'forward s':>10}{'push/K s':>9}"
+    print(f"(a) forward mode, export engine: push of K probes per sample (ExportedNetwork(model, rules).record(x)"
+          f".push), divided by K,\n    vs a plain batched forward of network.model (BatchNorms folded into the "
+          f"convolutions, torch.no_grad). {rounds} interleaved\n    rounds after a warm-up; wall-time ratios: "
+          f"median [min-max] of the per-round ratios, and the ratio of the minimum times.\n    Times: medians.")
+    print(f"    {'network':<30}{'rules':<20}{'batch':<15}{'K':>2}{'forward s':>10}{'push/K s':>9}"
           f"   {'push/K ÷ forward':<18}{'of minima':<11}{'record ÷ forward'}")
     for r in results:
         batch = "x".join(str(s) for s in r.shape)
-        print(f"    {r.name:<25}{r.rules:<20}{batch:<15}{r.k:>2}{median(r.forward).wall:>10.2f}"
+        print(f"    {r.name:<30}{r.rules:<20}{batch:<15}{r.k:>2}{median(r.forward).wall:>10.2f}"
               f"{median(r.push).wall / r.k:>9.2f}   {_median_range(r.ratios):<18}{r.ratio_of_minima:<11.2f}"
               f"{_median_range(r.record_ratios)}")
     worst = max(r.ratio for r in results)
@@ -237,50 +352,71 @@ def print_part_a(results: Sequence[ProbeCost], rounds: int) -> None:
 # ------------------------------------------------------------------------- profiling
 
 
-def _label(op: object) -> str:
+def _label(node: fx.Node, op: object) -> str:
     rule = getattr(op, "rule", None)
-    return type(op).__name__ + (f"[{type(rule).__name__}]" if rule is not None else "")
+    return f"{node.target} ({type(op).__name__}" + (f", {type(rule).__name__}" if rule is not None else "") + ")"
 
 
-def _time_by_operator(explainer: skbilrp.Explainer, method: str, fn: Callable[[], object]) -> tuple[float, dict]:
-    """Wall time of ``fn()`` and the part spent in each operator class's ``method``."""
+def _time_by_node(recording_or_program: object, method: str, fn: Callable[[], object]) -> tuple[float, dict, dict]:
+    """Wall time of ``fn()``, and the part spent in ``method`` of each graph node's operator,
+    summed by ATen op and operator class; the number of calls of each."""
+    program = getattr(recording_or_program, "program", recording_or_program)
     spent: dict[str, float] = defaultdict(float)
-    ops = list(explainer.network.ops.values())
-    for op in ops:
-        def wrapped(*a, _call=getattr(op, method), _label=_label(op), **kw):
+    calls: dict[str, int] = defaultdict(int)
+    ops = list(program.ops.items())
+    for node, op in ops:
+        def wrapped(*a, _call=getattr(op, method), _label=_label(node, op), **kw):
             t0 = time.perf_counter()
             out = _call(*a, **kw)
             spent[_label] += time.perf_counter() - t0
+            calls[_label] += 1
             return out
 
         setattr(op, method, wrapped)
     try:
         total = timed(fn)[0].wall
     finally:
-        for op in ops:
+        for _, op in ops:
             delattr(op, method)  # back to the class's method
-    return total, spent
+    return total, spent, calls
 
 
-def profile_push(explainer: skbilrp.Explainer, x: torch.Tensor, k: int, title: str) -> str:
-    """Where record and push spend their time: per operator class and per aten op."""
-    probe = probe_batch(explainer, x, k)
-    with torch.no_grad():
-        explainer.network.record(x).push(probe)  # warm-up
-    t_rec, by_rec = _time_by_operator(explainer, "record", lambda: explainer.network.record(x))
-    rec = explainer.network.record(x)
-    with torch.no_grad():
-        t_push, by_push = _time_by_operator(explainer, "push", lambda: rec.push(probe))
-    lines = [f"\n    profile ({title}): push of {k * x.shape[0]} rows {t_push:.2f} s, record of "
-             f"{x.shape[0]} rows {t_rec:.2f} s; by operator class (push | record):"]
-    for label in sorted(by_push, key=lambda lb: -by_push[lb]):
-        lines.append(f"      {label:<30}{by_push[label]:>7.2f} s {100 * by_push[label] / t_push:>5.1f} %   |"
-                     f"{by_rec.get(label, 0.0):>7.2f} s {100 * by_rec.get(label, 0.0) / t_rec:>5.1f} %")
+def _aten_table(fn: Callable[[], object], rows: int) -> list[str]:
     with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        rec.push(probe)
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8)
-    lines.append("      aten ops of one push (torch.profiler, self CPU time):")
-    lines += ["      " + line for line in table.splitlines()]
+        fn()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    return ["      " + line for line in table.splitlines()]
+
+
+def profile_push(network: ExportedNetwork, config: ProbeConfig, k: int) -> str:
+    """Where record and push spend their time: per graph node (summed by ATen op and
+    operator class), and per ATen kernel (torch.profiler) next to the plain forward's."""
+    x, axis = config.x, config.channel_axis
+    model = plain_forward_model(network)
+    probe = probe_batch(x, config.pooling, axis, k)
+    with torch.no_grad():
+        network.record(x).push(probe, axis)  # warm-up
+        t_fwd = timed(lambda: model(x))[0].wall
+    program = network.program(x, {})
+    t_rec, by_rec, _ = _time_by_node(program, "record", lambda: network.record(x))
+    rec: ExportedRecording = network.record(x)
+    with torch.no_grad():
+        t_push, by_push, calls = _time_by_node(rec, "push", lambda: rec.push(probe, axis))
+    fused = len(program.fused)
+    lines = [f"\n    profile ({config.name}, {config.rules_name}): push of {k * x.shape[0]} rows {t_push:.2f} s "
+             f"(= {t_push / k / t_fwd:.2f} forwards per probe), record of {x.shape[0]} rows {t_rec:.2f} s, "
+             f"plain forward {t_fwd:.2f} s;\n      {len(program.ops)} operator nodes ({fused} ratios fused into "
+             f"their weighted layer); by ATen op and operator (push | record):"]
+    for label in sorted(by_push, key=lambda lb: -by_push[lb]):
+        lines.append(f"      {label:<58}{calls[label]:>4} x{by_push[label]:>7.2f} s {100 * by_push[label] / t_push:>5.1f} %"
+                     f"   |{by_rec.get(label, 0.0):>7.2f} s {100 * by_rec.get(label, 0.0) / t_rec:>5.1f} %")
+    rest_push, rest_rec = t_push - sum(by_push.values()), t_rec - sum(by_rec.values())
+    lines.append(f"      {'(graph walk between operators)':<58}{'':>6}{rest_push:>7.2f} s {100 * rest_push / t_push:>5.1f} %"
+                 f"   |{rest_rec:>7.2f} s {100 * rest_rec / t_rec:>5.1f} %")
+    lines.append("      ATen kernels of one push (torch.profiler, self CPU time):")
+    lines += _aten_table(lambda: rec.push(probe, axis), 12)
+    lines.append("      ATen kernels of one plain forward (torch.profiler, self CPU time):")
+    lines += _aten_table(lambda: model(x), 8)
     return "\n".join(lines)
 
 
@@ -414,10 +550,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run on small inputs (< 1 min); its numbers are not the benchmark's")
-    parser.add_argument("--parts", default="abc", help="which parts to run: 'a', 'b', 'c' or several, e.g. 'bc' (b and c share one "
-                             "skbilrp run; default: abc)")
+    parser.add_argument("--parts", default="abc", help="which parts to run: 'a', 'b', 'c' or several, e.g. 'bc' "
+                        "(b and c share one skbilrp run; default: abc); '--parts a' runs part (a) only")
     parser.add_argument("--size", type=int, default=128, help="VGG image size in px (default 128)")
     parser.add_argument("--mobilenet-size", type=int, default=224, help="MobileNetV2 image size (default 224)")
+    parser.add_argument("--vit-size", type=int, default=224, help="(a) ViT-S/16 image size (default 224)")
+    parser.add_argument("--bert-tokens", type=int, default=128, help="(a) BERT tokens per sample (default 128)")
+    parser.add_argument("--transformer-layers", type=int, default=12,
+                        help="(a) blocks of the ViT and layers of BERT (default 12)")
     parser.add_argument("--batch", type=int, default=32, help="(a) samples per batch (default 32)")
     parser.add_argument("--probes", type=int, default=2, help="(a) probes per sample K (default 2)")
     parser.add_argument("--rounds", type=int, default=5, help="(a) timed rounds (default 5)")
@@ -436,6 +576,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.mobilenet_size, args.batch, args.probes, args.rounds = 64, 96, 4, 1, 1
+        args.vit_size, args.bert_tokens, args.transformer_layers = 64, 16, 2
         args.block, args.baseline_features, args.literal_features = 2, 4, 2
     return args
 

@@ -10,6 +10,7 @@ import torch
 from torch import fx
 
 from .ops import aten, lookup
+from .trace import UnsupportedModelError
 
 __all__ = ["canonicalize", "full_args"]
 
@@ -88,18 +89,21 @@ class BatchFirstAttention(torch.nn.Module):
     throughout (torch's own forward moves it to axis 1), same weights and values.
     The output projection stays the module ``out_proj`` (rules by name keep working)."""
 
-    def __init__(self, mha: torch.nn.MultiheadAttention) -> None:
+    def __init__(self, mha: torch.nn.MultiheadAttention, path: str = "") -> None:
         super().__init__()
+        options = [name for name, on in (("add_bias_kv", mha.bias_k is not None),
+                                         ("add_zero_attn", mha.add_zero_attn)) if on]
+        if options:
+            raise UnsupportedModelError(
+                f"nn.MultiheadAttention at module {path!r} is built with {' and '.join(options)}, "
+                "which skbilrp does not support (the attention then sees extra key/value rows); "
+                "build it without them.")
         self.num_heads, self.embed_dim = mha.num_heads, mha.embed_dim
         self.in_proj_weight, self.in_proj_bias = mha.in_proj_weight, mha.in_proj_bias
         self.q_proj_weight = getattr(mha, "q_proj_weight", None)
         self.k_proj_weight = getattr(mha, "k_proj_weight", None)
         self.v_proj_weight = getattr(mha, "v_proj_weight", None)
-        self.out_proj = mha.out_proj
-        if mha.bias_k is not None or mha.add_zero_attn or mha.dropout:
-            raise UnsupportedModuleError(
-                "nn.MultiheadAttention with add_bias_kv, add_zero_attn or dropout > 0 is not "
-                "supported; build it without them")
+        self.out_proj = mha.out_proj  # attention dropout: inactive on the eval-mode copy
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
@@ -141,14 +145,12 @@ class BatchFirstAttention(torch.nn.Module):
         return out, weights
 
 
-class UnsupportedModuleError(TypeError):
-    pass
-
-
-def canonical_modules(model: torch.nn.Module) -> None:
-    """Replace modules whose torch forward moves the batch axis (in place, on the copy)."""
+def canonical_modules(model: torch.nn.Module, prefix: str = "") -> None:
+    """Replace modules whose torch forward takes paths the tracer cannot follow (in place,
+    on the engine's copy)."""
     for name, child in list(model.named_children()):
+        path = f"{prefix}{name}"
         if isinstance(child, torch.nn.MultiheadAttention) and child.batch_first:
-            setattr(model, name, BatchFirstAttention(child))
+            setattr(model, name, BatchFirstAttention(child, path))
         else:
-            canonical_modules(child)
+            canonical_modules(child, path + ".")

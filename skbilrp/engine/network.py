@@ -21,6 +21,7 @@ from ..rules import Rule, RuleSpec, Zero, resolve_rules
 from .canonicalize import canonical_modules, canonicalize
 from .ops import OPS, CellsError, InputFlow, ProbeCells, aten, lookup
 from .ops.elementwise import Ratio
+from .ops.refused import RANDOM, Random
 from .ops.weighted import Weighted
 from .trace import UnsupportedModelError, export, module_of
 
@@ -41,6 +42,9 @@ class _Program:
         self.graph, self.constants = traced.graph, traced.constants
         canonicalize(self.graph, self.constants)
         self.nodes = list(self.graph.nodes)
+        for node in self.nodes:  # a random tensor is no constant, wherever it is
+            if node.target in RANDOM:
+                raise Random(node, network).refuse(Random.why, Random.fix)
         users = [n for n in self.nodes if n.op == "placeholder" and n.name in traced.inputs]
         self.input_node = users[0]
         self.context_nodes = users[1:]

@@ -45,8 +45,8 @@ def export(model: nn.Module, args: tuple, kwargs: dict) -> Traced:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnsupportedModelError(
             f"Cannot export {type(model).__name__} with torch.export: {first} skbilrp needs a "
-            "model without data-dependent control flow (torch.export.export(model, args, "
-            "strict=False) must succeed)."
+            "model torch.export can trace: no data-dependent control flow, no mutation of "
+            "captured tensors (torch.export.export(model, args, strict=False) must succeed)."
         ) from err
     sig = ep.graph_signature
     state = dict(ep.state_dict)

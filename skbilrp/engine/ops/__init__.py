@@ -59,13 +59,21 @@ _GETITEM = _operator.getitem
 
 def describe(node: fx.Node) -> str:
     path, cls = module_of(node)
-    return f"{node.target} (node {node.name!r}, module {path or '<root>'!r}, {cls})"
+    return f"{wrapped_op(node)} (node {node.name!r}, module {path or '<root>'!r}, {cls})"
 
 
 def hook(node: fx.Node) -> str:
-    op = node.target
-    name = f"torch.ops.aten.{op._opname}.{op._overloadname}" if isinstance(op, OpOverload) else str(op)
+    op = wrapped_op(node)
+    name = (f"torch.ops.{op.namespace}.{op._opname}.{op._overloadname}" if isinstance(op, OpOverload)
+            else str(op))
     return f"@skbilrp.engine.ops.relevance_op({name})"
+
+
+def wrapped_op(node: fx.Node) -> Any:
+    """The op of a node; for a functionalised mutating op, the op it wraps."""
+    if "auto_functionalized" in str(node.target) and node.args and isinstance(node.args[0], OpOverload):
+        return node.args[0]
+    return node.target
 
 
 class RelevanceOp:
@@ -107,9 +115,10 @@ class RelevanceOp:
 
 def lookup(node: fx.Node) -> type[RelevanceOp]:
     """The operator class of ``node``, or an error naming op, node, module and the hook."""
-    if isinstance(node.target, OpOverload) and node.target._schema.is_mutable:
+    op = wrapped_op(node)
+    if isinstance(op, OpOverload) and op._schema.is_mutable:
         raise UnsupportedOperatorError(
-            f"{describe(node)} mutates its input after functionalisation; skbilrp cannot follow "
+            f"{describe(node)} mutates its input; skbilrp cannot follow "
             "relevance through in-place updates. Rewrite it out-of-place, or register an "
             f"operator with {hook(node)}."
         )

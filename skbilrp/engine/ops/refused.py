@@ -14,13 +14,20 @@ class Refused(RelevanceOp):
 
 
 @relevance_op(aten.native_batch_norm.default, aten._native_batch_norm_legit.default,
-              aten._native_batch_norm_legit_functional.default)
+              aten._native_batch_norm_legit_functional.default, aten._native_batch_norm_legit.no_stats)
 class TrainingBatchNorm(Refused):
-    why = "BatchNorm in training mode uses batch statistics, which mixes samples"
-    fix = "Put the model in eval mode"
+    why = "BatchNorm in training mode, or without running statistics, uses batch statistics, which mixes samples"
+    fix = "Put the model in eval mode (and track running statistics)"
 
 
-@relevance_op(aten.bernoulli.p, aten.rand_like.default, aten.randn_like.default, aten.native_dropout.default)
+#: random ops, refused wherever they are in the graph (a random mask is no constant)
+RANDOM = (aten.bernoulli.p, aten.bernoulli.default, aten.rand_like.default, aten.randn_like.default,
+          aten.native_dropout.default, aten.rand.default, aten.randn.default, aten.randint.low,
+          aten.randint.default, aten.randint_like.default, aten.randperm.default, aten.normal_functional.default,
+          aten.uniform.default, aten.multinomial.default)
+
+
+@relevance_op(*RANDOM)
 class Random(Refused):
     why = "random ops make the explanation irreproducible"
     fix = "Put the model in eval mode or remove the random op"

@@ -44,7 +44,7 @@ class Explainer:
     dtype : torch.dtype, optional
         Compute dtype (e.g. ``torch.float64`` for exact comparisons).
     verbose : bool, default=False
-    softmax : {"constant", "attnlrp"}, default="constant"
+    attention : {"cp", "attnlrp"}, default="cp"
         Attention probabilities as constants (CP-LRP) or AttnLRP's softmax rule (see
         the docs page "Operator table").
 
@@ -61,8 +61,8 @@ class Explainer:
     def __init__(self, model: nn.Module, rules: RuleSpec = "zero", pooling: PoolingSpec = None,
                  channel_axis: Optional[int] = 0, mode: Mode = "auto", method: Method = "bilrp",
                  batch_size: int = 16, max_memory: int = 2**30, dtype: Optional[torch.dtype] = None,
-                 verbose: bool = False, softmax: str = "constant") -> None:
-        self.network = ExportedNetwork(model, rules=rules, dtype=dtype, softmax=softmax)
+                 verbose: bool = False, attention: str = "cp") -> None:
+        self.network = ExportedNetwork(model, rules=rules, dtype=dtype, attention=attention)
         self.computer = RelevanceComputer(self.network, pooling, channel_axis, mode, method,
                                           batch_size, max_memory, verbose)
 

@@ -123,18 +123,18 @@ class ExportedNetwork:
         Rule assignment, see :func:`skbilrp.rules.resolve_rules` (keyed by module name).
     dtype : torch.dtype, optional
         Compute dtype of the copy.
-    softmax : {"constant", "attnlrp"}, default="constant"
+    attention : {"cp", "attnlrp"}, default="cp"
         Attention probabilities as constants (CP-LRP: relevance flows through the
         values), or AttnLRP's softmax rule with uniform splits of ``q @ k^T``.
     """
 
     def __init__(self, model: nn.Module, rules: RuleSpec = "zero", dtype: Optional[torch.dtype] = None,
-                 softmax: str = "constant") -> None:
+                 attention: str = "cp") -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        if softmax not in ("constant", "attnlrp"):
-            raise ValueError(f"softmax must be 'constant' or 'attnlrp', got {softmax!r}.")
-        self.softmax = softmax
+        if attention not in ("cp", "attnlrp"):
+            raise ValueError(f"attention must be 'cp' or 'attnlrp', got {attention!r}.")
+        self.attention = attention
         frozen = copy.deepcopy(model).eval()
         if dtype is not None:
             frozen = frozen.to(dtype)

@@ -1,4 +1,4 @@
-"""AttnLRP (``softmax="attnlrp"``) against its detach-trick twin.
+"""AttnLRP (``attention="attnlrp"``) against its detach-trick twin.
 
 The twin computes the same values, written so that plain autograd's gradient × input
 *is* the rule: products of two carrying tensors as ``(a @ b.detach() + a.detach() @ b)
@@ -76,7 +76,7 @@ def build(**kw):
 def test_attnlrp_equals_gradient_times_input_of_its_twin(sdpa):
     model, twin = build(sdpa=sdpa), build(twin=True)
     x = torch.randn(2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    rec = ExportedNetwork(model, "zero", torch.float64, softmax="attnlrp").record(x)
+    rec = ExportedNetwork(model, "zero", torch.float64, attention="attnlrp").record(x)
     with torch.no_grad():
         close(rec.features, twin(x), k=16)
     h = rec.features.shape[1]
@@ -92,7 +92,7 @@ def test_attnlrp_differs_from_cp_lrp_and_is_reverse_mode_consistent():
     model = build()
     x = torch.randn(2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     cp = ExportedNetwork(model, "zero", torch.float64).record(x)
-    at = ExportedNetwork(model, "zero", torch.float64, softmax="attnlrp").record(x)
+    at = ExportedNetwork(model, "zero", torch.float64, attention="attnlrp").record(x)
     p = probes(x, 3)
     assert float((cp.push(p, None) - at.push(p, None)).abs().max()) > 1e-3
     seed = torch.randn(3 * 2, at.features.shape[1], dtype=torch.float64)
@@ -105,5 +105,5 @@ def test_attnlrp_differs_from_cp_lrp_and_is_reverse_mode_consistent():
 
 def test_softmax_option_is_validated():
     with pytest.raises(ValueError, match="attnlrp"):
-        ExportedNetwork(build(), softmax="attn")
-    assert Explainer(build(), softmax="attnlrp").network.softmax == "attnlrp"
+        ExportedNetwork(build(), attention="attn")
+    assert Explainer(build(), attention="attnlrp").network.attention == "attnlrp"

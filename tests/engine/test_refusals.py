@@ -133,14 +133,14 @@ def test_attnlrp_attention_needs_relevance_in_q_k_and_v(constant):
         c = torch.ones(1, 1, 2, 4)
         return F.scaled_dot_product_attention(q, c if constant == "k and v" else q, c).flatten(1)
 
-    message = refusal(model_with("PartialAttention", attend), rules="zero", softmax="attnlrp")
+    message = refusal(model_with("PartialAttention", attend), rules="zero", attention="attnlrp")
     assert_names(message, "scaled_dot_product_attention.default", "PartialAttention")
-    assert "softmax='attnlrp' needs relevance to reach q, k and v" in message
+    assert "attention='attnlrp' needs relevance to reach q, k and v" in message
 
 
 def test_unknown_softmax_rule():
-    with pytest.raises(ValueError, match="softmax must be 'constant' or 'attnlrp', got 'cp'"):
-        Explainer(nn.Sequential(nn.Linear(4, 3)), softmax="cp")
+    with pytest.raises(ValueError, match="attention must be 'cp' or 'attnlrp', got 'constant'"):
+        Explainer(nn.Sequential(nn.Linear(4, 3)), attention="constant")
 
 
 # --------------------------------------------------- non-linear arguments (flows_only_through)

@@ -21,13 +21,13 @@ class Constant(RelevanceOp):
 @relevance_op(aten.softmax.int, aten._softmax.default, aten._safe_softmax.default)
 class Softmax(RelevanceOp):
     """Softmax probabilities: constants (CP-LRP, the default: relevance flows through the
-    values only), or with ``softmax="attnlrp"`` AttnLRP's rule, the softmax's Jacobian
+    values only), or with ``attention="attnlrp"`` AttnLRP's rule, the softmax's Jacobian
     ``u_out = s ⊙ (u - <s, u>)`` (its bias part is absorbed), with the products of two
     carrying operands that follow (``q @ k^T``) split uniformly."""
 
     @classmethod
     def is_constant(cls, network) -> bool:
-        return network.softmax == "constant"
+        return network.attention == "cp"
 
     def record(self, args, kwargs):
         out = self.op(*args, **kwargs)
@@ -43,7 +43,7 @@ class Softmax(RelevanceOp):
 @relevance_op(aten.matmul.default, aten.bmm.default, aten.mm.default, aten.einsum.default)
 class Product(RelevanceOp):
     """A matrix product with one constant operand: the product applied to the flow.
-    Two carrying operands (``q @ k^T`` under ``softmax="attnlrp"``, bilinear layers)
+    Two carrying operands (``q @ k^T`` under ``attention="attnlrp"``, bilinear layers)
     split uniformly, as AttnLRP does: ``(u_a @ b + a @ u_b) / 2``."""
 
     def record(self, args, kwargs):
@@ -101,12 +101,12 @@ def _with_probe_axis(equation: str, operand: int) -> str:
 @relevance_op(aten.scaled_dot_product_attention.default)
 class SDPA(RelevanceOp):
     """``softmax(q k^T / sqrt(d) + mask) v``: with constant probabilities ``P @ u_v``;
-    under ``softmax="attnlrp"`` the composition of the rules of its parts (uniform
+    under ``attention="attnlrp"`` the composition of the rules of its parts (uniform
     products, the softmax Jacobian), as if it had been decomposed."""
 
     def __init__(self, node, network) -> None:
         super().__init__(node, network)
-        self.attnlrp = network.softmax == "attnlrp"
+        self.attnlrp = network.attention == "attnlrp"
 
     def record(self, args, kwargs):
         q, k, v, mask, dropout_p, is_causal, scale = (list(args) + [None] * 7)[:7]
@@ -133,7 +133,7 @@ class SDPA(RelevanceOp):
                 raise self.refuse("no relevance reaches the values", "Explain an input that feeds them")
             return matmul_flow(fv, p, first=False)
         if fq is None or fk is None or fv is None:
-            raise self.refuse("softmax='attnlrp' needs relevance to reach q, k and v")
+            raise self.refuse("attention='attnlrp' needs relevance to reach q, k and v")
         q, k, v = qkv
         kt = k.transpose(-2, -1)
         u_s = (matmul_flow(fq, kt, first=True) + matmul_flow(fk.transpose(-2, -1), q, first=False)) * (0.5 * scale)

@@ -100,7 +100,8 @@ class Explainer:
 
 def bilrp(model: nn.Module, x: Any, x2: Any, kernel: Kernel = "linear", rules: RuleSpec = "zero",
           pooling: PoolingSpec = None, method: Method = "bilrp", mode: Mode = "auto",
-          channel_axis: Optional[int] = 0, dtype: Optional[torch.dtype] = None) -> PairExplanation:
+          channel_axis: Optional[int] = 0, dtype: Optional[torch.dtype] = None,
+          attention: str = "cp") -> PairExplanation:
     """Explain one similarity ``k(x, x2)`` on pairs of input groups.
 
     Parameters
@@ -111,7 +112,7 @@ def bilrp(model: nn.Module, x: Any, x2: Any, kernel: Kernel = "linear", rules: R
         One sample each, without a batch axis (a leading axis of size one is accepted
         only when the model's input has that many dimensions, so pass ``x[0]``).
     kernel : {"linear", "cosine"}, default="linear"
-    rules, pooling, mode, channel_axis, dtype
+    rules, pooling, mode, channel_axis, dtype, attention
         See :class:`Explainer`.
     method : {"bilrp", "hp"}, default="bilrp"
         "hp" gives the Hessian×Product baseline from plain autograd.
@@ -122,7 +123,7 @@ def bilrp(model: nn.Module, x: Any, x2: Any, kernel: Kernel = "linear", rules: R
         ``.relevance`` (p, p'), ``.similarity``, ``.conservation_error``.
     """
     ex = Explainer(model, rules=rules, pooling=pooling, channel_axis=channel_axis, mode=mode,
-                   method=method, dtype=dtype)
+                   method=method, dtype=dtype, attention=attention)
     x_t = torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x
     x2_t = torch.as_tensor(x2) if not isinstance(x2, torch.Tensor) else x2
     ra = ex.relevance(x_t[None])

@@ -305,13 +305,37 @@ class PairExplanations:
         f = self._factors
         return torch.bmm(f.a[torch.from_numpy(ia)].transpose(1, 2), f.b[torch.from_numpy(ib)]).numpy()
 
-    def _chunks(self) -> Iterator[np.ndarray]:
-        """Row-major entry positions, in chunks whose matrices fit the streaming budget."""
+    def _entry_bytes(self) -> int:
+        """Streaming cost of one entry: its matrix, two same-sized temporaries (top-k
+        keys) and its gathered factors."""
         p, q = self.n_groups
         h = 0 if self._factors is None else self._factors.a.shape[1]
-        # the chunk's matrices, two same-sized temporaries (top-k keys) and the gathered factors
-        per_entry = 8 * (3 * p * q + h * (p + q))
-        step = max(1, min(self.max_memory, _STREAM_BYTES) // per_entry)
+        return 8 * (3 * p * q + h * (p + q))
+
+    def _stream_budget(self) -> int:
+        return min(self.max_memory, _STREAM_BYTES)
+
+    def _top_by_row_blocks(self, position: int, k: int, by: str) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of one entry too large to build whole: per block of rows ``A[:, rows]^T B``,
+        its own top-k (ties to the lower position), then the top-k of those candidates,
+        kept in position order so that ties still go to the lower position."""
+        ia, ib = self._entry_indices(np.array([position]))
+        a, b = self._factors.a[int(ia[0])], self._factors.b[int(ib[0])]  # (h, p), (h, q)
+        p, q = a.shape[1], b.shape[1]
+        step = max(1, self._stream_budget() // (8 * 3 * q))
+        positions, values = [], []
+        for r0 in range(0, p, step):
+            block = (a[:, r0:r0 + step].T @ b).reshape(1, -1).numpy()
+            order = np.sort(_top_order(block, k, by), axis=1)
+            positions.append(order[0] + r0 * q)
+            values.append(block[0, order[0]])
+        positions, values = np.concatenate(positions), np.concatenate(values)
+        best = _top_order(values[None], k, by)[0]
+        return positions[best][None], values[best][None]
+
+    def _chunks(self) -> Iterator[np.ndarray]:
+        """Row-major entry positions, in chunks whose matrices fit the streaming budget."""
+        step = max(1, self._stream_budget() // self._entry_bytes())
         total = math.prod(self.shape)
         for start in range(0, total, step):
             yield np.arange(start, min(total, start + step))
@@ -363,9 +387,12 @@ class PairExplanations:
         q = self.n_groups[1]
         tops: list = []
         for flat in self._chunks():
-            rel = self._build(flat).reshape(len(flat), -1)
-            order = _top_order(rel, int(k), by)
-            values = np.take_along_axis(rel, order, axis=1)
+            if len(flat) == 1 and self._factors is not None and self._entry_bytes() > self._stream_budget():
+                order, values = self._top_by_row_blocks(int(flat[0]), int(k), by)
+            else:
+                rel = self._build(flat).reshape(len(flat), -1)
+                order = _top_order(rel, int(k), by)
+                values = np.take_along_axis(rel, order, axis=1)
             rows, cols = np.divmod(order, q)
             tops.extend(list(zip(r, c, v)) for r, c, v in zip(rows.tolist(), cols.tolist(), values.tolist()))
         if self._is_block:

@@ -147,6 +147,27 @@ def test_top_interactions_break_ties_by_position():
         expl.top_interactions(-1)
 
 
+def test_top_interactions_of_an_entry_too_large_to_build_stream_over_row_blocks():
+    """One entry over the budget is scanned block of rows by block of rows: same tops as
+    the whole matrix, ties still to the lower position across blocks."""
+    from skbilrp.pooling import make_pooling
+
+    rng = np.random.default_rng(0)
+    ra = torch.from_numpy(rng.integers(-2, 3, size=(1, 3, 7)).astype(np.float64))  # many ties
+    rb = torch.from_numpy(rng.integers(-2, 3, size=(2, 3, 5)).astype(np.float64))
+    a = SampleRelevance(ra, ra.sum(-1), make_pooling(None, (7,), None))
+    b = SampleRelevance(rb, rb.sum(-1), make_pooling(None, (5,), None))
+    small, whole = pair_relevance(a, b, "linear", max_memory=1), pair_relevance(a, b, "linear")
+    assert small._entry_bytes() > small._stream_budget()  # the row-block path is taken
+    for by in ("abs", "positive", "negative"):
+        for k in (1, 4, 35, 50):
+            assert small.top_interactions(k, by) == whole.top_interactions(k, by)
+            rel = whole.pair(0, 1).relevance
+            key = {"abs": np.abs(rel), "positive": rel, "negative": -rel}[by].reshape(-1)
+            want = np.argsort(-key, kind="stable")[:k]  # strongest first, ties to the lower position
+            assert [g * 5 + h for g, h, _ in small.top_interactions(k, by)[0][1]] == want.tolist()
+
+
 # --------------------------------------------------------------------- indexing
 
 

@@ -24,7 +24,7 @@ from ..cells import CellsError, ProbeCells, safe_divide
 from ..trace import UnsupportedModelError, module_of
 
 __all__ = ["OPS", "relevance_op", "RelevanceOp", "UnsupportedOperatorError", "lookup",
-           "InputFlow", "ProbeCells", "CellsError", "materialize", "safe_divide", "shift_dims", "flat_apply"]
+           "InputFlow", "ProbeCells", "CellsError", "materialize", "safe_divide", "shift_dims", "flat_apply", "align"]
 
 aten = torch.ops.aten
 
@@ -161,6 +161,13 @@ def shift_dims(dims: Any, ndim: int) -> Any:
     if isinstance(dims, int):
         return dims % ndim + 1
     return [d % ndim + 1 for d in dims]
+
+
+def align(flow: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A flow ``(K, *value.shape)`` with singleton axes after the probe axis, so that it
+    broadcasts like a value of ``ndim`` axes (torch puts new axes in front)."""
+    extra = ndim - (flow.dim() - 1)
+    return flow.reshape((flow.shape[0],) + (1,) * extra + tuple(flow.shape[1:])) if extra > 0 else flow
 
 
 def flat_apply(fn, flow: torch.Tensor, *args, **kwargs) -> torch.Tensor:

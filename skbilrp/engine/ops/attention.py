@@ -109,7 +109,8 @@ class SDPA(RelevanceOp):
         self.attnlrp = network.attention == "attnlrp"
 
     def record(self, args, kwargs):
-        q, k, v, mask, dropout_p, is_causal, scale = (list(args) + [None] * 7)[:7]
+        q, k, v, mask, dropout_p, is_causal = (list(args) + [None] * 6)[:6]
+        scale = kwargs.get("scale", args[6] if len(args) > 6 else None)  # keyword-only in the schema
         if dropout_p:
             raise self.refuse("attention dropout is random", "Put the model in eval mode")
         if kwargs.get("enable_gqa"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from . import InputFlow, RelevanceOp, aten, flows_only_through, materialize, relevance_op, safe_divide
+from . import InputFlow, RelevanceOp, align, aten, flows_only_through, materialize, relevance_op, safe_divide
 
 
 class BiasLike(RelevanceOp):
@@ -22,15 +22,23 @@ class BiasLike(RelevanceOp):
 
     def constant_term(self, flow, a, out, c, cells):
         """Flow of ``a + c`` given the flow of ``a``."""
-        if isinstance(flow, InputFlow):  # a relabelling of the model input (preprocessing)
-            return InputFlow(out, flow.probe)
-        flow = materialize(flow)
+        if isinstance(flow, InputFlow) and out.dim() == flow.value.dim():
+            return InputFlow(out, flow.probe)  # a relabelling of the model input (preprocessing)
+        flow = align(materialize(flow), out.dim())
         if self.mode == "absorb":
             return _full(flow, out)
         if self.mode == "share":
             return flow * safe_divide(out, a)
         c = torch.as_tensor(c, dtype=flow.dtype, device=flow.device)
         return flow + c * cells.coverage(_full(flow, out), out.dim() >= 4)
+
+
+def _scaled(flow, coef, out):
+    """``coef`` times a summand's flow; the model input itself stays a pair (value, probe)
+    when the sum only relabels it (``c - x``, preprocessing), as for ``x + c``."""
+    if isinstance(flow, InputFlow) and flow.value.dim() == out.dim():
+        return flow
+    return materialize(flow) * coef
 
 
 def _full(flow: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -47,7 +55,7 @@ class Add(BiasLike):
     def record(self, args, kwargs):
         out = self.op(*args, **kwargs)
         sign = -1.0 if self.op in (aten.sub.Tensor, aten.sub.Scalar) else 1.0
-        alpha = kwargs.get("alpha", 1)
+        alpha = kwargs.get("alpha", args[2] if len(args) > 2 else 1)  # positional in *.Scalar
         if self.op is aten.rsub.Scalar:  # other - alpha * self
             return out, (out, args[0], -alpha, args[1])
         return out, (out, args[0], sign * alpha, None)
@@ -56,15 +64,13 @@ class Add(BiasLike):
         out, a, coef, _ = state
         fa, fb = flows[0], flows[1] if len(flows) > 1 else None
         if self.op is aten.rsub.Scalar:
-            scaled = materialize(fa) * coef
-            return self.constant_term(scaled, coef * a, out, args[1], cells)
+            return self.constant_term(_scaled(fa, coef, out), coef * a, out, args[1], cells)
         if fa is not None and fb is not None:
             return materialize(fa) + materialize(fb) * coef if coef != 1 else materialize(fa) + materialize(fb)
         if fa is not None:
             return self.constant_term(fa, a, out, args[1] * coef, cells)
         # only other carries: out = c + coef * b
-        b_part = materialize(fb) * coef
-        return self.constant_term(b_part, out - a, out, a, cells)
+        return self.constant_term(_scaled(fb, coef, out), out - a, out, a, cells)
 
 
 @relevance_op(aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar, aten.neg.default)
@@ -107,7 +113,8 @@ class Scale(RelevanceOp):
             value = flow.value / c if divide else flow.value * c
             if value.shape == flow.value.shape:
                 return InputFlow(value, flow.probe)
-        return materialize(flow) / c if divide else materialize(flow) * c
+        flow = align(materialize(flow), c.dim() if isinstance(c, torch.Tensor) else 0)
+        return flow / c if divide else flow * c
 
 
 @relevance_op(aten._native_batch_norm_legit_no_training.default)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _GETITEM, InputFlow, RelevanceOp, aten, flows_only_through, materialize, relevance_op, shift_dims
+from . import _GETITEM, InputFlow, RelevanceOp, align, aten, flows_only_through, materialize, relevance_op, shift_dims
 
 
 class Same(RelevanceOp):
@@ -78,7 +78,10 @@ class Dropout(Same):
 
 @relevance_op(aten.expand.default)
 class Expand(Same):
-    size_arg = 1
+    def push(self, ndim, flows, args, kwargs, cells=None):
+        flows_only_through(self, flows, 0)
+        flow = align(materialize(flows[0]), len(args[1]))
+        return flow.expand([flow.shape[0], *args[1]])
 
 
 @relevance_op(aten.repeat.default)
@@ -87,7 +90,8 @@ class Repeat(Same):
 
     def push(self, ndim, flows, args, kwargs, cells=None):
         flows_only_through(self, flows, 0)
-        return materialize(flows[0]).repeat([1, *args[1]])
+        flow = align(materialize(flows[0]), len(args[1]))
+        return flow.repeat([1, *args[1]])
 
 
 @relevance_op(aten.gather.default)
@@ -180,7 +184,13 @@ class Index(Same):
 
     def push(self, state, flows, args, kwargs, cells=None):
         flows_only_through(self, flows, 0)
-        return aten.index.Tensor(materialize(flows[0]), [None, *args[1]])
+        out = aten.index.Tensor(materialize(flows[0]), [None, *args[1]])
+        at = [i for i, t in enumerate(args[1]) if t is not None]
+        if at and at[-1] - at[0] + 1 != len(at):
+            # index tensors apart: torch puts their axes first, ahead of the probe axis
+            ndim = max(t.dim() for t in args[1] if t is not None)
+            out = out.movedim(ndim, 0)
+        return out
 
 
 @relevance_op(aten.cat.default, aten.stack.default)

@@ -31,6 +31,7 @@ def test_transform_and_explain_pairs_run_on_dask_workers_with_identical_results(
     local = make_kernel().fit(X[:100])
     k_local = local.transform(X[100:])
     e_local = local.explain_pairs(X[100:104], pairs=PAIRS)
+    b_local = local.explain_pairs(X[100:112])  # a factored block: 12 x 100 entries
 
     with distributed.LocalCluster(n_workers=2, processes=True, host="127.0.0.1", threads_per_worker=1,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
@@ -39,6 +40,7 @@ def test_transform_and_explain_pairs_run_on_dask_workers_with_identical_results(
             remote.fit(X[:100])
             k_remote = remote.transform(X[100:])
             e_remote = remote.explain_pairs(X[100:104], pairs=PAIRS)
+            b_remote = remote.explain_pairs(X[100:112])
         workers = set(cluster.workers[name].worker_address for name in cluster.workers)
 
     ran_on = {task["worker"] for task in stream.data}
@@ -48,3 +50,11 @@ def test_transform_and_explain_pairs_run_on_dask_workers_with_identical_results(
     np.testing.assert_array_equal(e_remote.relevance, e_local.relevance)
     np.testing.assert_array_equal(e_remote.similarity, e_local.similarity)
     assert e_remote.pairs == PAIRS
+    # the factored block: factors computed on the workers, entries read from them here
+    assert b_remote._dense is None and b_remote.shape == (12, 100)
+    np.testing.assert_array_equal(b_remote.similarity, b_local.similarity)
+    np.testing.assert_array_equal(b_remote.conservation_error, b_local.conservation_error)
+    for got, want in zip(b_remote.marginals(), b_local.marginals()):
+        np.testing.assert_array_equal(got, want)
+    assert b_remote.top_interactions(5) == b_local.top_interactions(5)
+    np.testing.assert_array_equal(b_remote[3:5, 10:20].relevance, b_local[3:5, 10:20].relevance)

@@ -1,8 +1,8 @@
 """Ops linear in their one carrying argument that treat samples alike (same kind):
 the op itself applied to the flow. Views, permutes, slices, pads, concatenations.
 The flow has one more axis in front (the probes): axis arguments are shifted by one and
-size arguments get the probe count in front, so layout ops may move or fold the batch
-axis freely (a window partition, timm's qkv permute).
+size arguments (view, reshape, expand) get the probe count in front, so layout ops may
+move or fold the batch axis freely (a window partition, timm's qkv permute).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from . import _GETITEM, InputFlow, RelevanceOp, align, aten, flows_only_through,
 class Same(RelevanceOp):
     """``u_out = op(u_in, *args)`` with the recorded constant arguments."""
 
-    #: index of a size argument (gets the probe count in front)
-    size_arg: "int | None" = None
     #: index of an axis argument (int or list), shifted past the probe axis
     dim_arg: "int | None" = None
     #: number of axes the dims refer to, relative to the input's (unsqueeze, stack: +1)
@@ -42,8 +40,6 @@ class Same(RelevanceOp):
         flow = materialize(flow)
         args = list(args)
         args[0] = flow
-        if self.size_arg is not None:
-            args[self.size_arg] = [flow.shape[0], *args[self.size_arg]]
         if self.dim_arg is not None and self.dim_arg < len(args) and args[self.dim_arg] is not None:
             args[self.dim_arg] = shift_dims(args[self.dim_arg], ndim)
         return self.op(*args, **kwargs)
@@ -108,8 +104,6 @@ class Gather(Same):
 class Resize(Same):
     """Views as reshapes: a flow's memory layout need not be the value's (the export
     chose ``view`` for the value's strides), the shape is what matters."""
-
-    size_arg = 1
 
     def push(self, ndim, flows, args, kwargs, cells=None):
         flows_only_through(self, flows, 0)

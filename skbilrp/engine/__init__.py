@@ -4,9 +4,9 @@ Data path: :mod:`.trace` (torch.export to functional ATen, module path per node)
 :mod:`.canonicalize` (fold BatchNorms, refuse mutable ops) → :mod:`.ops` (one table
 keyed by exact ``OpOverload``) → :mod:`.network` (record, then push probes).
 
-``ExportedNetwork`` has the interface of :class:`skbilrp.network.RelevanceNetwork`
-(constructor ``(model, rules, dtype)``, ``.model``, ``.rules``, ``.record(x, context)``
-returning a Recording with ``.push(probe, channel_axis)``).
+``ExportedNetwork(model, rules, dtype, attention)`` is what :class:`skbilrp.Explainer`
+runs on: ``.model``, ``.rules``, ``.record(x, context)`` returning an
+:class:`ExportedRecording` with ``.push(probe, channel_axis)``.
 """
 
 from .network import ExportedNetwork, ExportedRecording

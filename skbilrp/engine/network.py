@@ -1,7 +1,7 @@
 """The exported relevance network: record a forward pass, then push probes.
 
-``ExportedNetwork(model, rules, dtype)`` has the interface of
-:class:`skbilrp.network.RelevanceNetwork`. Per input shape it exports the model to
+``ExportedNetwork(model, rules, dtype)`` is the engine :class:`skbilrp.Explainer` runs
+on. Per input shape it exports the model to
 functional ATen (:mod:`.trace`), canonicalises the graph (:mod:`.canonicalize`) and
 gives each node that carries relevance to the output its operator from the one table
 (:mod:`.ops`). ``record`` runs the graph and keeps each operator's state; the returned

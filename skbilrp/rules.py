@@ -219,9 +219,9 @@ class ZBox(Rule):
 
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
-# module types a rule is assigned to: the weighted layers, LayerNorm (its stabiliser and
-# bias mode) and types registered with ``add_rule_target``
-_RULE_TARGETS: list[type] = [*WEIGHTED, nn.LayerNorm]
+# module types a rule is assigned to: the weighted layers, LayerNorm and GroupNorm (their
+# stabiliser and bias mode) and types registered with ``add_rule_target``
+_RULE_TARGETS: list[type] = [*WEIGHTED, nn.LayerNorm, nn.GroupNorm]
 
 
 def add_rule_target(module_type: type) -> None:
@@ -314,9 +314,9 @@ PRESETS: dict[str, Callable[[nn.Module], Mapping]] = {
 def resolve_rules(spec: RuleSpec, model: nn.Module) -> dict[str, Rule]:
     """Assign a Rule to every layer of ``model`` that takes one, keyed by module name.
 
-    Those are the weighted layers (Linear, Conv1d, Conv2d), LayerNorm and module types
-    registered with ``add_rule_target``. Layers the spec leaves open get LRP-0; a single
-    Rule applies to all of them. Name patterns take precedence over
+    Those are the weighted layers (Linear, Conv1d, Conv2d), LayerNorm, GroupNorm and
+    module types registered with ``add_rule_target``. Layers the spec leaves open get
+    LRP-0; a single Rule applies to all of them. Name patterns take precedence over
     types, and the first matching entry of a mapping wins.
 
     Raises

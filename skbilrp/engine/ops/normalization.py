@@ -12,7 +12,6 @@ that share costs O(n), not O(n^2): ``b_k / S_k ((1 - 2/n) w_k + mean(w))`` with
 
 from __future__ import annotations
 
-
 import torch
 
 from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op, safe_divide
@@ -29,7 +28,9 @@ class Centred(RelevanceOp):
         self.rule = network.rule_for(node)
 
     def centred_state(self, x, y, w, b, eps) -> dict:
-        """``x``, ``w``, ``b`` in the grouped view (``w``, ``b`` broadcastable to it)."""
+        """``x``, ``w``, ``b`` in the grouped view (``w``, ``b`` broadcastable to it); ``y``,
+        the output, in the layer's own shape (the stabiliser's scale multiplies the flow
+        there)."""
         inv_std = torch.rsqrt(x.var(-1, keepdim=True, unbiased=False) + eps)
         den = self.rule.stabilize(y)
         state = {"inv_std": inv_std, "scale": None if den is y else safe_divide(y, den), "share": None}
@@ -66,7 +67,7 @@ class LayerNorm(Centred):
         y = self.op(*args)
         lead = x.shape[:x.dim() - len(shape)]
         flat = (lambda t: None if t is None else t.reshape(-1))
-        state = self.centred_state(x.reshape(*lead, -1), y.reshape(*lead, -1), flat(w), flat(b), eps)
+        state = self.centred_state(x.reshape(*lead, -1), y, flat(w), flat(b), eps)
         return y, state
 
     def push(self, state, flows, args, kwargs, cells=None):
@@ -88,7 +89,7 @@ class GroupNorm(Centred):
         n = x.shape[0]
         grid = (1, -1) + (1,) * (x.dim() - 2)
         view = (lambda t: None if t is None else t.reshape(grid).expand_as(x).reshape(n, groups, -1))
-        state = self.centred_state(x.reshape(n, groups, -1), y.reshape(n, groups, -1), view(w), view(b), eps)
+        state = self.centred_state(x.reshape(n, groups, -1), y, view(w), view(b), eps)
         state["w"] = view(w)
         return y, state
 

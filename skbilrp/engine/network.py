@@ -20,7 +20,6 @@ from torch import fx, nn
 from ..rules import Rule, RuleSpec, Zero, resolve_rules
 from .canonicalize import canonical_modules, canonicalize
 from .ops import OPS, CellsError, InputFlow, ProbeCells, aten, lookup
-from .ops.elementwise import Ratio
 from .ops.refused import RANDOM, Random
 from .ops.weighted import Weighted
 from .trace import UnsupportedModelError, export, module_of
@@ -61,7 +60,7 @@ class _Program:
         self.fused = {}
         for node, op in self.ops.items():
             src = node.args[0]
-            if isinstance(op, Ratio) and isinstance(self.ops.get(src), Weighted) and len(src.users) == 1:
+            if op.fusable and isinstance(self.ops.get(src), Weighted) and len(src.users) == 1:
                 self.fused[node] = src
         self.last_use = {}
         for i, node in enumerate(self.nodes):

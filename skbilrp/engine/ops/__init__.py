@@ -81,10 +81,6 @@ class RelevanceOp:
 
     #: push is ``flow * state`` elementwise (may be folded into its producer's scale)
     fusable = False
-    #: push takes ``cells`` (Rule(bias="flat"))
-    uses_cells = False
-    #: the node's module Rule is passed to the constructor
-    takes_rule = False
     #: the output carries no relevance (detach, norms): see :meth:`is_constant`
     constant = False
 

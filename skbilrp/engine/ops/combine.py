@@ -18,7 +18,6 @@ class BiasLike(RelevanceOp):
     def __init__(self, node, network) -> None:
         super().__init__(node, network)
         self.mode = network.bias_mode_for(node)
-        self.uses_cells = self.mode == "flat"
 
     def constant_term(self, flow, a, out, c, cells):
         """Flow of ``a + c`` given the flow of ``a``."""

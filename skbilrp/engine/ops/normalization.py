@@ -21,8 +21,6 @@ class Centred(RelevanceOp):
     """Shared by LayerNorm and GroupNorm: ``y = (x - mean) * inv_std * w + b`` over the
     trailing axis of a grouped view ``(..., n)`` of the input."""
 
-    takes_rule = True
-
     def __init__(self, node, network) -> None:
         super().__init__(node, network)
         self.rule = network.rule_for(node)

@@ -29,8 +29,6 @@ class WeightedState:
 class Weighted(RelevanceOp):
     """Linear and convolution layers (any stride, padding, dilation, groups)."""
 
-    takes_rule = True
-
     def __init__(self, node, network) -> None:
         super().__init__(node, network)
         self.rule = network.rule_for(node)
@@ -81,10 +79,6 @@ class Weighted(RelevanceOp):
             size = self._apply(x.abs(), extra["w_abs"], None, conf)
             state.sign, state.share = torch.sign(x), safe_divide(extra["bias_grid"].expand_as(size), size)
         return z, state
-
-    @property
-    def uses_cells(self) -> bool:  # type: ignore[override]
-        return self.rule.bias == "flat"
 
     def push(self, state: WeightedState, flows: list, args: list, kwargs: dict, cells=None) -> Any:
         flows_only_through(self, flows, 0)

@@ -230,11 +230,13 @@ class _RelevanceTask:
     the pickled state, so each joblib worker rebuilds it from the (picklable) model.
     """
 
-    def __init__(self, model: nn.Module, rules: RuleSpec, pooling: PoolingSpec, batch_size: int) -> None:
+    def __init__(self, model: nn.Module, rules: RuleSpec, pooling: PoolingSpec, batch_size: int,
+                 attention: str = "cp") -> None:
         self.model = model
         self.rules = rules
         self.pooling = pooling
         self.batch_size = batch_size
+        self.attention = attention
         self._explainer: Optional[Explainer] = None
 
     @property
@@ -242,7 +244,8 @@ class _RelevanceTask:
         if self._explainer is None:
             model = self.model  # explanations run on the model's device
             self._explainer = Explainer(model, rules=self.rules, pooling=self.pooling,
-                                        batch_size=self.batch_size, dtype=_explanation_dtype(model))
+                                        batch_size=self.batch_size, dtype=_explanation_dtype(model),
+                                        attention=self.attention)
         return self._explainer
 
     def __getstate__(self) -> dict:
@@ -317,6 +320,11 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         LRP rules, see :class:`skbilrp.Explainer`.
     pooling : None, int, tuple or array, optional
         Groups of input positions explained together, see :class:`skbilrp.Explainer`.
+    attention : {"cp", "attnlrp"}, default="cp"
+        How relevance passes attention layers, see :class:`skbilrp.Explainer`: "cp"
+        keeps the softmax probabilities constant (CP-LRP, the rule of the NAACL 2024
+        BiLRP paper); "attnlrp" also propagates through the probabilities (AttnLRP).
+        Models without attention give the same result either way.
     batch_size : int, default=64
         Samples per forward pass (and per relevance batch).
     device : str or torch.device, default="cpu"
@@ -382,7 +390,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
     def __init__(self, model: nn.Module, kernel: KernelName = "cosine", output: OutputName = "kernel",
                  input_shape: Optional[tuple] = None, rules: RuleSpec = "zero",
-                 pooling: PoolingSpec = None, batch_size: int = 64,
+                 pooling: PoolingSpec = None, attention: str = "cp", batch_size: int = 64,
                  device: Union[str, torch.device] = "cpu", n_jobs: Optional[int] = None,
                  memory: Union[None, str, joblib.Memory] = None, max_memory: int = DEFAULT_MAX_MEMORY,
                  verbose: bool = False) -> None:
@@ -392,6 +400,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         self.input_shape = input_shape
         self.rules = rules
         self.pooling = pooling
+        self.attention = attention
         self.batch_size = batch_size
         self.device = device
         self.n_jobs = n_jobs
@@ -426,6 +435,8 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         if not isinstance(self.model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(self.model).__name__}.")
         self._check_kernel_params(("batch_size", "max_memory"))
+        if self.attention not in ("cp", "attnlrp"):
+            raise ValueError(f"attention must be 'cp' or 'attnlrp', got {self.attention!r}.")
         if self.input_shape is not None:
             shape = tuple(self.input_shape) if isinstance(self.input_shape, (tuple, list)) else None
             if not shape or not all(isinstance(s, (int, np.integer)) and s > 0 for s in shape):
@@ -470,7 +481,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
     # parameters that the fitted state depends on, and those the explanations depend on
     _FIT_PARAMS = ("model", "input_shape")
-    _EXPLAIN_PARAMS = ("rules", "pooling", "batch_size")
+    _EXPLAIN_PARAMS = ("rules", "pooling", "attention", "batch_size")
 
     def _fit_dependent_params(self) -> dict:
         return {name: getattr(self, name) for name in self._FIT_PARAMS + self._EXPLAIN_PARAMS}
@@ -635,7 +646,8 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
     def _relevance_runner(self) -> _RelevanceTask:
         if getattr(self, "_relevance_task", None) is None:
-            self._relevance_task = _RelevanceTask(self.model_, self.rules, self.pooling, int(self.batch_size))
+            self._relevance_task = _RelevanceTask(self.model_, self.rules, self.pooling, int(self.batch_size),
+                                                  self.attention)
         return self._relevance_task
 
     def _pooling(self) -> Pooling:
@@ -647,7 +659,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         store = None
         if self._cache_root() is not None:
             store = self._store("relevance", sorted(ex.network.rules.items()), self.pooling,
-                                tuple(self.input_shape_), ex.method, str(_model_dtype(self.model_)))
+                                tuple(self.input_shape_), ex.method, str(_model_dtype(self.model_)), self.attention)
         rel, feats = self._run(runner, x, store, "relevance")
         _check_finite(rel, "relevance", "a rule divided by a near-zero denominator or the model "
                       "overflowed; try rules='epsilon' or check the inputs' scale.")

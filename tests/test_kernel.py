@@ -18,6 +18,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from torch import nn
 
+from skbilrp import bilrp
 from skbilrp.kernel import DeepKernel, _RelevanceTask
 
 D_IN, H = 6, 5
@@ -232,6 +233,7 @@ def test_input_shape_errors_name_expected_and_actual_shapes():
     ({"output": "similarity"}, "output must be 'kernel' or 'distance'"),
     ({"batch_size": 0}, "batch_size must be a positive int"),
     ({"device": "tpu:x"}, "not a torch device"),
+    ({"attention": "softmax"}, "attention must be 'cp' or 'attnlrp'"),
 ])
 def test_bad_parameters_are_reported_at_fit(data, params, match):
     dk = DeepKernel(relu_linear(), **params)  # stored verbatim, checked in fit
@@ -354,3 +356,43 @@ def test_verbose_shows_progress_bars(data, capsys):
     DeepKernel(relu_linear(), batch_size=2, verbose=True).fit(x_fit).explain_pairs(x)
     err = capsys.readouterr().err
     assert "features" in err and "relevance" in err
+
+
+class TinyAttention(nn.Module):
+    """One softmax attention over 4 tokens of 3 dims, mean-pooled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.q, self.k, self.v = (nn.Linear(3, 3, bias=False) for _ in range(3))
+        for lin in (self.q, self.k, self.v):
+            lin.weight.data = torch.randn(3, 3, generator=gen, dtype=torch.float64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2), dim=-1)
+        return (probs @ self.v(x)).mean(1)
+
+
+@pytest.mark.parametrize("attention", ["cp", "attnlrp"])
+def test_attention_rule_reaches_the_explanations(attention):
+    rng = np.random.default_rng(0)
+    x_fit, x = rng.normal(size=(3, 4, 3)), rng.normal(size=(2, 4, 3))
+    dk = DeepKernel(TinyAttention(), kernel="linear", attention=attention).fit(x_fit)
+    got = dk.explain_pairs(x).pair(1, 2)
+    want = bilrp(TinyAttention(), x[1], x_fit[2], rules="zero", attention=attention)
+    np.testing.assert_allclose(got.relevance, want.relevance, rtol=1e-10, atol=1e-12 * np.abs(want.relevance).max())
+    # the rules differ on attention: CP-LRP's maps are not AttnLRP's
+    other = bilrp(TinyAttention(), x[1], x_fit[2], attention="attnlrp" if attention == "cp" else "cp")
+    assert np.abs(other.relevance - want.relevance).max() > 1e-3 * np.abs(want.relevance).max()
+
+
+def test_changing_the_attention_rule_after_fit_recomputes_explanations():
+    rng = np.random.default_rng(0)
+    x_fit = rng.normal(size=(3, 4, 3))
+    dk = DeepKernel(TinyAttention(), kernel="linear").fit(x_fit)
+    cp = dk.explain_pairs(x_fit[:1]).pair(0, 1).relevance
+    dk.set_params(attention="attnlrp")
+    attn = dk.explain_pairs(x_fit[:1]).pair(0, 1).relevance
+    np.testing.assert_allclose(attn, bilrp(TinyAttention(), x_fit[0], x_fit[1], attention="attnlrp").relevance,
+                               rtol=1e-10, atol=1e-12 * np.abs(attn).max())
+    assert not np.allclose(cp, attn)

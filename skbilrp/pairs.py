@@ -262,18 +262,14 @@ class PairExplanations:
         check_result_size(n_entries, p + q, 1, self.max_memory,
                           hint=" (marginals: one value per group and entry)")
         f = self._factors
-        a, b = f.a[torch.from_numpy(self._ia)], f.b[torch.from_numpy(self._ib)]
         sa, sb = f.sa[torch.from_numpy(self._ia)], f.sb[torch.from_numpy(self._ib)]
-        if self._is_block:
-            # one GEMM per side, written straight into the (n, m, p) and (n, m, p') results
-            n, m, h = len(a), len(b), a.shape[1]
-            marg_a = torch.empty(n, m, a.shape[2], dtype=a.dtype)
-            for i in range(n):  # (m, h) @ (h, p) per row: no (n, m, h) broadcast copy
-                torch.mm(sb, a[i], out=marg_a[i])
-            marg_b = (sa @ b.permute(1, 0, 2).reshape(h, -1)).reshape(n, m, -1)
+        if self._is_block:  # (m, h) @ (h, p) per row, (n, h) @ (h, p') per column
+            n, m = self.shape
+            marg_a = _weighted_rows(f.a, f.norm_a, self._ia, sb.expand(n, m, -1))
+            marg_b = _weighted_rows(f.b, f.norm_b, self._ib, sa.expand(m, n, -1)).transpose(0, 1)
         else:
-            marg_a = torch.einsum("khp,kh->kp", a, sb)
-            marg_b = torch.einsum("khq,kh->kq", b, sa)
+            marg_a = _weighted_rows(f.a, f.norm_a, self._ia, sb[:, None])[:, 0]
+            marg_b = _weighted_rows(f.b, f.norm_b, self._ib, sa[:, None])[:, 0]
         return marg_a.numpy(), marg_b.numpy()
 
     # --------------------------------------------------------------- entries
@@ -292,7 +288,7 @@ class PairExplanations:
             p, q = self.n_groups
             check_result_size(math.prod(self.shape), p, q, self.max_memory, 16, hint=_STREAM_HINT)
             f = self._factors
-            a, b = f.a[torch.from_numpy(self._ia)], f.b[torch.from_numpy(self._ib)]
+            a, b = f.rows_a(self._ia), f.rows_b(self._ib)
             spec = "nhp,mhq->nmpq" if self._is_block else "khp,khq->kpq"
             self._dense = torch.einsum(spec, a, b).numpy()
         return self._dense
@@ -303,7 +299,7 @@ class PairExplanations:
             return self._dense.reshape(-1, *self._dense.shape[-2:])[flat]
         ia, ib = self._entry_indices(flat)
         f = self._factors
-        return torch.bmm(f.a[torch.from_numpy(ia)].transpose(1, 2), f.b[torch.from_numpy(ib)]).numpy()
+        return torch.bmm(f.rows_a(ia).transpose(1, 2), f.rows_b(ib)).numpy()
 
     def _entry_bytes(self) -> int:
         """Streaming cost of one entry: its matrix, two same-sized temporaries (top-k
@@ -315,21 +311,30 @@ class PairExplanations:
     def _stream_budget(self) -> int:
         return min(self.max_memory, _STREAM_BYTES)
 
-    def _top_by_row_blocks(self, position: int, k: int, by: str) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k of one entry too large to build whole: per block of rows ``A[:, rows]^T B``,
+    def _top_by_tiles(self, position: int, k: int, by: str) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of one entry too large to build whole: per tile ``A[:, rows]^T B[:, cols]``
         its own top-k (ties to the lower position), then the top-k of those candidates,
-        kept in position order so that ties still go to the lower position."""
+        kept in position order so that ties still go to the lower position. Only a tile's
+        factor blocks are converted to float64 at a time."""
         ia, ib = self._entry_indices(np.array([position]))
-        a, b = self._factors.a[int(ia[0])], self._factors.b[int(ib[0])]  # (h, p), (h, q)
-        p, q = a.shape[1], b.shape[1]
-        step = max(1, self._stream_budget() // (8 * 3 * q))
+        f, i, j = self._factors, int(ia[0]), int(ib[0])
+        a, b = f.a[i], f.b[j]  # (h, p), (h, q), own dtype
+        h, p, q = a.shape[0], a.shape[1], b.shape[1]
+        budget = self._stream_budget()
+        n_cols = max(1, min(q, budget // (4 * 8 * h)))  # a quarter for the columns of B
+        n_rows = max(1, min(p, budget // (4 * 8 * h), budget // (2 * 24 * n_cols)))  # and of A; half: the tile
         positions, values = [], []
-        for r0 in range(0, p, step):
-            block = (a[:, r0:r0 + step].T @ b).reshape(1, -1).numpy()
-            order = np.sort(_top_order(block, k, by), axis=1)
-            positions.append(order[0] + r0 * q)
-            values.append(block[0, order[0]])
+        for c0 in range(0, q, n_cols):
+            b_cols = b[:, c0:c0 + n_cols].double() / f.norm_b[j]
+            for r0 in range(0, p, n_rows):
+                tile = (a[:, r0:r0 + n_rows].double() / f.norm_a[i]).T @ b_cols
+                order = _top_order(tile.reshape(1, -1).numpy(), k, by)[0]
+                rows, cols = np.divmod(order, tile.shape[1])
+                positions.append((rows + r0) * q + cols + c0)
+                values.append(tile.numpy()[rows, cols])
         positions, values = np.concatenate(positions), np.concatenate(values)
+        in_order = np.argsort(positions, kind="stable")
+        positions, values = positions[in_order], values[in_order]
         best = _top_order(values[None], k, by)[0]
         return positions[best][None], values[best][None]
 
@@ -388,7 +393,7 @@ class PairExplanations:
         tops: list = []
         for flat in self._chunks():
             if len(flat) == 1 and self._factors is not None and self._entry_bytes() > self._stream_budget():
-                order, values = self._top_by_row_blocks(int(flat[0]), int(k), by)
+                order, values = self._top_by_tiles(int(flat[0]), int(k), by)
             else:
                 rel = self._build(flat).reshape(len(flat), -1)
                 order = _top_order(rel, int(k), by)
@@ -441,19 +446,77 @@ _STREAM_BYTES = 2**26
 
 @dataclass(frozen=True)
 class _Factors:
-    """Per-sample factors of a factored result, shared by its sub-blocks (float64).
+    """Per-sample factors of a factored result, shared by its sub-blocks.
 
-    ``a (N, h, p)``, ``b (M, h, p')``: relevance, divided by the feature norms for the
-    cosine kernel; ``fa``, ``fb``: the features, likewise; ``sa``, ``sb``: relevance
-    summed over groups (``A 1``), for the conservation error and the marginals.
+    ``a (N, h, p)``, ``b (M, h, p')``: the relevance as computed, kept in its own dtype
+    (a float32 model's stays float32: half the memory of a float64 copy); ``norm_a``,
+    ``norm_b``: float64 divisors of each sample's relevance and features (the feature
+    norms for the cosine kernel, ones for the linear one), applied in float64 to the
+    rows a product reads (:meth:`rows_a`, :meth:`rows_b`). ``fa``, ``fb``: the divided
+    features; ``sa``, ``sb``: divided relevance summed over groups (``A 1``), float64.
     """
 
     a: torch.Tensor
     b: torch.Tensor
+    norm_a: torch.Tensor
+    norm_b: torch.Tensor
     fa: torch.Tensor
     fb: torch.Tensor
     sa: torch.Tensor
     sb: torch.Tensor
+
+    def rows_a(self, idx: np.ndarray) -> torch.Tensor:
+        """``a[idx]`` divided by its norms, float64 ``(len(idx), h, p)``."""
+        return _divided(self.a, self.norm_a, idx)
+
+    def rows_b(self, idx: np.ndarray) -> torch.Tensor:
+        """``b[idx]`` divided by its norms, float64 ``(len(idx), h, p')``."""
+        return _divided(self.b, self.norm_b, idx)
+
+    @classmethod
+    def of(cls, a: "SampleRelevance", b: "SampleRelevance", kernel: Kernel) -> "_Factors":
+        ra, fa, norm_a = _unscaled(a, kernel)
+        sa = _group_sums(ra) / norm_a[:, None]
+        if b is a:
+            return cls(ra, ra, norm_a, norm_a, fa / norm_a[:, None], fa / norm_a[:, None], sa, sa)
+        rb, fb, norm_b = _unscaled(b, kernel)
+        sb = _group_sums(rb) / norm_b[:, None]
+        return cls(ra, rb, norm_a, norm_b, fa / norm_a[:, None], fb / norm_b[:, None], sa, sb)
+
+
+def _unscaled(rel: SampleRelevance, kernel: Kernel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Relevance (own dtype, CPU), float64 features and the float64 divisor of each sample."""
+    f = rel.features.detach().cpu().double()
+    if kernel == "cosine":
+        norm = f.norm(dim=1).clamp_min(torch.finfo(f.dtype).tiny)
+    else:
+        norm = torch.ones(len(f), dtype=torch.float64)
+    return rel.relevance.detach().cpu(), f, norm
+
+
+def _divided(r: torch.Tensor, norm: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+    idx_t = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+    return r[idx_t].double() / norm[idx_t][:, None, None]
+
+
+def _weighted_rows(r: torch.Tensor, norm: torch.Tensor, idx: np.ndarray, weights: torch.Tensor) -> torch.Tensor:
+    """``out[t] = weights[t] @ (r[idx[t]] / norm[idx[t]])``, float64 ``(len(idx), m, p)``, with
+    at most a streamed chunk of groups of ``r`` converted to float64 at a time."""
+    m, p = weights.shape[1], r.shape[-1]
+    out = torch.empty(len(idx), m, p, dtype=torch.float64)
+    step = max(1, _STREAM_BYTES // (8 * max(1, r.shape[1])))
+    for t, i in enumerate(idx.tolist()):
+        for s in range(0, p, step):
+            torch.mm(weights[t], r[i, :, s:s + step].double() / norm[i], out=out[t, :, s:s + step])
+    return out
+
+
+def _group_sums(r: torch.Tensor) -> torch.Tensor:
+    """``r.sum(-1)`` in float64, converting at most a streamed chunk at a time."""
+    if r.dtype == torch.float64:
+        return r.sum(-1)
+    step = max(1, _STREAM_BYTES // (8 * max(1, r[..., :1].numel())))
+    return sum(r[..., s:s + step].double().sum(-1) for s in range(0, r.shape[-1], step))
 
 
 def scaled_factors(rel: SampleRelevance, kernel: Kernel) -> tuple[torch.Tensor, torch.Tensor]:
@@ -462,11 +525,10 @@ def scaled_factors(rel: SampleRelevance, kernel: Kernel) -> tuple[torch.Tensor, 
     Pair relevance is then ``A_n^T B_m`` for both kernels (norms held constant). A zero
     feature vector stays zero (similarity 0 with everything).
     """
-    r, f = rel.relevance.detach().cpu().double(), rel.features.detach().cpu().double()
-    if kernel == "cosine":
-        norm = f.norm(dim=1).clamp_min(torch.finfo(f.dtype).tiny)
-        r, f = r / norm[:, None, None], f / norm[:, None]
-    return r, f
+    r, f, norm = _unscaled(rel, kernel)
+    if kernel != "cosine":
+        return r.double(), f
+    return r.double() / norm[:, None, None], f / norm[:, None]
 
 
 def _check_top(k: int, by: str) -> None:
@@ -550,11 +612,7 @@ def pair_relevance(a: SampleRelevance, b: SampleRelevance, kernel: Kernel = "lin
         raise ValueError(f"kernel must be 'linear' or 'cosine', got {kernel!r}.")
     if a.features.shape[1] != b.features.shape[1]:
         raise ValueError("Both batches must come from the same feature map.")
-    ra, fa = scaled_factors(a, kernel)
-    rb, fb = (ra, fa) if b is a else scaled_factors(b, kernel)
-    sa = ra.sum(-1)
-    sb = sa if rb is ra else rb.sum(-1)
-    factors = _Factors(ra, rb, fa, fb, sa, sb)
+    factors = _Factors.of(a, b, kernel)
     if pairs is None:
         ia, ib = np.arange(len(a)), np.arange(len(b))
     else:

@@ -9,6 +9,7 @@ import operator
 import torch
 from torch import fx
 
+from ..rules import add_rule_target
 from .ops import aten, lookup
 from .trace import UnsupportedModelError
 
@@ -143,6 +144,10 @@ class BatchFirstAttention(torch.nn.Module):
         if need_weights:
             weights = probs.mean(1) if average_attn_weights else probs
         return out, weights
+
+
+# its in-projection is functional (F.linear on its own weights): the module takes the Rule
+add_rule_target(BatchFirstAttention)
 
 
 def canonical_modules(model: torch.nn.Module, prefix: str = "") -> None:

@@ -150,8 +150,8 @@ class ExportedNetwork:
     def rule_for(self, node: fx.Node) -> Rule:
         path, _ = module_of(node)
         rule = self.rules.get(path)
-        if rule is None:
-            rule = self._single if self._single is not None else Zero()
+        if rule is None:  # an op outside every rule target: LRP-0, biases as the rules agree
+            rule = self._single if self._single is not None else Zero(bias=self._default_mode)
         return rule
 
     def bias_mode_for(self, node: fx.Node) -> str:

@@ -107,3 +107,49 @@ def test_softmax_option_is_validated():
     with pytest.raises(ValueError, match="attnlrp"):
         ExportedNetwork(build(), attention="attn")
     assert Explainer(build(), attention="attnlrp").network.attention == "attnlrp"
+
+
+class Masked(nn.Module):
+    """Attention over padded tokens: an additive mask of ``finfo.min`` (Hugging Face's
+    convention) or a boolean one (SDPA), then the mean of the outputs."""
+
+    def __init__(self, block, kind):
+        super().__init__()
+        self.block, self.kind = block, kind
+
+    def forward(self, x, keep):
+        n, t, d = x.shape
+        b = self.block
+        qkv = b.qkv(b.norm1(x)).reshape(n, t, 3, b.heads, d // b.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        mask = keep[:, None, None, :]
+        if self.kind == "sdpa":
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            add = (~mask).to(x.dtype) * torch.finfo(x.dtype).min
+            a = ((q @ k.transpose(-2, -1)) * (d // b.heads) ** -0.5 + add).softmax(-1) @ v
+        return b.proj(a.transpose(1, 2).reshape(n, t, d)).mean(1)
+
+
+@pytest.mark.parametrize("kind", ["additive", "sdpa"])
+@pytest.mark.parametrize("bias", ["share", "flat"])
+def test_attnlrp_softmax_bias_follows_the_bias_mode(kind, bias):
+    """Under a bias-passing mode the softmax's bias ``s - J z`` is passed on too, so the
+    flows of probes that partition the input sum to the features (conservation); under
+    "absorb" exactly that bias is missing. Masked keys pass nothing and stay finite."""
+    from skbilrp.rules import Zero
+
+    model = Masked(build(), kind).double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    keep = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    probe = indicator_probes(x, None)
+    k = probe.shape[0] // 2
+    for mode, conserves in ((bias, True), ("absorb", False)):
+        rec = ExportedNetwork(model, Zero(bias=mode), torch.float64, attention="attnlrp").record(x, {"keep": keep})
+        flows = rec.push(probe, None).reshape(k, 2, -1)
+        assert torch.isfinite(flows).all()
+        err = float((flows.sum(0) - rec.features).abs().max() / rec.features.abs().max())
+        if conserves:
+            assert err <= 1e3 * torch.finfo(torch.float64).eps, err
+        else:
+            assert err > 1e-3  # the softmax bias (and the Linear biases) absorbed

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op, shift_dims
+from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op, safe_divide
 
 
 @relevance_op(aten.detach.default)
@@ -22,8 +22,12 @@ class Constant(RelevanceOp):
 class Softmax(RelevanceOp):
     """Softmax probabilities: constants (CP-LRP, the default: relevance flows through the
     values only), or with ``attention="attnlrp"`` AttnLRP's rule, the softmax's Jacobian
-    ``u_out = s ⊙ (u - <s, u>)`` (its bias part is absorbed), with the products of two
-    carrying operands that follow (``q @ k^T``) split uniformly."""
+    ``u_out = s ⊙ (u - <s, u>)``, with the products of two carrying operands that follow
+    (``q @ k^T``) split uniformly. Its bias part follows the bias mode (:class:`SoftmaxRule`)."""
+
+    def __init__(self, node, network) -> None:
+        super().__init__(node, network)
+        self.rule = SoftmaxRule(network.bias_mode_for(node))
 
     @classmethod
     def is_constant(cls, network) -> bool:
@@ -31,13 +35,48 @@ class Softmax(RelevanceOp):
 
     def record(self, args, kwargs):
         out = self.op(*args, **kwargs)
-        return out, out
+        return out, self.rule.record(args[0], out, args[1] % out.dim())
 
-    def push(self, s, flows, args, kwargs, cells=None):
+    def push(self, state, flows, args, kwargs, cells=None):
         flows_only_through(self, flows, 0)
-        flow = materialize(flows[0])
-        dim = shift_dims(args[1], s.dim())
-        return s * (flow - (s * flow).sum(dim, keepdim=True))
+        return self.rule.push(state, materialize(flows[0]), cells)
+
+
+class SoftmaxRule:
+    """AttnLRP's softmax rule ``u_out = J u`` (``J = diag(s) - s s^T``), plus its bias
+    ``b = s - J z`` (``z``: the logits) as the bias mode says: absorbed (AttnLRP as
+    published); shared with the logits in proportion to their contributions
+    ``|J| |z|``, as Linear layers share theirs; or spread over the whole input (a
+    logit has no place on it). Probabilities that are exactly zero (masked logits)
+    pass nothing, so an infinite or huge masked logit cannot reach the flows."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def record(self, z: torch.Tensor, s: torch.Tensor, dim: int) -> tuple:
+        z = torch.where(s == 0, torch.zeros_like(s), z)  # masked: no contribution, no inf
+        bias = None
+        if self.mode != "absorb":
+            jz = s * (z - (s * z).sum(dim, keepdim=True))
+            bias = s - jz
+            if self.mode == "share":
+                size = s * ((1 - 2 * s) * z.abs() + (s * z.abs()).sum(dim, keepdim=True))
+                coef = safe_divide(bias, size) * s
+                bias = (coef, coef * (1 - 2 * s), torch.sign(z))
+        return s, dim, bias
+
+    def push(self, state: tuple, u: torch.Tensor, cells) -> torch.Tensor:
+        s, dim, bias = state
+        dim = dim + 1  # the flow's probe axis
+        u = torch.where(s == 0, torch.zeros_like(u), u)
+        out = s * (u - (s * u).sum(dim, keepdim=True))
+        if self.mode == "share":
+            coef, coef_diag, sign = bias
+            w = sign * u
+            out = out + coef_diag * w + coef * (s * w).sum(dim, keepdim=True)
+        elif self.mode == "flat":
+            out = out + cells.spread(bias)
+        return out
 
 
 @relevance_op(aten.matmul.default, aten.bmm.default, aten.mm.default, aten.einsum.default)
@@ -107,6 +146,7 @@ class SDPA(RelevanceOp):
     def __init__(self, node, network) -> None:
         super().__init__(node, network)
         self.attnlrp = network.attention == "attnlrp"
+        self.rule = SoftmaxRule(network.bias_mode_for(node))
 
     def record(self, args, kwargs):
         q, k, v, mask, dropout_p, is_causal = (list(args) + [None] * 6)[:6]
@@ -119,10 +159,15 @@ class SDPA(RelevanceOp):
         s = q @ k.transpose(-2, -1) * scale
         if is_causal:
             s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).triu(1), float("-inf"))
+        # an additive mask is a constant added to the logits (bias mode); -inf ones mask
+        logits = s
         if mask is not None:
-            s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
-        p = torch.softmax(s, -1)
-        return self.op(*args, **kwargs), (p, scale, (q, k, v) if self.attnlrp else None)
+            logits = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
+        p = torch.softmax(logits, -1)
+        if not self.attnlrp:
+            return self.op(*args, **kwargs), (p, scale, None)
+        added = None if mask is None or mask.dtype == torch.bool else (mask, safe_divide(logits, s))
+        return self.op(*args, **kwargs), (p, scale, (q, k, v, self.rule.record(logits, p, p.dim() - 1), added))
 
     def push(self, state, flows, args, kwargs, cells=None):
         flows_only_through(self, flows, 0, 1, 2)
@@ -135,8 +180,12 @@ class SDPA(RelevanceOp):
             return matmul_flow(fv, p, first=False)
         if fq is None or fk is None or fv is None:
             raise self.refuse("attention='attnlrp' needs relevance to reach q, k and v")
-        q, k, v = qkv
+        q, k, v, softmax, added = qkv
         kt = k.transpose(-2, -1)
         u_s = (matmul_flow(fq, kt, first=True) + matmul_flow(fk.transpose(-2, -1), q, first=False)) * (0.5 * scale)
-        u_p = p * (u_s - (p * u_s).sum(-1, keepdim=True))
+        if added is not None and self.rule.mode == "share":
+            u_s = u_s * added[1]
+        elif added is not None and self.rule.mode == "flat":
+            u_s = u_s + cells.spread(added[0].expand(p.shape))
+        u_p = self.rule.push(softmax, u_s, cells)
         return (matmul_flow(u_p, v, first=True) + matmul_flow(fv, p, first=False)) * 0.5

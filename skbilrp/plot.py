@@ -12,18 +12,20 @@ makes the inputs more similar), blue for negative, opacity proportional to
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
 from .pairs import PairExplanation
 from .pooling import Pooling
+from .words import Words, merge_tokens
 
 __all__ = [
     "PLOT_INSTALL",
     "LINK_GID",
     "ENDPOINT_GID",
     "MARK_GID",
+    "SPECIAL_COLOR",
     "group_centers",
     "as_image",
     "plot_pair",
@@ -44,6 +46,8 @@ MARK_GID = "skbilrp-mark"
 
 POSITIVE_COLOR = "red"
 NEGATIVE_COLOR = "blue"
+#: Colour of the labels of special tokens (``[CLS]``, ``<s>`` ...) in :func:`plot_tokens`.
+SPECIAL_COLOR = "0.55"
 
 
 def _pyplot() -> Any:
@@ -292,17 +296,31 @@ def _symmetric_limit(*arrays: np.ndarray) -> float:
     return vmax if vmax > 0 else 1.0
 
 
-def plot_tokens(explanation: PairExplanation, tokens_a: Sequence[str], tokens_b: Sequence[str],
-                kind: str = "matrix", n_links: int = 30, ax: Any = None, cmap: str = "bwr",
-                linewidth: float = 2.0, title: Optional[str] = None) -> Any:
-    """Token × token relevance of two sequences.
+def _side_labels(rel: np.ndarray, labels: Union[Sequence[str], Words], axis: int) -> tuple:
+    """``(rel, labels, special flags)`` of one side; Words sum a token-level axis into words."""
+    if not isinstance(labels, Words):
+        labels = [str(t) for t in labels]
+        return rel, labels, [False] * len(labels)
+    if rel.shape[axis] == labels.n_tokens:  # token-level relevance: one row per word instead
+        rel = merge_tokens(rel, labels, axis=axis)
+    return rel, list(labels.labels), list(labels.special)
+
+
+def plot_tokens(explanation: PairExplanation, tokens_a: Union[Sequence[str], Words],
+                tokens_b: Union[Sequence[str], Words], kind: str = "matrix", n_links: int = 30,
+                ax: Any = None, cmap: str = "bwr", linewidth: float = 2.0, title: Optional[str] = None) -> Any:
+    """Token × token (or word × word) relevance of two sequences.
 
     Parameters
     ----------
     explanation : PairExplanation
-        ``relevance`` of shape ``(len(tokens_a), len(tokens_b))``.
-    tokens_a, tokens_b : sequence of str
-        Labels of the groups of each side.
+        ``relevance`` of shape ``(len(tokens_a), len(tokens_b))``; with Words, either
+        that (word-level) or ``(n_tokens_a, n_tokens_b)`` (token-level).
+    tokens_a, tokens_b : sequence of str or skbilrp.words.Words
+        Labels of the groups of each side. A :class:`~skbilrp.words.Words` labels that
+        side by words: a token-level ``relevance`` is summed over the pieces of each
+        word first (:func:`~skbilrp.words.merge_tokens`, which keeps the total), and
+        the labels of special tokens are drawn in :data:`SPECIAL_COLOR` (grey).
     kind : {"matrix", "arcs"}, default="matrix"
         "matrix": a heatmap, symmetric colour scale centred at zero, rows ``tokens_a``.
         "arcs": ``tokens_a`` in a top row, ``tokens_b`` in a bottom row, curves joining
@@ -323,11 +341,12 @@ def plot_tokens(explanation: PairExplanation, tokens_a: Sequence[str], tokens_b:
     """
     _pyplot()
     rel = _pair_relevance(explanation)
-    tokens_a, tokens_b = [str(t) for t in tokens_a], [str(t) for t in tokens_b]
+    rel, tokens_a, special_a = _side_labels(rel, tokens_a, 0)
+    rel, tokens_b, special_b = _side_labels(rel, tokens_b, 1)
     if rel.shape != (len(tokens_a), len(tokens_b)):
         raise ValueError(
             f"The relevance has shape {rel.shape} but {len(tokens_a)} × {len(tokens_b)} tokens were "
-            "given; pass one label per group of each side."
+            "given; pass one label per group of each side (or the Words of each text)."
         )
     if kind not in ("matrix", "arcs"):
         raise ValueError(f"kind must be 'matrix' or 'arcs', got {kind!r}.")
@@ -339,6 +358,10 @@ def plot_tokens(explanation: PairExplanation, tokens_a: Sequence[str], tokens_b:
         im = ax.imshow(rel, cmap=cmap, vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
         ax.set_xticks(range(len(tokens_b)), tokens_b, rotation=60, ha="right", rotation_mode="anchor")
         ax.set_yticks(range(len(tokens_a)), tokens_a)
+        for ticks, special in ((ax.get_xticklabels(), special_b), (ax.get_yticklabels(), special_a)):
+            for tick, is_special in zip(ticks, special):
+                if is_special:
+                    tick.set_color(SPECIAL_COLOR)
         fig.colorbar(im, ax=ax, label="relevance")
     else:
         fig, (ax,) = _figure_and_axes(ax, 1, (max(5.0, 0.7 * max(len(tokens_a), len(tokens_b))), 3.0))
@@ -348,10 +371,12 @@ def plot_tokens(explanation: PairExplanation, tokens_a: Sequence[str], tokens_b:
         _draw_links(ax, _strongest(rel, n_links), top, bottom,
                     lambda p, q: [(p[0], 0.5), (q[0], 0.5)], linewidth, 1.0)
         tilt = longest > 6 or max(len(xa), len(xb)) > 12  # tilt long labels so they don't overlap
-        for xs, y, toks, va, ha in ((xa, 1.0, tokens_a, "bottom", "left"), (xb, 0.0, tokens_b, "top", "right")):
-            for x, t in zip(xs, toks):
+        for xs, y, toks, special, va, ha in ((xa, 1.0, tokens_a, special_a, "bottom", "left"),
+                                             (xb, 0.0, tokens_b, special_b, "top", "right")):
+            for x, t, is_special in zip(xs, toks, special):
                 ax.text(x, y + (0.03 if va == "bottom" else -0.03), t, va=va, ha=ha if tilt else "center",
-                        rotation=45 if tilt else 0, rotation_mode="anchor")
+                        rotation=45 if tilt else 0, rotation_mode="anchor",
+                        color=SPECIAL_COLOR if is_special else None)
         width = max(len(xa), len(xb)) / 2 + 0.5
         ax.set_xlim(-width, width)
         ax.set_ylim(-0.4, 1.4)

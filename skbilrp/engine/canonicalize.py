@@ -49,6 +49,9 @@ def canonicalize(graph: fx.Graph, constants: dict) -> None:
             args, kwargs = full_args(node)
             node.args, node.kwargs = tuple(args), kwargs
     for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is aten.addmm.default:
+            _addmm_as_linear(node, constants)
+    for node in list(graph.nodes):
         if node.op != "call_function" or node.target is not _BN:
             continue
         src = node.args[0]
@@ -76,6 +79,20 @@ def canonicalize(graph: fx.Graph, constants: dict) -> None:
             u.replace_all_uses_with(src)
             graph.erase_node(u)
         graph.erase_node(node)
+
+
+def _addmm_as_linear(node: fx.Node, constants: dict) -> None:
+    """``beta * b + alpha * x @ W`` with constant ``W`` and ``b`` (Hugging Face's Conv1D)
+    is a Linear layer ``linear(x, alpha * W^T, beta * b)``: its bias then follows the
+    layer's Rule like any other. Other addmm nodes keep their entry (a refusal)."""
+    bias, x, weight = node.args[:3]
+    beta, alpha = node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)
+    if not (_is_constant(weight, constants) and _is_constant(bias, constants)):
+        return
+    with torch.no_grad():
+        w = constants[weight.name].T * alpha
+        b = constants[bias.name] * beta
+    node.target, node.args, node.kwargs = aten.linear.default, (x, w.contiguous(), b), {}
 
 
 def _is_constant(node, constants) -> bool:
@@ -157,5 +174,20 @@ def canonical_modules(model: torch.nn.Module, prefix: str = "") -> None:
         path = f"{prefix}{name}"
         if isinstance(child, torch.nn.MultiheadAttention) and child.batch_first:
             setattr(model, name, BatchFirstAttention(child, path))
+        elif _is_tanh_gelu_formula(child):
+            setattr(model, name, torch.nn.GELU(approximate="tanh"))
         else:
             canonical_modules(child, path + ".")
+
+
+#: Hugging Face activations that write GELU's tanh approximation out as a formula
+#: (``pow``, ``tanh`` and products of the input with itself): the same function as
+#: ``nn.GELU(approximate="tanh")`` up to rounding, which the ratio rule explains
+_TANH_GELU_FORMULAS = {"NewGELUActivation", "FastGELUActivation", "GELUTanh"}
+
+
+def _is_tanh_gelu_formula(module: torch.nn.Module) -> bool:
+    cls = type(module)
+    if cls.__name__ not in _TANH_GELU_FORMULAS or not cls.__module__.startswith("transformers."):
+        return False
+    return cls.__name__ != "GELUTanh" or getattr(module.act, "__name__", "") == "_gelu_tanh_python"

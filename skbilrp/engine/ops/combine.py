@@ -27,7 +27,12 @@ class BiasLike(RelevanceOp):
         if self.mode == "absorb":
             return _full(flow, out)
         if self.mode == "share":
-            return flow * safe_divide(out, a)
+            ratio = safe_divide(out, a)
+            if isinstance(c, torch.Tensor) and c.is_floating_point():
+                # a mask of the dtype's lowest value (Hugging Face's attention masks): the
+                # entry is masked, not a contribution; an infinite ratio would poison gradients
+                ratio = torch.where(c <= torch.finfo(c.dtype).min / 2, torch.zeros_like(ratio), ratio)
+            return flow * ratio
         c = torch.as_tensor(c, dtype=flow.dtype, device=flow.device)
         return flow + c * cells.coverage(_full(flow, out), out.dim() >= 4)
 
@@ -140,3 +145,17 @@ class BatchNorm(BiasLike):
         if self.mode == "absorb":
             return (scaled, None, None)
         return (scaled + t * cells.coverage(scaled, True), None, None)
+
+
+@relevance_op(aten.masked_fill.Scalar, aten.masked_fill.Tensor)
+class MaskedFill(RelevanceOp):
+    """``x.masked_fill(mask, value)`` with a constant mask: unmasked entries keep their
+    flow; a filled entry is the constant alone, with no contribution to share with, so
+    it carries nothing (a masked attention logit, a zeroed padding token)."""
+
+    def record(self, args, kwargs):
+        return self.op(*args, **kwargs), None
+
+    def push(self, state, flows, args, kwargs, cells=None):
+        flows_only_through(self, flows, 0)
+        return materialize(flows[0]).masked_fill(args[1], 0)

@@ -56,6 +56,12 @@ class Identity(Same):
     identity = True
 
 
+@relevance_op(aten._to_copy.default)
+class Cast(Same):
+    """A dtype cast (``x.float()``, ``x.to(torch.float64)``): the flow is cast alike and
+    keeps exactly the precision the value keeps."""
+
+
 @relevance_op(aten.dropout.default)
 class Dropout(Same):
     """Dropout in eval mode (``train=False``) is the identity."""

@@ -32,6 +32,14 @@ DIGITS_SPLIT: dict[str, float | int] = {"test_size": 0.25, "random_state": 0}
 _WEIGHTS = "weights/digits_cnn.pt"
 
 
+def load_shipped_weights(model: nn.Module, name: str) -> None:
+    """Load a state dict shipped in ``skbilrp/models/`` (e.g. ``"weights/digits_cnn.pt"``)."""
+    ref = resources.files("skbilrp.models").joinpath(name)
+    with resources.as_file(ref) as path:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+
+
 class DigitsCNN(nn.Module):
     """Bias-free CNN feature extractor (64-d, non-negative) plus a linear head.
 
@@ -97,10 +105,7 @@ def digits_cnn(pretrained: bool = True, features_only: bool = True) -> nn.Module
     """
     model = DigitsCNN()
     if pretrained:
-        ref = resources.files("skbilrp.models").joinpath(_WEIGHTS)
-        with resources.as_file(ref) as path:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=True)
+        load_shipped_weights(model, _WEIGHTS)
     model.eval()
     return model.features if features_only else model
 

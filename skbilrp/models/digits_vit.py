@@ -33,13 +33,13 @@ similarity. That needs every unit to have a contribution to share with:
 from __future__ import annotations
 
 from collections import OrderedDict
-from importlib import resources
 
 import torch
 from torch import nn
 
 from ..layers import Normalize
 from ..rules import Rule, resolve_rules
+from .digits import load_shipped_weights
 
 __all__ = [
     "DigitsViT",
@@ -191,10 +191,7 @@ def digits_vit(pretrained: bool = True, features_only: bool = True) -> nn.Module
     """
     model = DigitsViT()
     if pretrained:
-        ref = resources.files("skbilrp.models").joinpath(_WEIGHTS)
-        with resources.as_file(ref) as path:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=True)
+        load_shipped_weights(model, _WEIGHTS)
     model.eval()
     return model.features if features_only else model
 

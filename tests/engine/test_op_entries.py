@@ -342,7 +342,7 @@ def _build():
                 w=torch.randn(4, 5), wl=torch.randn(2, 3), wb=torch.randn(N, 4, 5), wbl=torch.randn(N, 2, 3),
                 wh=torch.randn(2, 4, 5), c=torch.randn(1, 1, 4), idx=torch.tensor([2, 0, 2]),
                 idx2=torch.tensor([[1], [0]]), gidx=torch.randint(0, 4, (N, 3, 2)), keep=keep,
-                bias_mask=torch.randn(3, 3), drop=nn.Dropout(0.5),
+                bias_mask=torch.randn(3, 3), drop=nn.Dropout(0.5), fill=torch.tensor([[True], [False], [True]]),
                 ln=randomized(nn.LayerNorm(4)), ln0=nn.LayerNorm(4, elementwise_affine=False),
                 lnw=randomized(nn.LayerNorm(4, bias=False)), ln2=randomized(nn.LayerNorm((3, 4), eps=1e-3)),
                 rms=randomized(nn.RMSNorm(4, eps=1e-5)), rms0=nn.RMSNorm(4, elementwise_affine=False),
@@ -458,6 +458,11 @@ def _build():
     tok.add(aten.repeat.default, {"tile": on(lambda h: h.repeat(1, 2, 3))})
     tok.add(aten.clone.default, {"clone": on(lambda h: h.clone()), "dropout_in_eval": lambda m, x: m.drop(m.a(x))})
     tok.add(aten.alias.default, {"alias": on(aten.alias.default)})
+    tok.add(aten._to_copy.default, {"cast": on(lambda h: aten._to_copy.default(h, dtype=torch.float64))})
+    tok.add(aten.masked_fill.Scalar, {"zeros": lambda m, x: m.a(x).masked_fill(m.fill, 0.0),
+                                      "fill_absorbed": lambda m, x: m.a(x).masked_fill(~m.fill, -1.5)})
+    tok.add(aten.masked_fill.Tensor, {"fill_absorbed": lambda m, x: m.a(x).masked_fill(
+        m.fill, torch.tensor(0.5, dtype=torch.float64))})
     tok.add(aten.cat.default, {"two_carrying": lambda m, x: torch.cat([m.a(x), m.b(x)], 1),
                                "constant_part": lambda m, x: torch.cat([m.c.expand(N, 1, 4), m.a(x)], 1)})
     tok.add(aten.stack.default, {"two_carrying": lambda m, x: torch.stack([m.a(x), m.b(x)], -1),

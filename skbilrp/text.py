@@ -29,7 +29,7 @@ from torch import nn
 
 from .explainer import Explainer
 from .kernel import DeepKernel, KernelName, OutputName, _explanation_dtype
-from .models.sentence import SentenceEncoder, minilm_path, sentence_encoder
+from .models.sentence import SentenceEncoder, minilm, sentence_encoder
 from .pairs import DEFAULT_MAX_MEMORY, PairExplanation, PairExplanations
 from .pooling import Pooling, make_pooling
 from .relevance import SampleRelevance
@@ -413,6 +413,9 @@ class TextKernel(DeepKernel):
         texts = self._validate_samples(X, reset=True)
         self.model_ = self._load()
         self.tokenizer_ = self.model_.tokenizer
+        if self.tokenizer_ is None:
+            raise ValueError("The model has no tokenizer to split texts with; pass tokenizer= (a "
+                             "transformers tokenizer or the local folder it was saved to).")
         self.max_length_ = int(self.max_length) if self.max_length is not None else self.model_.max_seq_length
         special = self.tokenizer_.num_special_tokens_to_add() + self.model_.prompt_length
         if self.max_length_ <= special:
@@ -437,9 +440,7 @@ class TextKernel(DeepKernel):
         """The frozen encoder named by ``model`` and ``tokenizer`` (a copy)."""
         source = self.model
         if source is None:
-            from sentence_transformers import SentenceTransformer
-
-            source = SentenceTransformer(minilm_path(), device="cpu", local_files_only=True)
+            source = minilm()[0]
         return sentence_encoder(source, self.tokenizer)
 
     def _validate_samples(self, X: Any, reset: bool) -> np.ndarray:
@@ -567,6 +568,7 @@ class TextKernel(DeepKernel):
             self._explainer = Explainer(self.model_, rules=self.rules, channel_axis=-1, batch_size=int(self.batch_size),
                                         dtype=_explanation_dtype(self.model_), verbose=self.verbose,
                                         attention=self.attention)
+        self._explainer.computer.verbose = self.verbose  # read live: set_params(verbose=) needs no rebuild
         return self._explainer
 
     def _sample_parts(self, texts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

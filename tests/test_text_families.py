@@ -428,3 +428,18 @@ def test_sentence_encoder_leaves_the_model_alone_and_takes_each_source(bert, tok
         encoder.embed(torch.ones(1, 4, dtype=torch.long), torch.zeros(1, 4))
     with pytest.raises(ValueError, match="truncate"):
         encoder.embed(torch.ones(1, 80, dtype=torch.long))
+
+
+def test_an_input_module_off_the_inputs_embeds_path_is_refused(bert, tokenizer):
+    """The word-embedding table is skipped when the model gets inputs_embeds: the output
+    would not depend on the explained input, so the forward refuses instead."""
+    enc = sentence_encoder(bert, tokenizer, input_module="embeddings.word_embeddings")
+    ids, mask, _ = enc.pad(enc.tokenize(ROWS))
+    x = torch.randn(*ids.shape, bert.config.hidden_size, dtype=torch.float64)
+    with pytest.raises(ValueError, match="input_module='embeddings.word_embeddings' is not called"):
+        enc(x, mask)
+
+
+def test_an_encoder_without_tokenizer_is_refused_at_fit(bert):
+    with pytest.raises(ValueError, match="no tokenizer.*pass tokenizer="):
+        TextKernel(SentenceEncoder(bert, None)).fit(COLS)

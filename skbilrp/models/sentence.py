@@ -359,6 +359,11 @@ class SentenceEncoder(nn.Module):
         self._substitute = x
         try:
             out = self.transformer(inputs_embeds=placeholder, attention_mask=attention_mask, return_dict=True)
+            if self._substitute is not None:  # the output would not depend on x: never explain that
+                raise ValueError(
+                    f"input_module={self.input_module!r} is not called on the model's inputs_embeds path, "
+                    "so the explained input never enters the model; name the embedding normalisation "
+                    "the embeddings pass through (e.g. 'embeddings.LayerNorm'), or leave input_module=None.")
         finally:
             self._substitute = None
         features = {"token_embeddings": out.last_hidden_state, "attention_mask": attention_mask}

@@ -125,13 +125,16 @@ class Masked(nn.Module):
         mask = keep[:, None, None, :]
         if self.kind == "sdpa":
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif self.kind == "sdpa_float":  # -inf where masked
+            add = torch.zeros(mask.shape, dtype=x.dtype).masked_fill(~mask, float("-inf"))
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=add)
         else:
             add = (~mask).to(x.dtype) * torch.finfo(x.dtype).min
             a = ((q @ k.transpose(-2, -1)) * (d // b.heads) ** -0.5 + add).softmax(-1) @ v
         return b.proj(a.transpose(1, 2).reshape(n, t, d)).mean(1)
 
 
-@pytest.mark.parametrize("kind", ["additive", "sdpa"])
+@pytest.mark.parametrize("kind", ["additive", "sdpa", "sdpa_float"])
 @pytest.mark.parametrize("bias", ["share", "flat"])
 def test_attnlrp_softmax_bias_follows_the_bias_mode(kind, bias):
     """Under a bias-passing mode the softmax's bias ``s - J z`` is passed on too, so the
@@ -148,6 +151,10 @@ def test_attnlrp_softmax_bias_follows_the_bias_mode(kind, bias):
         rec = ExportedNetwork(model, Zero(bias=mode), torch.float64, attention="attnlrp").record(x, {"keep": keep})
         flows = rec.push(probe, None).reshape(k, 2, -1)
         assert torch.isfinite(flows).all()
+        seed = torch.randn(flows.shape, dtype=torch.float64)
+        q = probe.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad((rec.push(q, None).reshape(k, 2, -1) * seed).sum(), q)
+        assert torch.isfinite(grad).all()  # reverse mode too: no 0 * inf at masked entries
         err = float((flows.sum(0) - rec.features).abs().max() / rec.features.abs().max())
         if conserves:
             assert err <= 1e3 * torch.finfo(torch.float64).eps, err

@@ -9,6 +9,7 @@ import math
 import torch
 
 from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op, safe_divide
+from .combine import is_masking
 
 
 @relevance_op(aten.detach.default)
@@ -166,7 +167,10 @@ class SDPA(RelevanceOp):
         p = aten._safe_softmax.default(logits, -1)  # rows masked whole: zeros, as SDPA gives
         if not self.attnlrp:
             return self.op(*args, **kwargs), (p, scale, None)
-        added = None if mask is None or mask.dtype == torch.bool else (mask, safe_divide(logits, s))
+        added = None
+        if mask is not None and mask.dtype != torch.bool:
+            masking = is_masking(mask)
+            added = (torch.where(masking, 0.0, mask), torch.where(masking, 0.0, safe_divide(logits, s)))
         return self.op(*args, **kwargs), (p, scale, (q, k, v, self.rule.record(logits, p, p.dim() - 1), added))
 
     def push(self, state, flows, args, kwargs, cells=None):

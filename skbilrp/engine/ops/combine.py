@@ -26,15 +26,24 @@ class BiasLike(RelevanceOp):
         flow = align(materialize(flow), out.dim())
         if self.mode == "absorb":
             return _full(flow, out)
+        # entries of the dtype's lowest value (or -inf) mask (Hugging Face's attention masks):
+        # no contribution to pass on, and an infinite factor would poison gradients
+        masking = is_masking(c)
         if self.mode == "share":
             ratio = safe_divide(out, a)
-            if isinstance(c, torch.Tensor) and c.is_floating_point():
-                # a mask of the dtype's lowest value (Hugging Face's attention masks): the
-                # entry is masked, not a contribution; an infinite ratio would poison gradients
-                ratio = torch.where(c <= torch.finfo(c.dtype).min / 2, torch.zeros_like(ratio), ratio)
-            return flow * ratio
+            return flow * (ratio if masking is None else torch.where(masking, torch.zeros_like(ratio), ratio))
         c = torch.as_tensor(c, dtype=flow.dtype, device=flow.device)
+        if masking is not None:
+            c = torch.where(masking, torch.zeros_like(c), c)
         return flow + c * cells.coverage(_full(flow, out), out.dim() >= 4)
+
+
+def is_masking(c) -> "torch.Tensor | None":
+    """Where a constant term masks rather than adds (the dtype's lowest value or -inf), or
+    None for a constant that is no floating-point tensor."""
+    if not (isinstance(c, torch.Tensor) and c.is_floating_point()):
+        return None
+    return c <= torch.finfo(c.dtype).min / 2
 
 
 def _scaled(flow, coef, out):

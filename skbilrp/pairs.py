@@ -585,7 +585,9 @@ def pair_relevance(a: SampleRelevance, b: SampleRelevance, kernel: Kernel = "lin
     """Explain the kernel entries between two batches from their per-sample relevance.
 
     Nothing of size ``p × p'`` per entry is built here: the result keeps both batches'
-    relevance and computes entries on demand (see :class:`PairExplanations`).
+    relevance and computes entries on demand (see :class:`PairExplanations`). The
+    relevance tensors are kept, not copied (a float32 batch stays float32): do not
+    change them in place afterwards.
 
     Parameters
     ----------

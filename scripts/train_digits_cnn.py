@@ -15,71 +15,24 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from skbilrp.models.digits import DigitsCNN, load_digits_images
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-DEFAULT_OUTPUT = (
-    Path(__file__).resolve().parents[1] / "skbilrp" / "models" / "weights" / "digits_cnn.pt"
-)
+from _digits_training import WEIGHTS, main, seeded, train  # noqa: E402
 
-
-def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
-    """Fraction of ``X`` that ``model`` classifies as ``y``."""
-    model.eval()
-    with torch.no_grad():
-        return (model(X).argmax(1) == y).float().mean().item()
+from skbilrp.models.digits import DigitsCNN  # noqa: E402
 
 
-def train(epochs: int = 40, seed: int = 0) -> tuple[DigitsCNN, float]:
-    """Train a :class:`DigitsCNN` on the training split; return it and its test accuracy."""
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)  # a fixed reduction order, hence bitwise-reproducible
-
-    X_train, y_train = (torch.from_numpy(a) for a in load_digits_images("train"))
-    X_test, y_test = (torch.from_numpy(a) for a in load_digits_images("test"))
-
+def fit(epochs: int = 40, seed: int = 0) -> tuple[DigitsCNN, float]:
+    """Train a :class:`DigitsCNN` (Adam, lr 1e-3); return it and its test accuracy."""
+    seeded(seed)
     model = DigitsCNN()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(X_train), generator=generator)
-        total = 0.0
-        for batch in order.split(32):
-            optimizer.zero_grad()
-            loss = loss_fn(model(X_train[batch]), y_train[batch])
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-        if (epoch + 1) % 10 == 0:
-            print(
-                f"epoch {epoch + 1:3d}  loss {total / len(X_train):.4f}  "
-                f"test accuracy {accuracy(model, X_test, y_test):.4f}"
-            )
-    return model, accuracy(model, X_test, y_test)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
-    model, acc = train(args.epochs, args.seed)
-    print(f"test accuracy: {acc:.4f}")
-    state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, args.output)
-    print(f"saved {args.output} ({args.output.stat().st_size / 1024:.0f} KiB)")
+    return train(model, lambda m, steps: (torch.optim.Adam(m.parameters(), lr=1e-3), None), epochs, seed)
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__.splitlines()[0], WEIGHTS / "digits_cnn.pt", 40, fit)

@@ -18,27 +18,17 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import time
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from skbilrp.models.digits import load_digits_images
-from skbilrp.models.digits_vit import DigitsViT
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-DEFAULT_OUTPUT = (
-    Path(__file__).resolve().parents[1] / "skbilrp" / "models" / "weights" / "digits_vit.pt"
-)
+from _digits_training import WEIGHTS, main, seeded, train  # noqa: E402
 
-
-def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
-    """Fraction of ``X`` that ``model`` classifies as ``y``."""
-    model.eval()
-    with torch.no_grad():
-        return (model(X).argmax(1) == y).float().mean().item()
+from skbilrp.models.digits_vit import DigitsViT  # noqa: E402
 
 
 def shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 1) -> torch.Tensor:
@@ -52,55 +42,17 @@ def shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 1) -> to
     return padded[torch.arange(n)[:, None, None], 0, rows, cols][:, None]
 
 
-def train(epochs: int = 120, seed: int = 0) -> tuple[DigitsViT, float]:
-    """Train a :class:`DigitsViT` on the training split; return it and its test accuracy."""
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)  # a fixed reduction order, hence bitwise-reproducible
-
-    X_train, y_train = (torch.from_numpy(a) for a in load_digits_images("train"))
-    X_test, y_test = (torch.from_numpy(a) for a in load_digits_images("test"))
-
-    model = DigitsViT()
+def _adamw_cosine(model: DigitsViT, steps: int) -> tuple:
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
-    steps = epochs * -(-len(X_train) // 32)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(X_train), generator=generator)
-        total = 0.0
-        for batch in order.split(32):
-            optimizer.zero_grad()
-            loss = loss_fn(model(shift(X_train[batch], generator)), y_train[batch])
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * len(batch)
-        if (epoch + 1) % 10 == 0:
-            print(
-                f"epoch {epoch + 1:3d}  loss {total / len(X_train):.4f}  "
-                f"test accuracy {accuracy(model, X_test, y_test):.4f}", flush=True
-            )
-    return model, accuracy(model, X_test, y_test)
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    parser.add_argument("--epochs", type=int, default=120)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
-    start = time.perf_counter()
-    model, acc = train(args.epochs, args.seed)
-    print(f"test accuracy: {acc:.4f} ({time.perf_counter() - start:.0f} s)")
-    state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, args.output)
-    print(f"saved {args.output} ({args.output.stat().st_size / 1024:.0f} KiB)")
+def fit(epochs: int = 120, seed: int = 0) -> tuple[DigitsViT, float]:
+    """Train a :class:`DigitsViT` (AdamW, cosine decay, shifted images); return it and its test accuracy."""
+    seeded(seed)
+    model = DigitsViT()
+    return train(model, _adamw_cosine, epochs, seed, augment=shift)
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__.splitlines()[0], WEIGHTS / "digits_vit.pt", 120, fit)

@@ -47,10 +47,10 @@ import torch
 from scipy import ndimage, stats
 from torch import nn
 
-from .explainer import Explainer
-from .pairs import Kernel
-from .pooling import Pooling, PoolingSpec, make_pooling
-from .rules import RuleSpec
+from ..explainer import Explainer
+from ..pairs import Kernel
+from ..pooling import Pooling, PoolingSpec, make_pooling
+from ..rules import RuleSpec
 
 __all__ = [
     "FlippingMode",

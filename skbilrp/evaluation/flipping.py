@@ -105,15 +105,18 @@ class BiLRPMethod:
         Rule assignment, e.g. ``skbilrp.models.mobilenet_v2_rules(model)``.
     batch_size : int, default=16
         Samples recorded at once.
+    attention : {"cp", "attnlrp"}, default="cp"
+        Attention rule (see :class:`skbilrp.Explainer`).
     """
 
     rules: RuleSpec = "zero"
     batch_size: int = 16
+    attention: str = "cp"
 
     def __call__(self, model: nn.Module, X: torch.Tensor, X2: torch.Tensor, *,
                  pooling: PoolingSpec, kernel: Kernel, channel_axis: Optional[int]) -> np.ndarray:
         ex = Explainer(model, rules=self.rules, pooling=pooling, channel_axis=channel_axis,
-                       batch_size=self.batch_size)
+                       batch_size=self.batch_size, attention=self.attention)
         return ex.explain(X, X2, kernel=kernel, pairs=_diagonal(len(X))).relevance
 
 
@@ -442,29 +445,28 @@ class FaithfulnessResults:
         n = int(np.sum(a != b))
         return float(stats.binomtest(self.wins(mode, method, other), n, 0.5, alternative="greater").pvalue) if n else 1.0
 
-    def to_markdown(self, reference: Optional[str] = None) -> str:
+    def to_markdown(self, reference: Union[None, str, Sequence[str]] = None) -> str:
         """A markdown table: mean ± s.e. AUC per method (rows) and mode (columns).
 
         Parameters
         ----------
-        reference : str, optional
-            A method; adds, per mode, on how many pairs it has the lower area than
-            each other method, with the one-sided sign-test p-value.
+        reference : str or sequence of str, optional
+            Methods; adds, per reference and mode, on how many pairs the reference has
+            the lower area than each other method, with the one-sided sign-test p-value.
         """
+        refs = [] if reference is None else [reference] if isinstance(reference, str) else list(reference)
         n = len(next(iter(self.auc[self.modes[0]].values())))
         head = ["method"] + [f"{mode} AUC" for mode in self.modes]
-        if reference is not None:
-            head += [f"{reference} lower ({mode})" for mode in self.modes]
+        head += [f"{ref} lower ({mode})" for ref in refs for mode in self.modes]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for method in self.methods:
             cells = [method]
             for mode in self.modes:
                 mean, sem = self.mean_auc(mode, method)
                 cells.append(f"{mean:.3f} ± {sem:.3f}")
-            if reference is not None:
-                cells += ["—" if method == reference else
-                          f"{self.wins(mode, reference, method)}/{n} (p={self.sign_test(mode, reference, method):.2g})"
-                          for mode in self.modes]
+            cells += ["—" if method == ref else
+                      f"{self.wins(mode, ref, method)}/{n} (p={self.sign_test(mode, ref, method):.2g})"
+                      for ref in refs for mode in self.modes]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 

@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from .engine import ExportedNetwork, ExportedRecording
@@ -251,7 +252,8 @@ class RelevanceComputer:
                 tangent = (probe[:, None] * x[None]).reshape(-1, *x.shape[1:])
                 # forward AD rejects expanded (memory-sharing) primals: repeat, not expand
                 ctx = {key: _repeat(v, k, n) for key, v in context.items()}
-                with torch.no_grad():
+                # the CPU flash-attention kernel has no forward-mode derivative; math SDPA is the same function
+                with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
                     _, jvp = torch.func.jvp(lambda inp: phi(inp, ctx), (_repeat(x, k, n),), (tangent,))
                 out[:, :, g0:g1] = jvp.reshape(k, n, h).permute(1, 2, 0)
             return SampleRelevance(out, feats, pooling)

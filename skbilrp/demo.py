@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "digits_pipelines"]
 
 
 def _log(verbose: bool, message: str) -> None:
@@ -39,6 +39,29 @@ def _pipelines(model: Any, rules: Any, n_neighbors: int, verbose: bool) -> tuple
     svm = make_pipeline(kernel("kernel"), SVC(kernel="precomputed", C=10.0))
     knn = make_pipeline(kernel("distance"), KNeighborsClassifier(n_neighbors=n_neighbors, metric="precomputed"))
     return svm, knn
+
+
+def digits_pipelines(n_neighbors: int = 3, verbose: bool = True) -> tuple[Any, Any]:
+    """The demo's two unfitted pipelines on the shipped digits CNN's cosine kernel.
+
+    Parameters
+    ----------
+    n_neighbors : int, default=3
+        ``k`` of the k-NN classifier.
+    verbose : bool, default=True
+        Progress bars of the kernels.
+
+    Returns
+    -------
+    svm : Pipeline
+        ``DeepKernel(output="kernel")`` then ``SVC(kernel="precomputed", C=10)``.
+    knn : Pipeline
+        ``DeepKernel(output="distance")`` then ``KNeighborsClassifier(metric="precomputed")``.
+    """
+    from .models import digits_cnn, digits_cnn_rules
+
+    model = digits_cnn(pretrained=True)
+    return _pipelines(model, digits_cnn_rules(model), n_neighbors, verbose)
 
 
 def run_demo(output_dir: str = "skbilrp-demo", n_train: Optional[int] = None, n_pairs: int = 3,

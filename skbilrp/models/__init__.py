@@ -24,7 +24,17 @@ from .digits import digits_cnn, digits_cnn_rules, load_digits_images
 from .digits_vit import digits_vit, digits_vit_rules
 from .efficientnet import EfficientNetLite0, efficientnet_lite0, efficientnet_lite0_rules
 from .mobilenet import MobileNetV2, mobilenet_v2, mobilenet_v2_rules
-from .sentence import MINILM_INSTALL, SentenceEncoder, load_minilm, minilm, minilm_path, sentence_encoder
+from .sentence import (
+    MINILM_INSTALL,
+    MPNET_INSTALL,
+    SentenceEncoder,
+    load_minilm,
+    minilm,
+    minilm_path,
+    mpnet,
+    mpnet_path,
+    sentence_encoder,
+)
 from .vgg import IMAGENET_MEAN, IMAGENET_STD, VGG, vgg16, vgg16_rules
 
 __all__ = [
@@ -50,4 +60,7 @@ __all__ = [
     "minilm",
     "minilm_path",
     "MINILM_INSTALL",
+    "mpnet",
+    "mpnet_path",
+    "MPNET_INSTALL",
 ]

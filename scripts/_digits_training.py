@@ -1,5 +1,6 @@
-"""What both digits training scripts share: deterministic set-up, the training loop,
-the accuracy and the command line that saves the weights."""
+"""What both digits training scripts share: the data, the logged training loop and the
+command line that saves the weights. The deterministic set-up and the loop itself are
+:func:`skbilrp.shortcuts.seeded` and :func:`skbilrp.shortcuts.train_classifier`."""
 
 from __future__ import annotations
 
@@ -13,15 +14,11 @@ import torch
 from torch import nn
 
 from skbilrp.models.digits import load_digits_images
+from skbilrp.shortcuts import accuracy, seeded, train_classifier
+
+__all__ = ["WEIGHTS", "accuracy", "seeded", "train", "main"]
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "skbilrp" / "models" / "weights"
-
-
-def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
-    """Fraction of ``X`` that ``model`` classifies as ``y``."""
-    model.eval()
-    with torch.no_grad():
-        return (model(X).argmax(1) == y).float().mean().item()
 
 
 def train(model: nn.Module, make_optimizer: Callable, epochs: int, seed: int,
@@ -36,32 +33,15 @@ def train(model: nn.Module, make_optimizer: Callable, epochs: int, seed: int,
     X_train, y_train = (torch.from_numpy(a) for a in load_digits_images("train"))
     X_test, y_test = (torch.from_numpy(a) for a in load_digits_images("test"))
     optimizer, schedule = make_optimizer(model, epochs * -(-len(X_train) // batch_size))
-    loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(X_train), generator=generator)
-        total = 0.0
-        for batch in order.split(batch_size):
-            optimizer.zero_grad()
-            x = X_train[batch] if augment is None else augment(X_train[batch], generator)
-            loss = loss_fn(model(x), y_train[batch])
-            loss.backward()
-            optimizer.step()
-            if schedule is not None:
-                schedule.step()
-            total += loss.item() * len(batch)
-        if (epoch + 1) % 10 == 0:
-            print(f"epoch {epoch + 1:3d}  loss {total / len(X_train):.4f}  "
+
+    def log(epoch: int, loss: float) -> None:
+        if epoch % 10 == 0:
+            print(f"epoch {epoch:3d}  loss {loss:.4f}  "
                   f"test accuracy {accuracy(model, X_test, y_test):.4f}", flush=True)
+
+    train_classifier(model, X_train, y_train, optimizer, epochs, seed, schedule=schedule, augment=augment,
+                     batch_size=batch_size, on_epoch=log)
     return model, accuracy(model, X_test, y_test)
-
-
-def seeded(seed: int) -> None:
-    """Seed torch and make it deterministic, before the model is built."""
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
 
 
 def main(description: str, default_output: Path, default_epochs: int,

@@ -2,9 +2,12 @@
 
 from .audits import (
     ClusterAudit,
+    DatasetAudit,
     DecisionExplanation,
     NeighborExplanation,
+    SuspiciousRegion,
     audit_clusters,
+    audit_dataset,
     explain_decision,
     explain_neighbors,
 )
@@ -26,9 +29,12 @@ __all__ = [
     "explain_neighbors",
     "explain_decision",
     "audit_clusters",
+    "audit_dataset",
     "NeighborExplanation",
     "DecisionExplanation",
     "ClusterAudit",
+    "DatasetAudit",
+    "SuspiciousRegion",
     "bilrp",
     "PairExplanation",
     "PairExplanations",

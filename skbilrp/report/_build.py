@@ -275,11 +275,8 @@ def _audit_payload(audit: Any, estimator: Any, X: Any, y: Any, audit_max_pairs: 
     if isinstance(audit, str):
         if audit != "auto":
             raise ValueError(f"audit must be None, 'auto', a DatasetAudit or its to_dict(), got {audit!r}.")
-        try:
-            from ..audits import audit_dataset
-        except ImportError:
-            notes.append("no dataset audit: skbilrp.audits.audit_dataset is not available in this installation.")
-            return None
+        from ..audits import audit_dataset
+
         _log(verbose, f"auditing the dataset (at most {audit_max_pairs} kernel entries per group) ...")
         audit = audit_dataset(estimator, X, y, max_pairs=audit_max_pairs, random_state=random_state,
                               verbose=verbose)

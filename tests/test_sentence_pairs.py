@@ -86,3 +86,59 @@ def test_mpnet_unpacks_once_and_reproduces_sentence_transformers(tmp_path):
     with torch.no_grad():
         got = encoder(x, attention_mask=mask)
     torch.testing.assert_close(got, expected, rtol=0, atol=64 * torch.finfo(torch.float32).eps)
+
+
+def _fake_parts(folder, n=5):
+    """A small SentenceTransformer-shaped zip split in ``n`` pieces, as the wheels ship it."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("all-mpnet-base-v2/modules.json", "[]")
+        zf.writestr("all-mpnet-base-v2/config.json", "{}" + " " * 4000)
+    data = buf.getvalue()
+    step = -(-len(data) // n)
+    parts = []
+    for i in range(n):
+        part = folder / f"all-mpnet-base-v2.zip.00{i + 1}"
+        part.write_bytes(data[i * step:(i + 1) * step])
+        parts.append(part)
+    return parts
+
+
+def test_mpnet_path_unpacks_atomically_and_reuses_the_folder(tmp_path, monkeypatch):
+    # the wheels' layout stood in by a small split archive: runs without the 420 MB model
+    import os
+    import zipfile
+
+    from skbilrp.models import sentence
+
+    pieces = tmp_path / "pieces"
+    pieces.mkdir()
+    monkeypatch.setattr(sentence, "_mpnet_parts", lambda: _fake_parts(pieces))
+    cache = tmp_path / "cache"
+
+    real_extract = zipfile.ZipFile.extractall
+
+    def interrupted(self, path=None, *args, **kwargs):
+        real_extract(self, path, *args, **kwargs)  # everything is written, then the run dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sentence.mpnet_path(cache_dir=cache)
+    assert os.listdir(cache) == []  # neither a half folder nor the temporary one
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", real_extract)
+    monkeypatch.setenv("SKBILRP_CACHE", str(cache))
+    path = sentence.mpnet_path()
+    assert path == str(cache / "all-mpnet-base-v2")
+    assert os.listdir(cache) == ["all-mpnet-base-v2"]
+    assert sorted(os.listdir(path)) == ["config.json", "modules.json"]
+
+    def no_parts():
+        raise AssertionError("the unpacked folder should have been reused")
+
+    monkeypatch.setattr(sentence, "_mpnet_parts", no_parts)
+    assert sentence.mpnet_path(cache_dir=cache) == path

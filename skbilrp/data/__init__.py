@@ -19,7 +19,7 @@ __all__ = ["PAIR_KINDS", "load_sentence_pairs"]
 PAIR_KINDS = ("paraphrase", "shared_entity", "near_miss")
 
 
-def load_sentence_pairs(kind: Optional[str] = None, return_kinds: bool = False) -> list:
+def load_sentence_pairs(kind: Optional[str] = None, return_kinds: bool = False) -> list[tuple[str, ...]]:
     """The shipped sentence pairs.
 
     Parameters

@@ -735,6 +735,8 @@ def mpnet_path(cache_dir: Union[None, str, os.PathLike] = None) -> str:
     ------
     ImportError
         If a part is missing, naming the install command.
+    RuntimeError
+        If the archive does not hold exactly one SentenceTransformer folder.
     """
     import shutil
     import tempfile
@@ -746,7 +748,9 @@ def mpnet_path(cache_dir: Union[None, str, os.PathLike] = None) -> str:
         return str(target)
     parts = _mpnet_parts()
     root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
+    # a hidden, named temporary folder next to the target: the rename stays on one file
+    # system (atomic), and what a killed run leaves is never taken for the model
+    with tempfile.TemporaryDirectory(dir=root, prefix=".all-mpnet-base-v2-partial-") as tmp:
         archive = Path(tmp) / "all-mpnet-base-v2.zip"
         with open(archive, "wb") as out:
             for part in parts:

@@ -92,24 +92,14 @@ def _log(verbose: bool, message: str) -> None:
 
 def _split(estimator: Any) -> tuple[Any, DeepKernel, Any]:
     """``(X -> kernel input, the fitted DeepKernel, the final estimator or None)``."""
-    from sklearn.pipeline import Pipeline
     from sklearn.utils.validation import check_is_fitted
+
+    from ..audits._pipeline import _split_pipeline
 
     if isinstance(estimator, DeepKernel):
         check_is_fitted(estimator)
-        return (lambda X: X), estimator, None
-    if not isinstance(estimator, Pipeline):
-        raise TypeError(f"write_report takes a fitted DeepKernel or a Pipeline containing one, got "
-                        f"{type(estimator).__name__}; build it as make_pipeline(DeepKernel(model), estimator).")
-    steps = [s for _, s in estimator.steps]
-    found = [k for k, s in enumerate(steps) if isinstance(s, DeepKernel)]
-    if not found:
-        raise ValueError("The pipeline has no DeepKernel step; put DeepKernel(model) before the kernel method.")
-    k = found[0]
-    check_is_fitted(steps[k])
-    pre = estimator[:k].transform if k else (lambda X: X)
-    after = [s for s in steps[k + 1:] if s not in (None, "passthrough")]
-    return pre, steps[k], (after[-1] if after else None)
+    pre, kern, after = _split_pipeline(estimator)
+    return pre, kern, (after[-1] if after else None)
 
 
 def _fit_labels(final: Any, n_fit: int) -> Optional[np.ndarray]:

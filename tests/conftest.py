@@ -123,3 +123,23 @@ def round_off(terms, dtype, k: float = 8.0) -> float:
     if isinstance(terms, torch.Tensor):
         terms = terms.detach().double().cpu().numpy()
     return float(k * eps * np.abs(np.asarray(terms, dtype=np.float64)).sum())
+
+
+@pytest.fixture(scope="session")
+def digits_small():
+    """The demo's SVM and k-NN pipelines fitted on 100 training digits, 40 held-out queries."""
+    from sklearn.model_selection import train_test_split
+
+    from skbilrp.demo import digits_pipelines
+    from skbilrp.models import load_digits_images
+
+    X_train, y_train = load_digits_images("train")
+    X_test, y_test = load_digits_images("test")
+    X_train, _, y_train, _ = train_test_split(X_train, y_train, train_size=100, stratify=y_train, random_state=0)
+    X_test, _, y_test, _ = train_test_split(X_test, y_test, train_size=40, stratify=y_test, random_state=0)
+    svm, knn = digits_pipelines(verbose=False)
+    flat_train, flat_test = X_train.reshape(len(X_train), -1), X_test.reshape(len(X_test), -1)
+    knn.fit(flat_train, y_train)
+    svm.fit(flat_train, y_train)
+    K = svm[0].transform(flat_test)  # the kernel itself (knn's step gives distances)
+    return {"knn": knn, "svm": svm, "X": flat_test, "y": y_test, "y_fit": y_train, "K": K}

@@ -11,10 +11,7 @@ import re
 
 import numpy as np
 import pytest
-from sklearn.model_selection import train_test_split
 
-from skbilrp.demo import digits_pipelines
-from skbilrp.models import load_digits_images
 from skbilrp.report import ReportSummary, write_report
 
 
@@ -37,20 +34,6 @@ def fake_audit() -> dict:
             "suspicious": [{"group": "3", "region": 5, "slices": [[2, 4], [2, 4]], "share": 0.3,
                             "signal_share": 0.1, "ratio": 3.0}],
             "conservation_error": {g: 1e-7 for g in groups}}
-
-
-@pytest.fixture(scope="module")
-def digits_small():
-    X_train, y_train = load_digits_images("train")
-    X_test, y_test = load_digits_images("test")
-    X_train, _, y_train, _ = train_test_split(X_train, y_train, train_size=100, stratify=y_train, random_state=0)
-    X_test, _, y_test, _ = train_test_split(X_test, y_test, train_size=40, stratify=y_test, random_state=0)
-    svm, knn = digits_pipelines(verbose=False)
-    flat_train, flat_test = X_train.reshape(len(X_train), -1), X_test.reshape(len(X_test), -1)
-    knn.fit(flat_train, y_train)
-    svm.fit(flat_train, y_train)
-    K = svm[0].transform(flat_test)  # the kernel itself (knn's step gives distances)
-    return {"knn": knn, "svm": svm, "X": flat_test, "y": y_test, "y_fit": y_train, "K": K}
 
 
 @pytest.fixture(scope="module")

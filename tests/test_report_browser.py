@@ -22,10 +22,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
 
-from skbilrp.demo import digits_pipelines  # noqa: E402
-from skbilrp.models import load_digits_images  # noqa: E402
 from skbilrp.report import write_report  # noqa: E402
 
 
@@ -47,21 +44,14 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    X_train, y_train = load_digits_images("train")
-    X_test, y_test = load_digits_images("test")
-    X_train, _, y_train, _ = train_test_split(X_train, y_train, train_size=100, stratify=y_train, random_state=0)
-    X_test, _, y_test, _ = train_test_split(X_test, y_test, train_size=40, stratify=y_test, random_state=0)
-    svm, knn = digits_pipelines(verbose=False)
-    flat_train, flat_test = X_train.reshape(len(X_train), -1), X_test.reshape(len(X_test), -1)
-    knn.fit(flat_train, y_train)
-    K = svm.fit(flat_train, y_train)[0].transform(flat_test)  # the kernel, computed separately
+def built(digits_small, tmp_path_factory):
+    d = digits_small
     path = tmp_path_factory.mktemp("browser") / "report.html"
-    write_report(path, knn, flat_test, y_test, y_fit=y_train, queries=3, n_neighbors=3, max_entries=30,
+    write_report(path, d["knn"], d["X"], d["y"], y_fit=d["y_fit"], queries=3, n_neighbors=3, max_entries=30,
                  audit=None, verbose=False)
     text = path.read_text(encoding="utf-8")
     data = json.loads(re.search(r'id="report-data">(.*?)</script>', text, re.S).group(1))
-    return path, K, data
+    return path, d["K"], data
 
 
 @pytest.fixture(scope="module")

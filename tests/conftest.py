@@ -125,6 +125,51 @@ def round_off(terms, dtype, k: float = 8.0) -> float:
     return float(k * eps * np.abs(np.asarray(terms, dtype=np.float64)).sum())
 
 
+def assert_round_off_equal(got, want, dtype, k: float = 16.0, entry_axes: int = 0, terms=None) -> None:
+    """``got`` and ``want`` are one quantity computed along two code paths (chunks, batch
+    sizes, thread counts, processes): equal up to the round-off of ``dtype``.
+
+    Two paths add the same terms in another order, so they may differ in the last bits
+    and never in more: each value within :func:`round_off` of the absolute values it is
+    made of. ``entry_axes`` trailing axes form one entry (a ``p x p'`` relevance
+    matrix: 2), whose absolute sum sets that entry's scale; 0 uses each value's own
+    magnitude, floored by the largest one (a tiny value may be the cancellation of
+    large terms). ``terms``, when given, is that absolute sum for each value (e.g. a
+    conservation error: the similarity plus every relevance term, in absolute value).
+    """
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    if terms is not None:
+        scale = np.broadcast_to(np.asarray(terms, dtype=np.float64), want.shape)
+    elif entry_axes:
+        axes = tuple(range(want.ndim - entry_axes, want.ndim))
+        scale = np.abs(want).sum(axis=axes, keepdims=True)
+    else:
+        scale = np.maximum(np.abs(want), np.abs(want).max(initial=0.0))
+    atol = np.vectorize(lambda s: round_off(s, dtype, k))(scale) if scale.size else scale
+    bad = np.abs(got - want) > atol
+    assert not bad.any(), (f"{bad.sum()} of {bad.size} values differ beyond round-off of {dtype}: "
+                           f"largest difference {np.abs(got - want).max():.3g}")
+
+
+def assert_tops_match(got, want, atol: float) -> None:
+    """Two top-interaction lists (``[(g, g', r), ...]``, nested per entry) of one quantity
+    computed along two code paths: values equal within ``atol`` rank by rank, and a rank
+    may name another group pair only where the two tie within ``atol`` (round-off may
+    order a tie either way; nothing else may change)."""
+    assert len(got) == len(want)
+    if got and not isinstance(got[0], tuple):
+        for g, w in zip(got, want):
+            assert_tops_match(g, w, atol)
+        return
+    where = {(g, h): r for g, h, r in want}
+    for (g, h, r), (g2, h2, r2) in zip(got, want):
+        assert abs(r - r2) <= atol, ((g, h, r), (g2, h2, r2))
+        if (g, h) != (g2, h2):  # only a tie may swap: the pair is in want with the same value, or ties the cut
+            other = where.get((g, h), want[-1][2])
+            assert abs(abs(other) - abs(r)) <= atol, ((g, h, r), (g2, h2, r2))
+
+
 @pytest.fixture(scope="session")
 def digits_small():
     """The demo's SVM and k-NN pipelines fitted on 100 training digits, 40 held-out queries."""

@@ -13,6 +13,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from conftest import assert_round_off_equal
 from scipy.spatial.distance import cdist
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
@@ -122,8 +123,9 @@ def test_threading_backend_gives_identical_results(data):
         par = clone(seq).fit(imgs)
         k_par = par.transform(imgs[:5])
         e_par = par.explain_pairs(imgs[:3], pairs=[(0, 1), (2, 8)])
-    np.testing.assert_array_equal(k_seq, k_par)
-    np.testing.assert_array_equal(e_seq.relevance, e_par.relevance)
+    # other threads may reduce in another order: identical up to float64 round-off
+    assert_round_off_equal(k_par, k_seq, torch.float64)
+    assert_round_off_equal(e_par.relevance, e_seq.relevance, torch.float64, entry_axes=2)
 
 
 # ---------------------------------------------------------------- explanations
@@ -339,11 +341,12 @@ def test_memory_resumes_features_and_relevance(data, tmp_path, monkeypatch):
     # a fresh estimator with the same memory: only unseen samples are computed
     CountingRelu.calls, explained[:] = 0, []
     second = DeepKernel(CountingRelu(), memory=str(tmp_path), batch_size=2).fit(x_fit)
-    np.testing.assert_array_equal(second.transform(x), np.vstack([k_first, first.transform(x[2:])]))
+    # cached and new rows meet in one product of another shape: equal up to round-off
+    assert_round_off_equal(second.transform(x), np.vstack([k_first, first.transform(x[2:])]), torch.float64)
     assert CountingRelu.calls == 2  # x[2:] once: first.transform then finds it cached
     e_second = DeepKernel(relu_linear(), memory=str(tmp_path)).fit(x_fit).explain_pairs(x)
     assert sum(explained) == 2  # x[2:] only
-    np.testing.assert_array_equal(e_second.relevance[:2], e_first.relevance)
+    assert_round_off_equal(e_second.relevance[:2], e_first.relevance, torch.float64, entry_axes=2)
 
     # a different model gets its own entries
     explained[:] = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import round_off
+from conftest import assert_round_off_equal, assert_tops_match, round_off
 from sklearn.svm import SVC
 from sklearn.kernel_ridge import KernelRidge
 from sklearn.pipeline import make_pipeline
@@ -118,10 +118,12 @@ def test_top_interactions_and_iteration_stream_in_chunks(batches):
     roomy = pair_relevance(a, b, "cosine")
     for by in ("abs", "positive", "negative"):
         tops = tiny.top_interactions(4, by)
-        assert tops == roomy.top_interactions(4, by)
+        # two chunkings add the same products in another order: equal to round-off, and a
+        # rank may differ only between pairs that tie to round-off
+        assert_tops_match(tops, roomy.top_interactions(4, by), tol(ref["absrel"]))
         for i in range(3):
             for j in range(4):
-                assert [(g, h) for g, h, _ in tops[i][j]] == [(g, h) for g, h, _ in roomy.pair(i, j).top_interactions(4, by)]
+                assert_tops_match(tops[i][j], roomy.pair(i, j).top_interactions(4, by), tol(ref["absrel"]))
                 rel = ref["relevance"][i, j]
                 key = {"abs": np.abs(rel), "positive": rel, "negative": -rel}[by]
                 want = np.sort(key, axis=None)[::-1][:4]
@@ -344,13 +346,13 @@ def test_text_kernel_explanations_match_dense_path(text_kernel, kernel):
         assert isinstance(e, TextPairExplanation)
         assert e.tokens_a == tokens_q[i] and e.tokens_b == tokens_fit[j]
         assert e.relevance.shape == (len(tokens_q[i]), len(tokens_fit[j]))
-        np.testing.assert_array_equal(e.relevance, block.pair(i, j).relevance)
+        assert_round_off_equal(e.relevance, block.pair(i, j).relevance, F64, entry_axes=2)
         np.testing.assert_allclose(e.relevance, ref["relevance"][i, j][: len(tokens_q[i]), : len(tokens_fit[j])],
                                    rtol=0, atol=tol(ref["absrel"]))
     sub = block[1, [0, 2]]  # a sub-block keeps its own rows' and columns' tokens
     assert sub.tokens_a == [tokens_q[1]] and sub.tokens_b == [tokens_fit[0], tokens_fit[2]]
     assert sub.pair(0, 1).tokens_b == tokens_fit[2]
-    np.testing.assert_array_equal(sub.pair(0, 1).relevance, block.pair(1, 2).relevance)
+    assert_round_off_equal(sub.pair(0, 1).relevance, block.pair(1, 2).relevance, F64, entry_axes=2)
     chosen = kern.explain_pairs(queries, pairs=[(1, 2), (0, 0)])
     assert chosen.pair(0).tokens_a == tokens_q[1] and chosen[1].pair(0).tokens_b == tokens_fit[0]
     assert_matches(chosen, dense_reference(a, b, kernel, [(1, 2), (0, 0)]))

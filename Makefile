@@ -40,5 +40,6 @@ faithfulness: setup-bench
 demo: setup-demo
 	$(PY) -m skbilrp demo --output skbilrp-demo
 
+# two workers, one per core, each running whole test files (module fixtures load once)
 test: setup-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile

@@ -6,6 +6,7 @@ oracles (autograd Hessians, zennit, captum, hand arithmetic) to ~1e-10.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -14,6 +15,14 @@ import torch
 from torch import nn
 
 DTYPE = torch.float64
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n 2``), the workers share the cores:
+    one torch thread pool per core, not one per worker and core."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        torch.set_num_threads(max(1, torch.get_num_threads() // int(workers)))
 
 
 def _seeded(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

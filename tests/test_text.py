@@ -161,12 +161,27 @@ def test_padding_gets_no_relevance_and_changes_nothing(minilm):
     torch.testing.assert_close(padded.relevance[0, :, :n_real], alone.relevance[0], rtol=0, atol=1e-12 * scale)
 
 
+class _Projected(nn.Module):
+    """An encoder's features times a random ``(h, n)`` matrix: reverse mode and autograd
+    cost one backward pass per output, and each output mixes every feature, so a wrong
+    feature map still shows."""
+
+    def __init__(self, encoder: nn.Module, h: int, n: int = 16) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.proj = nn.Linear(h, n, bias=False)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.encoder(x, attention_mask))
+
+
 @pytest.mark.slow
 def test_forward_reverse_and_autograd_agree_on_minilm(minilm):
     hf, tok = minilm
-    emb = sentence_encoder(hf, tok)
+    torch.manual_seed(0)
+    emb = _Projected(sentence_encoder(hf, tok), hf.config.hidden_size)
     batch = tok(["The cat sat", "A cat was sitting on a rug"], padding=True, return_tensors="pt")
-    x, mask = _embed(emb, batch)
+    x, mask = _embed(emb.encoder, batch)
     fwd = _relevance(emb, x, mask, mode="forward")
     rev = _relevance(emb, x, mask, mode="reverse")
     grad_x_input = gradient_times_input(copy.deepcopy(emb).double(), x.double(), mask)  # plain autograd

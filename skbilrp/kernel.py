@@ -32,10 +32,11 @@ from sklearn.utils.validation import check_is_fitted, check_memory, validate_dat
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._checks import check_model_weights, check_same_shape
 from .cache import SampleStore, Unkeyable, fingerprint
 from .explainer import Explainer
 from .pairs import DEFAULT_MAX_MEMORY, PairExplanations, pair_relevance
-from .pooling import Pooling, PoolingSpec
+from .pooling import Pooling, PoolingSpec, check_pooling, make_pooling
 from .relevance import SampleRelevance
 from .rules import RuleSpec
 
@@ -434,6 +435,8 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     def _check_params(self) -> None:
         if not isinstance(self.model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(self.model).__name__}.")
+        check_model_weights(self.model)
+        check_pooling(self.pooling)
         self._check_kernel_params(("batch_size", "max_memory"))
         if self.attention not in ("cp", "attnlrp"):
             raise ValueError(f"attention must be 'cp' or 'attnlrp', got {self.attention!r}.")
@@ -465,6 +468,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         """
         self._check_params()
         X = self._validate_samples(X, reset=True)
+        make_pooling(self.pooling, self.input_shape_)  # a patch size or label array that fits the samples
         _warn_if_training(self.model)
         self.model_ = _frozen_copy(self.model, torch.device(self.device))
         self.X_fit_ = X
@@ -516,6 +520,10 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         """sklearn validation of ``X``, returned as float64 of shape ``(n, *input_shape_)``."""
         if isinstance(X, torch.Tensor):
             X = X.detach().cpu().numpy()
+        if isinstance(X, (list, tuple)) and len(X):  # a list of samples, e.g. images
+            check_same_shape(X)
+            if (X[0].ndim if hasattr(X[0], "ndim") else np.ndim(X[0])) > 1:  # images: one batch (n, *sample_shape)
+                X = np.stack([x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x) for x in X])
         sample_shape = None
         if hasattr(X, "ndim") and hasattr(X, "shape") and X.ndim > 2:
             X = np.asarray(X)

@@ -94,3 +94,66 @@ def test_whole_relevance_and_marginals_keep_their_refusals(factored):
         expl.relevance
     with pytest.raises(MemoryError, match=r"marginals.*top_interactions"):
         pair_relevance(a, b, "linear", max_memory=2**12).marginals()
+
+
+# --------------------------------------------------------- 2. pooling type
+
+
+@pytest.mark.parametrize("bad", [3.5, "patches", (2.0, 2.0), True, np.zeros((8, 8)), ()],
+                         ids=["float", "str", "float-tuple", "bool", "float-labels", "empty-tuple"])
+def test_pooling_of_the_wrong_type_is_refused_at_fit(bad):
+    kern = DeepKernel(_phi(), pooling=bad)
+    with pytest.raises(ValueError, match=r"pooling must be None.*positive int.*tuple of positive ints.*"
+                                         r"integer label array"):
+        kern.fit(_images(3))
+    with pytest.raises(ValueError, match="pooling must be None"):
+        Explainer(_phi(), pooling=bad).relevance(_images(1))
+
+
+def test_pooling_that_does_not_fit_the_samples_is_refused_at_fit():
+    with pytest.raises(ValueError, match=r"label array has shape \(4, 4\)"):
+        DeepKernel(_phi(), pooling=np.zeros((4, 4), dtype=int)).fit(_images(3))
+    with pytest.raises(ValueError, match="Patch size"):
+        DeepKernel(_phi(), pooling=0).fit(_images(3))
+    labels = np.arange(64).reshape(8, 8) // 16  # a valid label array and patch sizes still fit
+    for ok in (None, 2, (4, 2), labels, torch.from_numpy(labels)):
+        assert DeepKernel(_phi(), pooling=ok).fit(_images(3)).transform(_images(1)).shape == (1, 3)
+
+
+# ------------------------------------------------------------ 5. meta model
+
+
+def _meta_model() -> nn.Module:
+    with torch.device("meta"):
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+
+
+def test_meta_model_is_refused_at_fit_and_explainer_naming_the_fix():
+    match = r"no weights.*'1\.weight'.*meta tensors.*load_state_dict\(.*assign=True\)"
+    with pytest.raises(ValueError, match=match):
+        DeepKernel(_meta_model()).fit(_images(3))
+    with pytest.raises(ValueError, match=match):
+        Explainer(_meta_model())
+    model = _meta_model()  # the fix as the message gives it
+    model.load_state_dict({"1.weight": torch.ones(3, 64), "1.bias": torch.zeros(3)}, assign=True)
+    assert DeepKernel(model).fit(_images(2).astype(np.float32)).transform(_images(1)).shape == (1, 2)
+
+
+# ------------------------------------------------------- 6. ragged samples
+
+
+def test_images_of_different_sizes_name_the_shapes_and_the_resize_helper():
+    kern = DeepKernel(_phi())
+    mixed = [_images(1)[0], _images(1)[0], _images(1, side=16)[0]]
+    match = (r"share one shape.*X\[0\] has shape \(1, 8, 8\).*X\[2\] has shape \(1, 16, 16\).*"
+             r"skbilrp\.io\.resize_center_crop")
+    with pytest.raises(ValueError, match=match):
+        kern.fit(mixed)
+    kern.fit(list(_images(3)))  # a list of same-shaped images is one batch
+    assert kern.input_shape_ == (1, 8, 8)
+    with pytest.raises(ValueError, match=match):
+        kern.transform(mixed)
+    with pytest.raises(ValueError, match=r"X\[1\] has shape \(3,\)"):
+        DeepKernel(_phi(4)).fit([[0.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    fixed = [resize_center_crop(x, 8).numpy() for x in mixed]  # the helper the message names
+    assert kern.transform(fixed).shape == (3, 3)

@@ -1,0 +1,88 @@
+"""Checks of what enters skbilrp from outside: models, lists of samples.
+
+Each check runs before any work and names what is wrong, why, and what to do, so a
+hostile or mistaken input never ends in a third-party error (torch's meta-tensor copy,
+numpy's "inhomogeneous shape", a path found unwritable after minutes of computation).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["check_model_weights", "check_same_shape"]
+
+
+def check_model_weights(model: Any) -> None:
+    """Refuse a model whose parameters or buffers are meta tensors (shapes without values).
+
+    A model built under ``torch.device("meta")`` (or by "empty weights" helpers) has no
+    numbers to compute with; torch's own error advises ``to_empty()``, which gives
+    uninitialised memory, i.e. explanations of garbage.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model as given by the user; anything else is left to the caller's checks.
+
+    Raises
+    ------
+    ValueError
+        Naming the first meta tensors and how to load weights.
+    """
+    named = getattr(model, "named_parameters", None)
+    if named is None:
+        return
+    meta = [name for name, t in list(model.named_parameters()) + list(model.named_buffers())
+            if getattr(t, "is_meta", False)]
+    if meta:
+        shown = ", ".join(repr(n) for n in meta[:3]) + (", ..." if len(meta) > 3 else "")
+        raise ValueError(
+            f"The model has no weights: {len(meta)} of its tensors ({shown}) are meta tensors, "
+            "shapes without values (made under torch.device('meta') or an empty-weights loader). "
+            "Load them first, e.g. model.load_state_dict(state_dict, assign=True), then pass the model."
+        )
+
+
+#: how to bring images to one size, named by :func:`check_same_shape`
+_RESIZE_HINT = ("resize them to one size first, e.g. [skbilrp.io.resize_center_crop(x, 224).numpy() "
+                "for x in X] for (C, H, W) images, or load files with skbilrp.io.load_image(path, "
+                "size=224); skimage.transform.resize does it for other layouts")
+
+
+def check_same_shape(samples: Sequence[Any], what: str = "X") -> None:
+    """Refuse a list of samples whose shapes differ, naming the first two shapes found.
+
+    Parameters
+    ----------
+    samples : sequence
+        Samples (arrays, tensors or nested lists), one per entry.
+    what : str, default="X"
+        How the message names the sequence.
+
+    Raises
+    ------
+    ValueError
+        If two samples differ in shape (or one is itself ragged), with their indices and
+        how to resize them.
+    """
+    first = None
+    for i, sample in enumerate(samples):
+        shape = getattr(sample, "shape", None)
+        if shape is None:
+            try:
+                shape = np.shape(sample)
+            except ValueError:  # a ragged nested list
+                raise ValueError(
+                    f"{what}[{i}] is ragged (its rows differ in length); every sample must be one "
+                    f"array of one shape: {_RESIZE_HINT}."
+                ) from None
+        shape = tuple(int(s) for s in shape)
+        if first is None:
+            first = shape
+        elif shape != first:
+            raise ValueError(
+                f"The samples of {what} must share one shape, but {what}[0] has shape {first} and "
+                f"{what}[{i}] has shape {shape}; {_RESIZE_HINT}."
+            )

@@ -157,3 +157,46 @@ def test_images_of_different_sizes_name_the_shapes_and_the_resize_helper():
         DeepKernel(_phi(4)).fit([[0.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
     fixed = [resize_center_crop(x, 8).numpy() for x in mixed]  # the helper the message names
     assert kern.transform(fixed).shape == (3, 3)
+
+
+# ------------------------------------------- 4. kernel step refitted alone
+
+
+def _refitted_alone(final):
+    """A pipeline fitted on 30 samples whose DeepKernel step was then refitted on 10."""
+    from sklearn.pipeline import make_pipeline
+
+    X, y = _images(30, seed=1).reshape(30, -1), np.arange(30) % 2
+    output = "distance" if hasattr(final, "kneighbors") else "kernel"
+    pipe = make_pipeline(DeepKernel(_phi(), input_shape=(1, 8, 8), output=output), final).fit(X, y)
+    pipe[0].fit(X[:10])
+    return pipe, X, y
+
+
+_REFIT = r"fitted on a kernel of 30 training samples.*now holds 10.*Refit the whole pipeline, pipe\.fit\(X, y\)"
+
+
+def test_explain_decision_after_the_kernel_step_was_refitted_alone():
+    from sklearn.svm import SVC
+
+    from skbilrp.audits import explain_decision
+
+    pipe, X, _ = _refitted_alone(SVC(kernel="precomputed"))
+    with pytest.raises(ValueError, match=_REFIT):
+        explain_decision(pipe, X[:2])
+
+
+@pytest.mark.parametrize("audit", ["neighbors", "dataset"])
+def test_other_audits_share_the_refit_check(audit):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from skbilrp.audits import audit_dataset, explain_neighbors
+
+    pipe, X, y = _refitted_alone(KNeighborsClassifier(n_neighbors=3, metric="precomputed"))
+    with pytest.raises(ValueError, match="KNeighborsClassifier step.*" + _REFIT):
+        if audit == "neighbors":
+            explain_neighbors(pipe, X[:2])
+        else:
+            audit_dataset(pipe, X[:4], y[:4], verbose=False)
+    pipe.fit(X, y)  # the fix the message gives
+    assert explain_neighbors(pipe, X[:2], n_neighbors=2).indices.shape == (2, 2)

@@ -200,3 +200,18 @@ def test_other_audits_share_the_refit_check(audit):
             audit_dataset(pipe, X[:4], y[:4], verbose=False)
     pipe.fit(X, y)  # the fix the message gives
     assert explain_neighbors(pipe, X[:2], n_neighbors=2).indices.shape == (2, 2)
+
+
+# ----------------------------------------------------- 3. sparse text input
+
+
+@pytest.mark.parametrize("fmt", ["csr", "coo"])
+def test_text_kernel_on_a_sparse_matrix_asks_for_texts(fmt):
+    import scipy.sparse
+
+    from skbilrp import TextKernel
+
+    X = scipy.sparse.random(4, 50, density=0.1, format=fmt, random_state=0)
+    with pytest.raises(TypeError, match=r"scipy\.sparse matrix of shape \(4, 50\).*texts.*list.*of str") as err:
+        TextKernel().fit(X)  # refused before any model is loaded
+    assert "X[:, 0]" not in str(err.value)

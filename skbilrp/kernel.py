@@ -17,6 +17,7 @@ import copy
 import functools
 import inspect
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -553,9 +554,18 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
     # --------------------------------------------------------------- features
 
-    def _cache_root(self) -> Optional[Path]:
+    def _cache_location(self) -> Optional[Path]:
+        """The directory ``memory`` names (nothing is created here: a read-only one still serves reads)."""
+        if self.memory is None:
+            return None
+        if isinstance(self.memory, (str, os.PathLike)):  # check_memory would create <dir>/joblib
+            return Path(self.memory)
         location = check_memory(self.memory).location
-        return None if location is None else Path(location) / "skbilrp_deepkernel"
+        return None if location is None else Path(location)
+
+    def _cache_root(self) -> Optional[Path]:
+        location = self._cache_location()
+        return None if location is None else location / "skbilrp_deepkernel"
 
     def _store(self, kind: str, *depends: Any) -> Optional[SampleStore]:
         """The cache of one kind of result, or None (no ``memory``, or nothing to key it by)."""
@@ -565,7 +575,10 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         try:
             if getattr(self, "_model_key", None) is None:
                 self._model_key = fingerprint(type(self.model_).__qualname__, self.model_)
-            return SampleStore(root / kind / fingerprint(self._model_key, *depends))
+            if getattr(self, "_unwritable_warned", None) is None:
+                self._unwritable_warned: set = set()  # one warning per estimator for an unwritable cache
+            return SampleStore(root / kind / fingerprint(self._model_key, *depends), self._cache_location(),
+                               self._unwritable_warned)
         except Unkeyable as err:
             if kind in self._uncached:
                 return None

@@ -215,3 +215,103 @@ def test_text_kernel_on_a_sparse_matrix_asks_for_texts(fmt):
     with pytest.raises(TypeError, match=r"scipy\.sparse matrix of shape \(4, 50\).*texts.*list.*of str") as err:
         TextKernel().fit(X)  # refused before any model is loaded
     assert "X[:, 0]" not in str(err.value)
+
+
+# ------------------------------------------------- 7. read-only memory= cache
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """``read_only(path)``: make ``path`` a read-only directory, as root too.
+
+    chmod 0o555 stops writes only for other users (the tests may run as root), so
+    creating a folder or opening a file for writing under ``path`` is also made to fail
+    with the error a read-only directory gives (EACCES), as the kernel would.
+    """
+    roots: list[str] = []
+    real_mkdir, real_open, real_replace = os.mkdir, os.open, os.replace
+
+    def under(path) -> bool:
+        full = os.path.abspath(os.fspath(path))
+        return any(full == r or full.startswith(r + os.sep) for r in roots)
+
+    def denied(path):
+        return PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+
+    def mkdir(path, mode=0o777, *args, **kwargs):
+        if under(path) and not os.path.exists(path):
+            raise denied(path)
+        return real_mkdir(path, mode, *args, **kwargs)
+
+    def open_(path, flags, *args, **kwargs):
+        if under(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise denied(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def replace(src, dst, *args, **kwargs):
+        if under(dst):
+            raise denied(dst)
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "replace", replace)
+    made: list = []
+
+    def make(path):
+        for folder, _, _ in os.walk(path):
+            os.chmod(folder, 0o555)
+            made.append(folder)
+        roots.append(os.path.abspath(path))
+        return path
+
+    yield make
+    for folder in made:
+        os.chmod(folder, 0o755)
+
+
+def _cache_warnings(record, folder) -> list:
+    return [w for w in record if "cannot be written" in str(w.message) and str(folder) in str(w.message)]
+
+
+def test_read_only_empty_cache_warns_once_and_computes(tmp_path, read_only):
+    (tmp_path / "ro").mkdir()
+    folder = read_only(tmp_path / "ro")  # exists, empty, cannot be written
+    X = _images(4)
+    plain = DeepKernel(_phi(), pooling=4).fit(X)
+    kern = DeepKernel(_phi(), pooling=4, memory=str(folder))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        kern.fit(X)
+        e = kern.explain_pairs(X[:2])
+        kern.explain_pairs(X[2:])
+    found = _cache_warnings(record, folder)
+    assert len(found) == 1, [str(w.message) for w in record]  # one per estimator, not per store or call
+    assert "computed without being stored" in str(found[0].message)
+    assert not any(os.scandir(folder))  # nothing was written
+    ref = plain.explain_pairs(X[:2])
+    np.testing.assert_allclose(kern.features_fit_, plain.features_fit_, rtol=0, atol=0)  # same forward
+    np.testing.assert_allclose(e.similarity, ref.similarity, rtol=1e-12, atol=1e-12)
+
+
+def test_read_only_cache_that_holds_the_fit_still_serves_it(tmp_path, read_only, monkeypatch):
+    from skbilrp import kernel as kernel_module
+
+    X = _images(5)
+    folder = tmp_path / "cache"
+    DeepKernel(_phi(), pooling=4, memory=str(folder)).fit(X)  # stores the features of X
+    read_only(folder)
+    calls = []
+    real_call = kernel_module._FeatureTask.__call__
+    monkeypatch.setattr(kernel_module._FeatureTask, "__call__", lambda self, x: calls.append(len(x)) or real_call(self, x))
+    kern = DeepKernel(_phi(), pooling=4, memory=str(folder))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        kern.fit(X)
+        assert calls == [] and not _cache_warnings(record, folder)  # read from the cache, nothing to write
+        e = kern.explain_pairs(X[:2])  # relevance is not cached yet: computed, not stored
+        e2 = kern.explain_pairs(X[:2], X[2:])
+    assert len(_cache_warnings(record, folder)) == 1
+    ref = DeepKernel(_phi(), pooling=4).fit(X)
+    np.testing.assert_allclose(e.similarity, ref.explain_pairs(X[:2]).similarity, rtol=1e-12, atol=1e-12)
+    assert e2.shape == (2, 3)

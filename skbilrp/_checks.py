@@ -1,4 +1,4 @@
-"""Checks of what enters skbilrp from outside: models, lists of samples.
+"""Checks of what enters skbilrp from outside: models, lists of samples, output paths.
 
 Each check runs before any work and names what is wrong, why, and what to do, so a
 hostile or mistaken input never ends in a third-party error (torch's meta-tensor copy,
@@ -7,11 +7,12 @@ numpy's "inhomogeneous shape", a path found unwritable after minutes of computat
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import os
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
-__all__ = ["check_model_weights", "check_same_shape"]
+__all__ = ["check_model_weights", "check_same_shape", "check_output_path"]
 
 
 def check_model_weights(model: Any) -> None:
@@ -86,3 +87,54 @@ def check_same_shape(samples: Sequence[Any], what: str = "X") -> None:
                 f"The samples of {what} must share one shape, but {what}[0] has shape {first} and "
                 f"{what}[{i}] has shape {shape}; {_RESIZE_HINT}."
             )
+
+
+def check_output_path(path: Any, kind: Literal["file", "folder"] = "file", name: str = "--output") -> str:
+    """Check, before any work, that an output file (or folder) can be written.
+
+    Missing folders on the way are allowed (they are created when writing); the nearest
+    existing one must be a folder this process can write in, and the output itself
+    must not exist as the other kind (a folder where a file goes, or a file where a
+    folder goes).
+
+    Parameters
+    ----------
+    path : str or path-like
+    kind : {"file", "folder"}, default="file"
+        What will be written at ``path``.
+    name : str, default="--output"
+        How messages name the argument.
+
+    Returns
+    -------
+    str
+        ``path`` as a string.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is empty, or exists as the other kind.
+    PermissionError
+        If the nearest existing folder is not writable (permissions, a read-only file
+        system), or a file stands where a folder is needed.
+    """
+    path = os.fspath(path)
+    if not path:
+        example = "report.html" if kind == "file" else "figures"
+        raise ValueError(f"{name} is empty; give a path such as {example!r}.")
+    full = os.path.abspath(path)
+    if kind == "file" and os.path.isdir(full):
+        raise ValueError(f"{name} {path!r} is a folder; give a file path inside it, e.g. "
+                         f"{os.path.join(path, 'out' + (os.path.splitext(path)[1] or '.html'))!r}.")
+    if kind == "folder" and os.path.exists(full) and not os.path.isdir(full):
+        raise ValueError(f"{name} {path!r} is a file, not a folder; give a folder path (created if missing).")
+    existing = full if kind == "folder" else os.path.dirname(full)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise PermissionError(f"{name} {path!r} cannot be written: {existing!r} is a file, not a folder; "
+                              "choose another path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{name} {path!r} cannot be written: no write permission in {existing!r} "
+                              "(or it is on a read-only file system); choose a writable folder.")
+    return path

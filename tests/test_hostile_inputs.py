@@ -315,3 +315,111 @@ def test_read_only_cache_that_holds_the_fit_still_serves_it(tmp_path, read_only,
     ref = DeepKernel(_phi(), pooling=4).fit(X)
     np.testing.assert_allclose(e.similarity, ref.explain_pairs(X[:2]).similarity, rtol=1e-12, atol=1e-12)
     assert e2.shape == (2, 3)
+
+
+# --------------------------------------- 8. CLI arguments checked before work
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Every entry into computation of the four commands, replaced by a counter that
+    fails the test if reached: the refusals below must come before any of them."""
+    import skbilrp.cli
+    import skbilrp.demo
+    import skbilrp.report
+
+    calls: list[str] = []
+
+    def counter(name):
+        def reached(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"{name} was reached: work started before the arguments were checked")
+        return reached
+
+    for module, name in ((skbilrp.demo, "digits_pipelines"), (skbilrp.demo, "run_demo"),
+                         (skbilrp.report, "write_report"), (skbilrp.cli, "_image_model"),
+                         (skbilrp.cli, "_check_size_fits")):
+        monkeypatch.setattr(module, name, counter(name))
+    try:
+        import skbilrp.text
+    except ImportError:  # the text extra is missing: its command fails before any work anyway
+        pass
+    else:
+        monkeypatch.setattr(skbilrp.text, "TextKernel", counter("TextKernel"))
+    return calls
+
+
+@pytest.fixture
+def two_digit_pngs(tmp_path):
+    from PIL import Image
+
+    paths = []
+    for k in range(2):
+        path = tmp_path / f"d{k}.png"
+        Image.fromarray((_images(1, seed=k)[0, 0] * 255).astype(np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def _one_line_exit_2(capsys, argv, *needles):
+    from skbilrp.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("skbilrp: error: "), err
+    for needle in needles:
+        assert needle in err[0], err[0]
+
+
+@pytest.fixture
+def bad_outputs(tmp_path, monkeypatch):
+    """Output paths that cannot be written, as root too: under a file, a folder where a
+    file goes, and a folder os.access calls unwritable (a read-only mount)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if os.path.abspath(p) == str(locked)
+                        else real_access(p, mode, *a, **k))
+    return {"under a file": (str(blocker / "out.html"), "is a file, not a folder"),
+            "a folder": (str(folder), "is a folder"),
+            "read-only": (str(locked / "sub" / "out.html"), "no write permission")}
+
+
+@pytest.mark.parametrize("case", ["under a file", "a folder", "read-only"])
+def test_report_refuses_a_bad_output_before_any_work(no_work, bad_outputs, capsys, case):
+    path, why = bad_outputs[case]
+    _one_line_exit_2(capsys, ["report", "-o", path, "--no-audit"], repr(path), why)
+    assert no_work == []
+
+
+@pytest.mark.parametrize("case", ["under a file", "a folder", "read-only"])
+def test_explain_text_and_demo_refuse_a_bad_output_before_any_work(no_work, bad_outputs, two_digit_pngs,
+                                                                   capsys, case):
+    path, why = bad_outputs[case]
+    _one_line_exit_2(capsys, ["explain", *two_digit_pngs, "--model", "digits", "-o", path], repr(path), why)
+    _one_line_exit_2(capsys, ["text", "a cat", "a dog", "-o", path], repr(path), why)
+    if case != "a folder":  # demo writes a folder
+        _one_line_exit_2(capsys, ["demo", "-o", path], repr(path))
+    assert no_work == []
+
+
+def test_other_arguments_are_checked_before_any_work(no_work, two_digit_pngs, tmp_path, capsys):
+    out = str(tmp_path / "ok.png")
+    _one_line_exit_2(capsys, ["report", "-o", str(tmp_path / "r.html"), "--n-train", "5"], "--n-train", "between 10")
+    _one_line_exit_2(capsys, ["demo", "-o", str(tmp_path / "figs"), "--n-train", "100000"], "--n-train")
+    _one_line_exit_2(capsys, ["demo", "-o", two_digit_pngs[0]], "is a file, not a folder")
+    _one_line_exit_2(capsys, ["explain", *two_digit_pngs, "--model", "digits", "--weights", two_digit_pngs[0],
+                              "-o", out], "--weights is only read with --model vgg16")
+    _one_line_exit_2(capsys, ["explain", two_digit_pngs[0], str(tmp_path / "missing.png"), "--model", "vgg16",
+                              "--weights", two_digit_pngs[0], "-o", out], "missing.png")
+    _one_line_exit_2(capsys, ["explain", *two_digit_pngs, "--model", "vgg16", "--weights", str(tmp_path),
+                              "-o", out], "is a folder, not a weights file")
+    assert no_work == []
+    with pytest.raises(SystemExit) as stop:  # argparse: usage and exit 2, before any work
+        from skbilrp.cli import main
+        main(["explain", *two_digit_pngs, "--model", "digits", "--top", "-1", "-o", out])
+    assert stop.value.code == 2 and no_work == []

@@ -2,9 +2,11 @@
 ``report`` (an interactive HTML report of the digits demo).
 
 Expected failures (a missing file, a file that is no image, a weights file that is
-no VGG-16 state_dict, a missing optional package, an input size whose work does not
-fit in memory) end with one line ``skbilrp: error: <cause and fix>`` on stderr and
-exit status 2; anything else is a bug and keeps its traceback.
+no VGG-16 state_dict, an ``--output`` that cannot be written, a missing optional
+package, an input size whose work does not fit in memory) end with one line
+``skbilrp: error: <cause and fix>`` on stderr and exit status 2; anything else is a bug
+and keeps its traceback. Every argument that can be checked without the model is
+checked before any work starts.
 """
 
 from __future__ import annotations

@@ -321,7 +321,9 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     rules : str, Rule, mapping or callable, default="zero"
         LRP rules, see :class:`skbilrp.Explainer`.
     pooling : None, int, tuple or array, optional
-        Groups of input positions explained together, see :class:`skbilrp.Explainer`.
+        Groups of input positions explained together, see :class:`skbilrp.Explainer`:
+        None, a positive int patch side, a tuple of them, or an integer label array of
+        the sample's positions. Checked in :meth:`fit` against the samples.
     attention : {"cp", "attnlrp"}, default="cp"
         How relevance passes attention layers, see :class:`skbilrp.Explainer`: "cp"
         keeps the softmax probabilities constant (CP-LRP, the rule of the NAACL 2024
@@ -340,7 +342,9 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         Entries are keyed by the model's whole pickled state (parameters, buffers and
         plain attributes, tensors by value), the rules, the pooling and the sample; a
         model or rule that cannot be pickled (e.g. holding a lambda) is not cached,
-        with a warning. Unreadable entries are recomputed and overwritten.
+        with a warning. Unreadable entries are recomputed and overwritten. A directory
+        that cannot be written (read-only, full) still serves the entries it holds;
+        new results are computed without being stored, with one warning.
     max_memory : int, default=2 GiB
         Largest whole explanation array, in bytes, that the ``relevance`` of an
         :meth:`explain_pairs` result may build (a larger one is refused, with what to ask
@@ -459,7 +463,8 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features) or ``(n_samples, *input_shape)``
-            Training samples; flat rows are reshaped to ``input_shape``.
+            Training samples; flat rows are reshaped to ``input_shape``. A list of
+            same-shaped arrays (e.g. images) is taken as one batch.
         y : None
             Ignored.
 

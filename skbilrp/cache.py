@@ -92,12 +92,32 @@ class SampleStore:
     then rename): an interrupted job leaves only complete entries behind. An entry that
     cannot be read (truncated or corrupted by something else) counts as a miss; it is
     recomputed and overwritten, and :meth:`warn_unreadable` reports it once.
+
+    A store that cannot be written (read-only directory or file system, disk full)
+    still serves what it holds; results are then computed without being stored, with
+    one warning per ``warned`` set (an estimator passes its own, so it warns once).
+
+    Parameters
+    ----------
+    root : Path
+        Folder of this kind of result.
+    location : Path, optional
+        The cache directory the user gave, named by the warning; default ``root``.
+    warned : set, optional
+        Locations already warned about as unwritable; shared between the stores of one
+        estimator.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, location: Optional[Path] = None, warned: Optional[set] = None) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        self.location = root if location is None else location
+        self.warned = set() if warned is None else warned
         self.unreadable: list[str] = []
+        self.writable = True
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            self._unwritable(err)
 
     @staticmethod
     def key(sample: Any) -> str:
@@ -122,11 +142,39 @@ class SampleStore:
             return None
 
     def save(self, key: str, arrays: tuple[np.ndarray, ...]) -> None:
-        """Store ``arrays`` under ``key`` atomically (replacing any unreadable entry)."""
-        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, *arrays)
-        os.replace(tmp, self.root / f"{key}.npz")
+        """Store ``arrays`` under ``key`` atomically (replacing any unreadable entry).
+
+        Does nothing once the store was found unwritable (see :meth:`_unwritable`).
+        """
+        if not self.writable:
+            return
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, *arrays)
+            os.replace(tmp, self.root / f"{key}.npz")
+        except OSError as err:
+            if tmp is not None and os.path.exists(tmp):
+                try:
+                    os.remove(tmp)
+                except OSError:
+                    pass
+            self._unwritable(err)
+
+    def _unwritable(self, err: OSError) -> None:
+        """Stop writing: warn once per ``warned`` set, naming the directory and the cause."""
+        self.writable = False
+        if str(self.location) in self.warned:
+            return
+        self.warned.add(str(self.location))
+        cause = f"{err.strerror or type(err).__name__}: {err.filename!r}" if err.filename else str(err)
+        warnings.warn(
+            f"memory: the cache directory {str(self.location)!r} cannot be written ({cause}); results "
+            "are computed without being stored there, and entries it already holds are still read. "
+            "Pass a writable directory as memory= to store them, or memory=None to silence this warning.",
+            UserWarning, stacklevel=4,
+        )
 
     def warn_unreadable(self) -> None:
         """One warning for all entries found unreadable since the last call."""

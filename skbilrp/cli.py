@@ -2,9 +2,11 @@
 ``report`` (an interactive HTML report of the digits demo).
 
 Expected failures (a missing file, a file that is no image, a weights file that is
-no VGG-16 state_dict, a missing optional package, an input size whose work does not
-fit in memory) end with one line ``skbilrp: error: <cause and fix>`` on stderr and
-exit status 2; anything else is a bug and keeps its traceback.
+no VGG-16 state_dict, an ``--output`` that cannot be written, a missing optional
+package, an input size whose work does not fit in memory) end with one line
+``skbilrp: error: <cause and fix>`` on stderr and exit status 2; anything else is a bug
+and keeps its traceback. Every argument that can be checked without the model is
+checked before any work starts.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class CommandError(Exception):
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    _check_output(args, "folder")
+    _check_n_train(args.n_train)
     _require_plotting()
     from .demo import run_demo
 
@@ -57,10 +61,7 @@ def _image_model(name: str, weights: Optional[str]) -> tuple[Any, Any]:
         return model, models.efficientnet_lite0_rules(model)
     if name == "vgg16":
         if weights is None:
-            raise CommandError(
-                "--model vgg16 needs --weights PATH (a torchvision VGG-16 state_dict file); no VGG-16 "
-                "weights ship offline, or use --model mobilenet_v2."
-            )
+            raise CommandError(_VGG_NO_WEIGHTS)
         state = _vgg16_state_dict(weights)
         try:
             model = models.vgg16(weights=state)
@@ -72,6 +73,8 @@ def _image_model(name: str, weights: Optional[str]) -> tuple[Any, Any]:
     return model, models.digits_cnn_rules(model)
 
 
+_VGG_NO_WEIGHTS = ("--model vgg16 needs --weights PATH (a torchvision VGG-16 state_dict file); no VGG-16 "
+                   "weights ship offline, or use --model mobilenet_v2.")
 _VGG_FIX = ("give a torchvision VGG-16 state_dict file, e.g. torchvision's vgg16-397923af.pth or "
             "torch.save(model.state_dict(), PATH) of a torchvision.models.vgg16")
 
@@ -82,10 +85,7 @@ def _vgg16_state_dict(path: str) -> Any:
     import torch
 
     what = f"--weights {path!r}"
-    if os.path.isdir(path):
-        raise CommandError(f"{what} is a folder, not a weights file; give the path of the file inside it.")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No such weights file: {path!r}; check the path.")
+    _check_weights_file(path)
     try:
         with warnings.catch_warnings():
             # torch warns about unusual pickle protocols on stderr; the error below says enough
@@ -106,6 +106,14 @@ def _vgg16_state_dict(path: str) -> Any:
         raise CommandError(f"{what} is not a readable PyTorch weights file (torch.load: {cause}); "
                            f"{_VGG_FIX}.") from err
     return state
+
+
+def _check_weights_file(path: str) -> None:
+    """``--weights`` names a file (what it holds is checked when it is read)."""
+    if os.path.isdir(path):
+        raise CommandError(f"--weights {path!r} is a folder, not a weights file; give the path of the file inside it.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such weights file: {path!r}; check the path.")
 
 
 # ------------------------------------------------------------- memory estimate
@@ -231,12 +239,9 @@ def _check_size_fits(model: str, size: int, patch: int) -> None:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    _require_plotting()
-    from .explainer import Explainer
-    from .io import load_image
-    from .pairs import pair_relevance
-    from .plot import plot_pair
+    from .io import _check_file
 
+    _check_output(args)
     size, patch = _IMAGE_DEFAULTS[args.model]
     size = args.size if args.size is not None else size
     patch = args.patch if args.patch is not None else patch
@@ -244,6 +249,21 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         raise CommandError(f"--model digits takes 8×8 images; drop --size or give --size 8 (got {size}).")
     if size < 1 or patch < 1:
         raise CommandError(f"--size and --patch must be positive, got {size} and {patch}.")
+    if args.weights is not None and args.model != "vgg16":
+        raise CommandError(f"--weights is only read with --model vgg16, not --model {args.model}; drop it "
+                           "or pass --model vgg16.")
+    if args.model == "vgg16" and args.weights is None:
+        raise CommandError(_VGG_NO_WEIGHTS)
+    for path in (args.image_a, args.image_b):
+        _check_file(path)  # exists and is a file; its contents are checked when it is read
+    if args.weights is not None:
+        _check_weights_file(args.weights)
+    _require_plotting()
+    from .explainer import Explainer
+    from .io import load_image
+    from .pairs import pair_relevance
+    from .plot import plot_pair
+
     _check_size_fits(args.model, size, patch)
     # read both images before the (slower) model, so a bad path fails at once
     grey = args.model == "digits"
@@ -278,6 +298,7 @@ def _patch_name(group: int, grid: Optional[tuple]) -> str:
 
 
 def _cmd_text(args: argparse.Namespace) -> int:
+    _check_output(args)
     _require_plotting()
     try:
         from .text import TextKernel
@@ -298,6 +319,8 @@ def _cmd_text(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    _check_output(args)
+    _check_n_train(args.n_train)
     import time
 
     from sklearn.model_selection import train_test_split
@@ -310,8 +333,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     X_train, y_train = load_digits_images("train")
     X_test, y_test = load_digits_images("test")
     if args.n_train is not None:
-        if not 10 <= args.n_train <= len(X_train):
-            raise CommandError(f"--n-train must lie between 10 and {len(X_train)}, got {args.n_train}.")
         if args.n_train < len(X_train):
             X_train, _, y_train, _ = train_test_split(X_train, y_train, train_size=args.n_train,
                                                       stratify=y_train, random_state=0)
@@ -333,6 +354,26 @@ _TEXT_HINT = 'install the text extra with: pip install torch==2.13.0 "skbilrp[te
 
 
 # ----------------------------------------------------------------------- helpers
+
+
+def _check_output(args: argparse.Namespace, kind: str = "file") -> None:
+    """``--output`` can be written (see :func:`skbilrp._checks.check_output_path`): checked
+    before any work, so a bad path fails at once rather than after the computation."""
+    from ._checks import check_output_path
+
+    check_output_path(args.output, kind, "--output")
+
+
+def _check_n_train(n_train: Optional[int]) -> None:
+    """``--n-train`` lies between 10 and the size of the digits training split (read in
+    milliseconds from scikit-learn's bundled file, before any model is built)."""
+    if n_train is None:
+        return
+    from .models import load_digits_images
+
+    n_max = len(load_digits_images("train")[1])
+    if not 10 <= n_train <= n_max:
+        raise CommandError(f"--n-train must lie between 10 and {n_max} (the digits training split), got {n_train}.")
 
 
 def _require_plotting() -> None:
@@ -408,8 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="patch side in pixels (default: 16; 1 for digits)")
     explain.add_argument("--size", type=int, default=None, metavar="PX",
                          help="images are resized and centre-cropped to this side (default: 224; 8 for digits)")
-    explain.add_argument("--links", type=int, default=30, help="patch pairs drawn (default: %(default)s)")
-    explain.add_argument("--top", type=int, default=5, help="patch pairs printed (default: %(default)s)")
+    explain.add_argument("--links", type=_positive, default=30, help="patch pairs drawn (default: %(default)s)")
+    explain.add_argument("--top", type=_non_negative, default=5, help="patch pairs printed (default: %(default)s)")
     explain.add_argument("--output", "-o", default="skbilrp-pair.png", metavar="PNG",
                          help="figure file (default: %(default)s)")
     explain.set_defaults(run=_cmd_explain)
@@ -421,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("sentence_b", metavar="SENTENCE2")
     text.add_argument("--kind", choices=("matrix", "arcs"), default="matrix",
                       help="token × token heatmap or arcs between the sentences (default: %(default)s)")
-    text.add_argument("--top", type=int, default=5, help="token pairs printed (default: %(default)s)")
+    text.add_argument("--top", type=_non_negative, default=5, help="token pairs printed (default: %(default)s)")
     text.add_argument("--output", "-o", default="skbilrp-tokens.png", metavar="PNG",
                       help="figure file (default: %(default)s)")
     text.set_defaults(run=_cmd_text)

@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ._checks import check_output_path
+
 __all__ = ["run_demo", "digits_pipelines"]
 
 
@@ -93,8 +95,15 @@ def run_demo(output_dir: str = "skbilrp-demo", n_train: Optional[int] = None, n_
         ``decision`` (:class:`~skbilrp.audits.DecisionExplanation` of the first query's
         one-vs-one SVM decision between its top two classes), ``conservation_errors`` (ndarray, every explained
         entry), ``figures`` (dict name → path) and ``output_dir``.
+
+    Raises
+    ------
+    ValueError, PermissionError
+        Before any work, if ``output_dir`` is a file or cannot be written (see
+        :func:`skbilrp._checks.check_output_path`), or ``n_train`` is out of range.
     """
     _require_matplotlib()
+    check_output_path(output_dir, "folder", "output_dir")  # before the work, not after it
     from sklearn.model_selection import train_test_split
 
     from .audits import explain_neighbors

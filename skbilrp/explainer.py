@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from ._checks import check_model_weights
 from .engine import ExportedNetwork
 from .pairs import Kernel, PairExplanation, PairExplanations, pair_relevance
 from .pooling import PoolingSpec
@@ -62,6 +63,7 @@ class Explainer:
                  channel_axis: Optional[int] = 0, mode: Mode = "auto", method: Method = "bilrp",
                  batch_size: int = 16, max_memory: int = 2**30, dtype: Optional[torch.dtype] = None,
                  verbose: bool = False, attention: str = "cp") -> None:
+        check_model_weights(model)  # before tracing: torch's meta-tensor error advises to_empty()
         self.network = ExportedNetwork(model, rules=rules, dtype=dtype, attention=attention)
         self.computer = RelevanceComputer(self.network, pooling, channel_axis, mode, method,
                                           batch_size, max_memory, verbose)

@@ -17,6 +17,7 @@ import copy
 import functools
 import inspect
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -32,10 +33,11 @@ from sklearn.utils.validation import check_is_fitted, check_memory, validate_dat
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._checks import check_model_weights, check_same_shape
 from .cache import SampleStore, Unkeyable, fingerprint
 from .explainer import Explainer
 from .pairs import DEFAULT_MAX_MEMORY, PairExplanations, pair_relevance
-from .pooling import Pooling, PoolingSpec
+from .pooling import Pooling, PoolingSpec, check_pooling, make_pooling
 from .relevance import SampleRelevance
 from .rules import RuleSpec
 
@@ -319,7 +321,9 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     rules : str, Rule, mapping or callable, default="zero"
         LRP rules, see :class:`skbilrp.Explainer`.
     pooling : None, int, tuple or array, optional
-        Groups of input positions explained together, see :class:`skbilrp.Explainer`.
+        Groups of input positions explained together, see :class:`skbilrp.Explainer`:
+        None, a positive int patch side, a tuple of them, or an integer label array of
+        the sample's positions. Checked in :meth:`fit` against the samples.
     attention : {"cp", "attnlrp"}, default="cp"
         How relevance passes attention layers, see :class:`skbilrp.Explainer`: "cp"
         keeps the softmax probabilities constant (CP-LRP, the rule of the NAACL 2024
@@ -338,7 +342,9 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         Entries are keyed by the model's whole pickled state (parameters, buffers and
         plain attributes, tensors by value), the rules, the pooling and the sample; a
         model or rule that cannot be pickled (e.g. holding a lambda) is not cached,
-        with a warning. Unreadable entries are recomputed and overwritten.
+        with a warning. Unreadable entries are recomputed and overwritten. A directory
+        that cannot be written (read-only, full) still serves the entries it holds;
+        new results are computed without being stored, with one warning.
     max_memory : int, default=2 GiB
         Largest whole explanation array, in bytes, that the ``relevance`` of an
         :meth:`explain_pairs` result may build (a larger one is refused, with what to ask
@@ -434,6 +440,8 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     def _check_params(self) -> None:
         if not isinstance(self.model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(self.model).__name__}.")
+        check_model_weights(self.model)
+        check_pooling(self.pooling)
         self._check_kernel_params(("batch_size", "max_memory"))
         if self.attention not in ("cp", "attnlrp"):
             raise ValueError(f"attention must be 'cp' or 'attnlrp', got {self.attention!r}.")
@@ -455,7 +463,8 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features) or ``(n_samples, *input_shape)``
-            Training samples; flat rows are reshaped to ``input_shape``.
+            Training samples; flat rows are reshaped to ``input_shape``. A list of
+            same-shaped arrays (e.g. images) is taken as one batch.
         y : None
             Ignored.
 
@@ -465,6 +474,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         """
         self._check_params()
         X = self._validate_samples(X, reset=True)
+        make_pooling(self.pooling, self.input_shape_)  # a patch size or label array that fits the samples
         _warn_if_training(self.model)
         self.model_ = _frozen_copy(self.model, torch.device(self.device))
         self.X_fit_ = X
@@ -516,6 +526,10 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         """sklearn validation of ``X``, returned as float64 of shape ``(n, *input_shape_)``."""
         if isinstance(X, torch.Tensor):
             X = X.detach().cpu().numpy()
+        if isinstance(X, (list, tuple)) and len(X):  # a list of samples, e.g. images
+            check_same_shape(X)
+            if (X[0].ndim if hasattr(X[0], "ndim") else np.ndim(X[0])) > 1:  # images: one batch (n, *sample_shape)
+                X = np.stack([x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x) for x in X])
         sample_shape = None
         if hasattr(X, "ndim") and hasattr(X, "shape") and X.ndim > 2:
             X = np.asarray(X)
@@ -545,9 +559,18 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
     # --------------------------------------------------------------- features
 
-    def _cache_root(self) -> Optional[Path]:
+    def _cache_location(self) -> Optional[Path]:
+        """The directory ``memory`` names (nothing is created here: a read-only one still serves reads)."""
+        if self.memory is None:
+            return None
+        if isinstance(self.memory, (str, os.PathLike)):  # check_memory would create <dir>/joblib
+            return Path(self.memory)
         location = check_memory(self.memory).location
-        return None if location is None else Path(location) / "skbilrp_deepkernel"
+        return None if location is None else Path(location)
+
+    def _cache_root(self) -> Optional[Path]:
+        location = self._cache_location()
+        return None if location is None else location / "skbilrp_deepkernel"
 
     def _store(self, kind: str, *depends: Any) -> Optional[SampleStore]:
         """The cache of one kind of result, or None (no ``memory``, or nothing to key it by)."""
@@ -557,7 +580,10 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         try:
             if getattr(self, "_model_key", None) is None:
                 self._model_key = fingerprint(type(self.model_).__qualname__, self.model_)
-            return SampleStore(root / kind / fingerprint(self._model_key, *depends))
+            if getattr(self, "_unwritable_warned", None) is None:
+                self._unwritable_warned: set = set()  # one warning per estimator for an unwritable cache
+            return SampleStore(root / kind / fingerprint(self._model_key, *depends), self._cache_location(),
+                               self._unwritable_warned)
         except Unkeyable as err:
             if kind in self._uncached:
                 return None

@@ -32,7 +32,7 @@ DEFAULT_MAX_MEMORY = 2 * 2**30
 
 
 def check_result_size(n_entries: int, groups_a: int, groups_b: int, max_memory: int,
-                      bytes_per_value: int = 8, hint: str = "") -> None:
+                      bytes_per_value: int = 8, hint: str = "", fewer_entries: bool = True) -> None:
     """Refuse, before any work, an explanation array larger than the memory budget.
 
     Parameters
@@ -48,22 +48,31 @@ def check_result_size(n_entries: int, groups_a: int, groups_b: int, max_memory: 
         intermediate copy).
     hint : str, default=""
         Appended to the message: further ways to do without the array.
+    fewer_entries : bool, default=True
+        Whether asking for fewer entries is a way out (not for one entry).
 
     Raises
     ------
     MemoryError
-        Naming the size asked for and the ways to ask for less.
+        Naming the size asked for (in GiB), the budget, and the ways to ask for less:
+        fewer entries, a coarser pooling, a larger ``max_memory``, and ``hint``.
     """
     n_values = int(n_entries) * int(groups_a) * int(groups_b)
     needed = n_values * int(bytes_per_value)
     if needed > max_memory:
+        fewer = "pass pairs=[(i, j), ...] for the entries you need or fewer rows, " if fewer_entries else ""
         raise MemoryError(
             f"Explaining {n_entries} kernel entries on {groups_a} x {groups_b} groups of input "
-            f"positions builds {n_values:.3g} relevance values ({needed / 2**30:.1f} GiB), over "
-            f"the budget of {max_memory / 2**30:.1f} GiB. Ask for less: pass pairs=[(i, j), ...] "
-            "for the entries you need, fewer rows, or a coarser pooling (e.g. pooling=8 for "
-            "8-pixel patches); or raise max_memory if the machine has the memory." + hint
+            f"positions builds {n_values:.3g} relevance values ({_gib(needed)}), over the budget "
+            f"max_memory={int(max_memory)} bytes ({_gib(max_memory)}). Ask for less: {fewer}use a coarser "
+            "pooling (e.g. pooling=8 for 8-pixel patches), or pass a larger max_memory= "
+            "(DeepKernel(max_memory=...), or set E.max_memory) if the machine has the memory." + hint
         )
+
+
+def _gib(n_bytes: float) -> str:
+    """A byte count in GiB, three significant digits (a tiny budget stays visible)."""
+    return f"{n_bytes / 2**30:.3g} GiB"
 
 
 @dataclass
@@ -129,8 +138,10 @@ class PairExplanations:
     pairs : list of (int, int) or None
         The chosen entries, or None for a full block.
     max_memory : int, default=2 GiB
-        Budget of :attr:`relevance` (see :func:`check_result_size`), and of each chunk
-        that :meth:`top_interactions` and iteration build.
+        Budget of every array built per entry (see :func:`check_result_size`): the whole
+        :attr:`relevance`, :meth:`marginals`, the matrix of :meth:`pair` and of each entry
+        iteration yields (larger ones are refused before anything is allocated); also of
+        each chunk that :meth:`top_interactions` and iteration build.
 
     Attributes
     ----------
@@ -257,10 +268,8 @@ class PairExplanations:
         if self._dense is not None:
             return self._dense.sum(axis=-1), self._dense.sum(axis=-2)
         # not cached: for a whole kernel block they are large, and the caller holds them
-        n_entries = math.prod(self.shape)
         p, q = self.n_groups
-        check_result_size(n_entries, p + q, 1, self.max_memory,
-                          hint=" (marginals: one value per group and entry)")
+        self._check_budget(math.prod(self.shape), (p + q, 1), 8, _MARGINALS_HINT)
         f = self._factors
         sa, sb = f.sa[torch.from_numpy(self._ia)], f.sb[torch.from_numpy(self._ib)]
         if self._is_block:  # (m, h) @ (h, p) per row, (n, h) @ (h, p') per column
@@ -285,18 +294,25 @@ class PairExplanations:
             reductions, :meth:`pair` and iteration need no such array.
         """
         if self._dense is None:
-            p, q = self.n_groups
-            check_result_size(math.prod(self.shape), p, q, self.max_memory, 16, hint=_STREAM_HINT)
+            self._check_budget(math.prod(self.shape), self.n_groups, 16, _STREAM_HINT)
             f = self._factors
             a, b = f.rows_a(self._ia), f.rows_b(self._ib)
             spec = "nhp,mhq->nmpq" if self._is_block else "khp,khq->kpq"
             self._dense = torch.einsum(spec, a, b).numpy()
         return self._dense
 
+    def _check_budget(self, n_entries: int, groups: tuple[int, int], bytes_per_value: int, hint: str) -> None:
+        """The one size check of everything that builds an array per entry (:attr:`relevance`,
+        :meth:`marginals`, :meth:`pair`, iteration): refused over ``max_memory`` by
+        :func:`check_result_size`, before the allocator is asked."""
+        check_result_size(n_entries, groups[0], groups[1], self.max_memory, bytes_per_value, hint=hint,
+                          fewer_entries=n_entries > 1)
+
     def _build(self, flat: np.ndarray) -> np.ndarray:
-        """``(len(flat), p, p')``: the entries at these row-major positions."""
+        """``(len(flat), p, p')``: the entries at these row-major positions (within ``max_memory``)."""
         if self._dense is not None:
             return self._dense.reshape(-1, *self._dense.shape[-2:])[flat]
+        self._check_budget(len(flat), self.n_groups, 8, _ENTRY_HINT)
         ia, ib = self._entry_indices(flat)
         f = self._factors
         return torch.bmm(f.rows_a(ia).transpose(1, 2), f.rows_b(ib)).numpy()
@@ -346,7 +362,8 @@ class PairExplanations:
             yield np.arange(start, min(total, start + step))
 
     def __iter__(self) -> Iterator[PairExplanation]:
-        """Every entry, row-major, as a :class:`PairExplanation` (built chunk by chunk)."""
+        """Every entry, row-major, as a :class:`PairExplanation` (built chunk by chunk;
+        an entry larger than ``max_memory`` is refused, as by :meth:`pair`)."""
         sim, err = self.similarity.reshape(-1), self.conservation_error.reshape(-1)
         for flat in self._chunks():
             for k, rel in zip(flat, self._build(flat)):
@@ -372,6 +389,13 @@ class PairExplanations:
         """One entry: ``pair(i, j)`` of a block, or ``pair(k)`` for the k-th chosen pair.
 
         Builds only that entry's ``p × p'`` matrix.
+
+        Raises
+        ------
+        MemoryError
+            If that matrix alone is larger than ``max_memory`` (e.g. ``pooling=None`` on
+            large images); the message names :meth:`top_interactions`, a coarser pooling
+            and a larger budget.
         """
         k = self._position(i, j)
         flat = np.array([k])
@@ -440,6 +464,12 @@ class PairExplanations:
 #: what :attr:`PairExplanations.relevance` suggests instead of the whole array
 _STREAM_HINT = (" Or use what builds no such array: E.pair(i, j), E[rows, cols], E.marginals(), "
                 "E.top_interactions(k), or iterate over E.")
+#: what :meth:`PairExplanations.pair` and iteration suggest instead of one entry's matrix
+_ENTRY_HINT = (" Or do without the p x p' matrices: E.top_interactions(k) streams the strongest "
+               "group pairs over tiles, E.marginals() gives one map per side.")
+#: what :meth:`PairExplanations.marginals` suggests
+_MARGINALS_HINT = (" (marginals: one value per group and entry.) Or take them for a sub-block, "
+                   "E[rows, cols].marginals(), or the strongest group pairs with E.top_interactions(k).")
 #: cap of one streamed chunk: larger ones do not speed the products up, they only raise the peak memory
 _STREAM_BYTES = 2**26
 

@@ -13,7 +13,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-__all__ = ["Pooling", "PoolingSpec", "make_pooling"]
+__all__ = ["Pooling", "PoolingSpec", "make_pooling", "check_pooling"]
 
 #: None (every position its own group), an int or (ph, pw) patch size, or an integer
 #: label array over the positions (superpixels, words, custom groups).
@@ -81,6 +81,48 @@ class Pooling:
         return values[..., self.labels]
 
 
+def check_pooling(spec: PoolingSpec) -> None:
+    """Refuse a pooling specification of the wrong type, before anything is computed.
+
+    Parameters
+    ----------
+    spec : object
+        What the user passed as ``pooling``.
+
+    Raises
+    ------
+    ValueError
+        Unless ``spec`` is None, an int, a non-empty tuple of ints, or an integer label
+        array (numpy array, tensor or nested list). Whether a patch size is positive
+        and fits the sample, or a label array has its shape, :func:`make_pooling` checks.
+    """
+    def is_int(v: object) -> bool:  # sizes are checked against the sample by make_pooling
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+    if spec is None or is_int(spec):
+        return
+    if isinstance(spec, tuple):
+        if spec and all(is_int(s) for s in spec):
+            return
+        problem = "; a tuple must hold ints only, one patch side per spatial axis"
+    elif isinstance(spec, (np.ndarray, torch.Tensor, list)):
+        dtype = spec.dtype if hasattr(spec, "dtype") else np.asarray(spec).dtype
+        integral = (not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
+                    if isinstance(dtype, torch.dtype) else np.issubdtype(dtype, np.integer))
+        if integral:
+            return
+        problem = f"; a label array must hold integers, got dtype {dtype}"
+    else:
+        problem = ""
+    shown = f"an array of shape {tuple(spec.shape)}" if hasattr(spec, "shape") else repr(spec)[:80]
+    raise ValueError(
+        f"pooling must be None (every position its own group), a positive int patch side (e.g. "
+        f"pooling=4), a tuple of positive ints (e.g. pooling=(4, 2)), or an integer label array of "
+        f"the sample's spatial shape (superpixels, words); got {shown} of type "
+        f"{type(spec).__name__}{problem}."
+    )
+
+
 def make_pooling(spec: PoolingSpec, sample_shape: tuple, channel_axis: Optional[int] = 0) -> Pooling:
     """Build a :class:`Pooling` from a user specification.
 
@@ -103,8 +145,10 @@ def make_pooling(spec: PoolingSpec, sample_shape: tuple, channel_axis: Optional[
     Raises
     ------
     ValueError
-        If the patch size or label array does not fit the positions.
+        If ``spec`` has the wrong type (see :func:`check_pooling`), or the patch size or
+        label array does not fit the positions.
     """
+    check_pooling(spec)
     sample_shape = tuple(int(s) for s in sample_shape)
     if channel_axis is not None:
         if len(sample_shape) < 2:

@@ -467,6 +467,12 @@ class TextKernel(DeepKernel):
                     "one-column DataFrame X[['column']])."
                 )
             X = X.iloc[:, 0]
+        if hasattr(X, "tocsr") and hasattr(X, "nnz"):  # scipy.sparse, e.g. a vectorizer's output
+            raise TypeError(
+                f"X is a scipy.sparse matrix of shape {X.shape}, but TextKernel takes the texts "
+                "themselves: a list (or 1-D array) of str, one per sample, not features from a "
+                "vectorizer such as TfidfVectorizer."
+            )
         if getattr(X, "ndim", 1) != 1:
             raise ValueError(
                 f"X must be 1-D, one text per sample, got an array of shape {X.shape}; pass one "

@@ -362,9 +362,17 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
     -------
     ReportSummary
         What was written and what was capped.
+
+    Raises
+    ------
+    ValueError, PermissionError
+        Before any work, if ``path`` is a folder or cannot be written (see
+        :func:`skbilrp._checks.check_output_path`).
     """
+    from .._checks import check_output_path
     from ._html import render
 
+    check_output_path(path, "file", "path")  # before the work, not after it
     t0 = time.perf_counter()
     for name, value, low in (("max_entries", max_entries, 0), ("max_heatmap", max_heatmap, 1),
                              ("n_links", n_links, 1), ("max_tokens", max_tokens, 1), ("n_neighbors", n_neighbors, 1),

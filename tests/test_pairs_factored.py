@@ -113,8 +113,10 @@ def test_chosen_pairs_match_dense_path(batches, kernel):
 def test_top_interactions_and_iteration_stream_in_chunks(batches):
     a, b = batches
     ref = dense_reference(a, b, "cosine")
-    # a budget of one entry at a time: the chunking must not change anything
-    tiny = pair_relevance(a, b, "cosine", max_memory=1)
+    # a budget of one 16 x 16 float64 entry, below its streaming cost: one entry at a
+    # time, top-k tile by tile; the chunking must not change anything
+    tiny = pair_relevance(a, b, "cosine", max_memory=8 * 16 * 16)
+    assert tiny._entry_bytes() > tiny._stream_budget()
     roomy = pair_relevance(a, b, "cosine")
     for by in ("abs", "positive", "negative"):
         tops = tiny.top_interactions(4, by)

@@ -250,3 +250,23 @@ def test_a_model_branching_on_a_batch_of_one_is_explained_as_it_computes():
         torch.testing.assert_close(rec.features, model(x))
         # LRP-0, biases absorbed: the whole input's relevance is 2 W x, the model's own branch
         torch.testing.assert_close(rec.push(torch.ones(1, 4)), 2 * x @ model.lin.weight.T)
+
+
+def test_a_model_without_a_symbolic_export_is_exported_per_shape():
+    """Where torch.export cannot keep sizes symbolic, one static graph per shape, as before."""
+    real = engine_network.export
+
+    def static_only(model, args, kwargs, dynamic):
+        if dynamic:
+            raise engine_network.UnsupportedModelError("no symbolic sizes here")
+        return real(model, args, kwargs, dynamic)
+
+    model = _cnn(7)
+    with pytest.MonkeyPatch.context() as mp, counted_exports() as calls:
+        mp.setattr(engine_network, "export", static_only)
+        net = ExportedNetwork(model)
+        for n in (2, 3, 2):
+            x = torch.rand(n, 1, 8, 8)
+            with torch.no_grad():
+                torch.testing.assert_close(net.record(x).features, model(x))
+    assert calls == [False, False]  # batches of 2 and 3; the second batch of 2 reuses its graph

@@ -349,7 +349,8 @@ def bench_interactive(st, args) -> dict:
           f"{len(before)} calls): {statistics.median(before):.2f} s per call, "
           f"{statistics.median(before) / warm:.0f}x the warm call")
 
-    A, B = [p[0] for p in pairs], [p[1] for p in pairs]
+    some = pairs[:20] if args.quick else pairs
+    A, B = [p[0] for p in some], [p[1] for p in some]
     diagonal = [(i, i) for i in range(len(A))]
     wall, _, e = timed(lambda: kernel.explain_pairs(A, B, pairs=diagonal))
     batch = [t for t in A + B for _ in range(n_tokens[t])]
@@ -378,7 +379,7 @@ def report_interactive(r: dict) -> None:
     ok = r["ratio"] <= TARGET_INTERACTIVE_RATIO and r["warm"] <= TARGET_INTERACTIVE_SECONDS
     print(f"  interactive warm call <= {TARGET_INTERACTIVE_RATIO:.0f}x encode and <= {TARGET_INTERACTIVE_SECONDS} s: "
           f"{'met' if ok else 'MISSED'} ({r['ratio']:.2f}x, {r['warm']:.3f} s; cold {r['cold']:.2f} s)")
-    print(f"  161 pairs in one call <= {TARGET_PER_PAIR} s per pair: "
+    print(f"  all pairs in one call <= {TARGET_PER_PAIR} s per pair: "
           f"{'met' if r['per_pair'] <= TARGET_PER_PAIR else 'MISSED'} ({r['per_pair']:.3f} s)")
 
 
@@ -399,6 +400,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.loop_dims, args.ij_points, args.ij_dims, args.bert_layers = 2, 8, 2, 4, 2
+        args.calls = 3
     return args
 
 

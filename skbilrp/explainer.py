@@ -20,8 +20,11 @@ __all__ = ["Explainer", "bilrp"]
 class Explainer:
     """Explains a deep similarity ``k(x, x') = <phi(x), phi(x')>`` with BiLRP.
 
-    The model is canonised and traced once; per-sample relevance is computed once per
-    input and reused for every pair it takes part in.
+    The model is canonised and traced once per model, not per input shape: the export
+    has symbolic batch, sequence and spatial sizes where the model allows, and is shared
+    by every Explainer (and :func:`bilrp` call) on the same model until its parameters
+    or buffers change (see the docs page "Performance"). Per-sample relevance is
+    computed once per input and reused for every pair it takes part in.
 
     Parameters
     ----------

@@ -1,17 +1,25 @@
 """The exported relevance network: record a forward pass, then push probes.
 
 ``ExportedNetwork(model, rules, dtype)`` is the engine :class:`skbilrp.Explainer` runs
-on. Per input shape it exports the model to
-functional ATen (:mod:`.trace`), canonicalises the graph (:mod:`.canonicalize`) and
-gives each node that carries relevance to the output its operator from the one table
-(:mod:`.ops`). ``record`` runs the graph and keeps each operator's state; the returned
-:class:`ExportedRecording` pushes probes (forward mode) and is differentiable in the
-probe (reverse mode).
+on. It exports the model to functional ATen (:mod:`.trace`), canonicalises the graph
+(:mod:`.canonicalize`) and gives each node that carries relevance to the output its
+operator from the one table (:mod:`.ops`). ``record`` runs the graph and keeps each
+operator's state; the returned :class:`ExportedRecording` pushes probes (forward mode)
+and is differentiable in the probe (reverse mode).
+
+Exports are expensive (seconds: 10-30 forwards) and do not depend on the rules, so they
+are prepared once per model and shared (:func:`prepared`): the frozen copy of the user's
+model and its canonical graphs, exported with symbolic batch, sequence and spatial
+sizes where the model allows. Every network builds its own operators on them (rules
+and attention are per network); nothing a network builds is shared.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
+import threading
+import weakref
 from typing import Any, Optional
 
 import torch
@@ -22,24 +30,160 @@ from .canonicalize import canonical_modules, canonicalize
 from .ops import OPS, CellsError, InputFlow, ProbeCells, aten, lookup
 from .ops.refused import RANDOM, Random
 from .ops.weighted import Weighted
-from .trace import UnsupportedModelError, export, module_of
+from .trace import Traced, UnsupportedModelError, export, module_of
 
-__all__ = ["ExportedNetwork", "ExportedRecording"]
+__all__ = ["ExportedNetwork", "ExportedRecording", "clear_cache", "prepared"]
 
-#: ops through which a gate factor may pass on its way to the product it scales
+#: ops through which a gate factor may pass on its way to the product it scales (a
+#: dynamic export keeps the full slice of ``g[:, :, None, None]``, a static one drops it)
 _GATE_PATH = {aten.view.default, aten.expand.default, aten.unsqueeze.default, aten.reshape.default,
-              aten.permute.default, aten.clone.default, aten._unsafe_view.default, aten.squeeze.dim}
+              aten.permute.default, aten.clone.default, aten._unsafe_view.default, aten.squeeze.dim,
+              aten.slice.Tensor}
 _GATES = {aten.sigmoid.default, aten.hardsigmoid.default}
+
+#: values of symbolic-size nodes (``aten.sym_size.int``, ``operator.mul`` on sizes)
+_SIZES = (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)
+
+
+def _is_size(node: fx.Node) -> bool:
+    """A node computing a size, not a tensor: a constant, whatever its inputs."""
+    return isinstance(node.meta.get("val"), _SIZES)
+
+
+def fingerprint(model: nn.Module) -> tuple:
+    """What changes when the model's weights or structure change: the identity, version
+    counter, storage, dtype and shape of every parameter and buffer, and the identity of
+    every module. In-place updates (``load_state_dict``, optimiser steps, ``.data =``,
+    ``.to(device)``) change it; plain (non-tensor) attributes are not part of it."""
+    tensors = tuple((name, id(t), _version(t), t.data_ptr(), t.dtype, t.device, tuple(t.shape))
+                    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()))
+    return tensors, tuple((name, id(m)) for name, m in model.named_modules())
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor has no version counter; it cannot change outside inference mode
+        return -1
+
+
+def _signature(x: torch.Tensor, context: dict) -> tuple:
+    """What of the inputs fixes an exported graph besides the sizes it keeps symbolic."""
+    return (x.dtype, x.dim()) + tuple(
+        (k, (v.dtype, v.dim()) if isinstance(v, torch.Tensor) else repr(v)) for k, v in context.items())
+
+
+def _user_values(traced: Traced, x: torch.Tensor, context: dict) -> dict[str, Any]:
+    """User-input placeholder name -> value: ``x`` first, context by name, else by position."""
+    names = traced.inputs
+    out = {names[0]: x}
+    for i, (name, value) in enumerate(context.items()):
+        if name in names[1:]:
+            out[name] = value
+        elif i + 1 < len(names):
+            out[names[i + 1]] = value
+    return out
+
+
+class _Prepared:
+    """A model's frozen copy and its canonical exported graphs, shared by the networks
+    built on the same model and dtype (read-only once built)."""
+
+    def __init__(self, model: nn.Module, dtype: Optional[torch.dtype], stamp: tuple) -> None:
+        self.fingerprint = stamp
+        frozen = copy.deepcopy(model).eval()
+        if dtype is not None:
+            frozen = frozen.to(dtype)
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+        canonical_modules(frozen)
+        self.model = frozen
+        self._graphs: dict[tuple, list[Traced]] = {}  # per input signature, in export order
+        self._static: set[tuple] = set()  # signatures whose dynamic export failed
+        #: (graph, sizes of at most one) checked against the model's forward: True if it agreed
+        self._small: dict[tuple[int, frozenset], bool] = {}
+        self._lock = threading.RLock()
+
+    def traced(self, x: torch.Tensor, context: dict) -> tuple[Traced, frozenset]:
+        """A graph covering these inputs (exported on first need), and its size symbols
+        that take the value 0 or 1 here."""
+        key = _signature(x, context)
+        with self._lock:
+            for traced in self._graphs.get(key, ()):
+                sizes = traced.bind(_user_values(traced, x, context))
+                if sizes is None:
+                    continue
+                small = frozenset(s for s, v in sizes.items() if v <= 1)
+                if self._small.get((id(traced), small), True):
+                    return traced, small
+            graphs = self._graphs.setdefault(key, [])
+            # one symbolic graph per signature; beyond what it covers, one graph per shape
+            dynamic = key not in self._static and not any(t.dynamic for t in graphs)
+            if dynamic:
+                try:
+                    traced = export(self.model, (x,), context, True)
+                except UnsupportedModelError:
+                    self._static.add(key)  # e.g. data-dependent sizes: one graph per shape, as before
+                    dynamic = False
+            if not dynamic:
+                traced = export(self.model, (x,), context, False)
+            canonicalize(traced.graph, traced.constants)
+            graphs.append(traced)
+            sizes = traced.bind(_user_values(traced, x, context)) or {}
+            return traced, frozenset(s for s, v in sizes.items() if v <= 1)
+
+    def __getstate__(self) -> dict:  # copies (deepcopy of an Explainer) get their own lock
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    def checked(self, traced: Traced, small: frozenset) -> Optional[bool]:
+        return self._small.get((id(traced), small))
+
+    def check(self, traced: Traced, small: frozenset, agrees: bool) -> None:
+        """Record whether a size-obliviously traced graph computed the model's features
+        at sizes of 0 or 1 (where an eager model could branch differently)."""
+        with self._lock:
+            self._small[(id(traced), small)] = agrees
+
+
+#: user model (weakly: an entry dies with the model) -> {dtype: _Prepared}
+_PREPARED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def prepared(model: nn.Module, dtype: Optional[torch.dtype] = None) -> _Prepared:
+    """The shared preparation of ``model`` in ``dtype``: reused while the model's
+    :func:`fingerprint` is unchanged, rebuilt (copy and exports) when it changed."""
+    stamp = fingerprint(model)
+    with _LOCK:
+        entries = _PREPARED.get(model)
+        if entries is None:
+            entries = _PREPARED[model] = {}
+        entry = entries.get(dtype)
+        if entry is None or entry.fingerprint != stamp:
+            entry = entries[dtype] = _Prepared(model, dtype, stamp)
+        return entry
+
+
+def clear_cache() -> None:
+    """Forget every prepared model (frozen copies and exported graphs); the next
+    network on a model copies and exports it again. Networks already built keep theirs."""
+    with _LOCK:
+        _PREPARED.clear()
 
 
 class _Program:
-    """One exported graph (for one input shape) with its operators."""
+    """One network's operators on one shared canonical graph (read, never changed)."""
 
-    def __init__(self, network: "ExportedNetwork", x: torch.Tensor, context: dict) -> None:
+    def __init__(self, network: "ExportedNetwork", traced: Traced) -> None:
         self.network = network
-        traced = export(network.model, (x,), context)
+        self.traced = traced
         self.graph, self.constants = traced.graph, traced.constants
-        canonicalize(self.graph, self.constants)
         self.nodes = list(self.graph.nodes)
         for node in self.nodes:  # a random tensor is no constant, wherever it is
             if node.target in RANDOM:
@@ -70,7 +214,7 @@ class _Program:
     def _carrying(self, gates: set) -> set:
         carries = {self.input_node}
         for node in self.nodes:
-            if node.op != "call_function" or node in gates:
+            if node.op != "call_function" or node in gates or _is_size(node):
                 continue
             entry = OPS.get(node.target)
             if entry is not None and entry.is_constant(self.network):
@@ -86,6 +230,8 @@ class _Program:
         while todo:
             n = todo.pop()
             for u in n.users:
+                if _is_size(u):  # its size read for a view: no use of its values
+                    continue
                 if u.target in _GATE_PATH:
                     todo.append(u)
                 elif u.target is aten.mul.Tensor:
@@ -134,18 +280,13 @@ class ExportedNetwork:
         if attention not in ("cp", "attnlrp"):
             raise ValueError(f"attention must be 'cp' or 'attnlrp', got {attention!r}.")
         self.attention = attention
-        frozen = copy.deepcopy(model).eval()
-        if dtype is not None:
-            frozen = frozen.to(dtype)
-        for p in frozen.parameters():
-            p.requires_grad_(False)
-        canonical_modules(frozen)
-        self.model = frozen
+        self._prepared = prepared(model, dtype)
+        self.model = frozen = self._prepared.model  # shared: never changed
         self.rules: dict[str, Rule] = resolve_rules(rules, frozen)
         self._single = rules if isinstance(rules, Rule) else None
         modes = {r.bias for r in self.rules.values()}
         self._default_mode = self._single.bias if self._single else (modes.pop() if len(modes) == 1 else "absorb")
-        self._programs: dict[tuple, _Program] = {}
+        self._programs: dict[int, _Program] = {}  # id of a shared graph -> this network's operators
 
     def rule_for(self, node: fx.Node) -> Rule:
         path, _ = module_of(node)
@@ -162,26 +303,26 @@ class ExportedNetwork:
         return rule.bias if rule is not None else self._default_mode
 
     def program(self, x: torch.Tensor, context: dict) -> _Program:
-        key = (tuple(x.shape), x.dtype) + tuple(
-            (k, tuple(v.shape) if isinstance(v, torch.Tensor) else repr(v)) for k, v in sorted(context.items()))
-        if key not in self._programs:
-            self._programs[key] = _Program(self, x, context)
-        return self._programs[key]
+        """This network's program for inputs like ``x`` and ``context``."""
+        return self._program(x, context)[0]
+
+    def _program(self, x: torch.Tensor, context: dict) -> tuple[_Program, frozenset]:
+        traced, small = self._prepared.traced(x, context)
+        prog = self._programs.get(id(traced))
+        if prog is None:
+            prog = self._programs[id(traced)] = _Program(self, traced)
+        return prog, small
 
     @torch.no_grad()
     def record(self, x: torch.Tensor, context: Optional[dict[str, Any]] = None) -> "ExportedRecording":
         """Run the forward pass on a batch and keep what the relevance maps need."""
         context = dict(context or {})
-        prog = self.program(x, context)
+        prog, small = self._program(x, context)
         values: dict[fx.Node, Any] = {}
         states: dict[fx.Node, Any] = {}
         numels = [x[0].numel()]
-        ctx_by_name = {n.name: n for n in prog.context_nodes}
-        inputs = {prog.input_node: x}
-        for i, (name, value) in enumerate(context.items()):
-            node = ctx_by_name.get(name) or (prog.context_nodes[i] if i < len(prog.context_nodes) else None)
-            if node is not None:
-                inputs[node] = value
+        by_name = _user_values(prog.traced, x, context)
+        inputs = {n: by_name[n.name] for n in [prog.input_node, *prog.context_nodes] if n.name in by_name}
         out = None
         for i, node in enumerate(prog.nodes):
             if node.op == "placeholder":
@@ -201,23 +342,38 @@ class ExportedNetwork:
             for arg in node.all_input_nodes:
                 if prog.last_use.get(arg) == i and arg in prog.carries:
                     values.pop(arg, None)
-        if isinstance(out, (tuple, list)):
-            if len(out) != 1:
-                raise UnsupportedModelError(
-                    f"The model must return one tensor of features, got {len(out)} outputs; "
-                    "wrap it in a module that returns the embedding tensor.")
-            out = out[0]
-        if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[0] != x.shape[0]:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise UnsupportedModelError(
-                f"The model must return features of shape (N, ...), got {shape} for a batch of {x.shape[0]}.")
+        out = _features(out, x)
+        if small and self._prepared.checked(prog.traced, small) is None:
+            # traced size-obliviously: where a size is 0 or 1 the model's own code could
+            # have branched (squeeze, broadcasting); once per graph, compare with its forward
+            ref = _features(self.model(x, **context), x)
+            tol = 1e-4 * float(ref.abs().max()) if ref.numel() else 0.0
+            agrees = ref.shape == out.shape and bool(torch.allclose(out, ref, rtol=1e-4, atol=tol))
+            self._prepared.check(prog.traced, small, agrees)
+            if not agrees:  # export a graph for this shape instead
+                return self.record(x, context)
         for node, src in prog.fused.items():
             st = states[src]
             st.scale = states[node] if st.scale is None else st.scale * states[node]
         constants = {n: v for n, v in values.items() if n not in prog.carries}
-        rec = ExportedRecording(self, prog, x, out.flatten(1), states, constants)
+        rec = ExportedRecording(self, prog, x, out, states, constants)
         rec.max_numel, rec.total_numel = max(numels), sum(numels)
         return rec
+
+
+def _features(out: Any, x: torch.Tensor) -> torch.Tensor:
+    """The model's output as features ``(N, h)``, or an error saying what it must return."""
+    if isinstance(out, (tuple, list)):
+        if len(out) != 1:
+            raise UnsupportedModelError(
+                f"The model must return one tensor of features, got {len(out)} outputs; "
+                "wrap it in a module that returns the embedding tensor.")
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[0] != x.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UnsupportedModelError(
+            f"The model must return features of shape (N, ...), got {shape} for a batch of {x.shape[0]}.")
+    return out.flatten(1)
 
 
 def _flow_of(arg: Any, flows: dict) -> Any:

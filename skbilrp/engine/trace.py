@@ -3,15 +3,25 @@
 ``export(model, args, kwargs)`` runs ``torch.export.export(strict=False)`` then
 ``run_decompositions({})``, which functionalises in-place ops (``silu_`` → ``silu``)
 and keeps ``aten.detach.default`` nodes (checked in tests/engine): a detached tensor
-carries no relevance. The batch size is part of the exported shapes; the network
-re-exports per input shape and caches the graphs.
+carries no relevance.
+
+With ``dynamic=True`` every axis of every tensor input is declared ``Dim.AUTO``: the
+export keeps symbolic the sizes the model lets vary (batch, tokens, image height and
+width) and fixes the others (channels; the spatial size of a model with a Linear
+classifier), so one graph serves every input that :meth:`Traced.bind` accepts. Sizes
+are traced size-obliviously (``backed_size_oblivious``): a batch of one does not
+specialise the graph to one sample. Symbolic sizes then appear as ``aten.sym_size``
+nodes and plain arithmetic on them; they carry no relevance.
 """
 
 from __future__ import annotations
 
+import inspect
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
+import sympy
 import torch
 from torch import fx, nn
 
@@ -31,15 +41,59 @@ class Traced:
     inputs: list[str]
     #: names of the keyword user inputs
     input_names: list[str]
+    #: per user input name: its shape, ints where fixed and sympy expressions where symbolic
+    shapes: dict[str, tuple] = field(default_factory=dict)
+    #: per size symbol: the inclusive range of sizes the export is valid for
+    ranges: dict[Any, tuple[int, float]] = field(default_factory=dict)
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether any input size is symbolic."""
+        return bool(self.ranges)
+
+    def bind(self, values: dict[str, Any]) -> Optional[dict[Any, int]]:
+        """The value of each size symbol for these user inputs (name -> value), or None
+        if the graph does not cover them (a fixed size differs, a shared size is not
+        shared, a size is out of range)."""
+        sizes: dict[Any, int] = {}
+        checks = []
+        for name, shape in self.shapes.items():
+            value = values.get(name)
+            if not isinstance(value, torch.Tensor) or value.dim() != len(shape):
+                return None
+            for expected, got in zip(shape, value.shape):
+                if isinstance(expected, int):
+                    if expected != got:
+                        return None
+                elif isinstance(expected, sympy.Symbol):
+                    if sizes.setdefault(expected, int(got)) != got:
+                        return None
+                else:
+                    checks.append((expected, int(got)))
+        for sym, value in sizes.items():
+            low, high = self.ranges.get(sym, (0, float("inf")))
+            if not low <= value <= high:
+                return None
+        for expr, got in checks:  # a size derived from others (rare: AUTO found a relation)
+            if expr.free_symbols - set(sizes) or int(expr.subs(sizes)) != got:
+                return None
+        return sizes
 
 
-def export(model: nn.Module, args: tuple, kwargs: dict) -> Traced:
-    """Export ``model`` to functional ATen (one graph for these input shapes)."""
+def export(model: nn.Module, args: tuple, kwargs: dict, dynamic: bool = False) -> Traced:
+    """Export ``model`` to functional ATen: one graph for these input shapes, or with
+    ``dynamic=True`` for every size the model lets vary (see the module docstring)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ep = torch.export.export(model, args, kwargs, strict=False)
-            ep = ep.run_decompositions({})
+            if dynamic:
+                with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+                    ep = torch.export.export(model, args, kwargs, strict=False,
+                                             dynamic_shapes=_all_axes_auto(model, args, kwargs))
+                    ep = ep.run_decompositions({})
+            else:
+                ep = torch.export.export(model, args, kwargs, strict=False)
+                ep = ep.run_decompositions({})
     except Exception as err:  # torch.export raises many types
         _raise_if_input_does_not_fit(model, args, kwargs)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -58,7 +112,32 @@ def export(model: nn.Module, args: tuple, kwargs: dict) -> Traced:
     for ph, target in sig.inputs_to_lifted_tensor_constants.items():
         lookup[ph] = ep.constants[target]
     user = list(sig.user_inputs)
-    return Traced(ep.graph, lookup, user, user)
+    shapes = {}
+    for node in ep.graph.nodes:
+        if node.op == "placeholder" and node.name in user and isinstance(node.meta.get("val"), torch.Tensor):
+            shapes[node.name] = tuple(_size(s) for s in node.meta["val"].shape)
+    symbols = {e for shape in shapes.values() for d in shape if not isinstance(d, int) for e in d.free_symbols}
+    ranges = {}
+    for sym, vr in ep.range_constraints.items():
+        if sym in symbols:
+            ranges[sym] = (int(vr.lower), int(vr.upper) if vr.upper.is_Integer else float("inf"))
+    return Traced(ep.graph, lookup, user, user, shapes, ranges)
+
+
+def _size(size: Any) -> Any:
+    """An exported placeholder's size: an int, or its sympy expression when symbolic."""
+    if isinstance(size, torch.SymInt):
+        expr = size.node.expr
+        return int(expr) if expr.is_number else expr
+    return int(size)
+
+
+def _all_axes_auto(model: nn.Module, args: tuple, kwargs: dict) -> dict:
+    """``dynamic_shapes`` for torch.export: ``Dim.AUTO`` on every axis of every tensor input."""
+    bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
+    return torch.utils._pytree.tree_map(
+        lambda v: {i: torch.export.Dim.AUTO for i in range(v.dim())} if isinstance(v, torch.Tensor) else None,
+        dict(bound))
 
 
 def _raise_if_input_does_not_fit(model: nn.Module, args: tuple, kwargs: dict) -> None:

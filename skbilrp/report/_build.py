@@ -72,6 +72,12 @@ class ReportSummary:
     seconds: float = 0.0
     n_bytes: int = 0
 
+    def line(self) -> str:
+        """The summary in one line: file, size, time, kernel, entries, queries, conservation."""
+        return (f"report written to {self.path} ({self.n_bytes / 2**20:.2f} MiB) in {self.seconds:.1f} s: kernel "
+                f"{self.n_rows} x {self.n_cols}, {self.n_entries} explained entries, {len(self.queries)} queries, "
+                f"largest conservation error {self.max_conservation_error:.2g}")
+
     def __str__(self) -> str:
         lines = [f"report written to {self.path} ({self.n_bytes / 2**20:.2f} MiB) in {self.seconds:.1f} s",
                  f"  kernel {self.n_rows} x {self.n_cols}, heatmap {self.heatmap_shape[0]} x {self.heatmap_shape[1]} "
@@ -267,13 +273,28 @@ def _audit_payload(audit: Any, estimator: Any, X: Any, y: Any, audit_max_pairs: 
             raise ValueError(f"audit must be None, 'auto', a DatasetAudit or its to_dict(), got {audit!r}.")
         from ..audits import audit_dataset
 
+        kern = _split(estimator)[1]
+        if getattr(kern, "input_shape_", None) is None:
+            # the audit averages relevance maps over fixed input positions; texts have none
+            notes.append("no dataset audit: it maps relevance over the positions of fixed-shape inputs, and "
+                         "texts differ in length (the entries show each pair's token matrix instead)")
+            return None
         _log(verbose, f"auditing the dataset (at most {audit_max_pairs} kernel entries per group) ...")
-        audit = audit_dataset(estimator, X, y, max_pairs=audit_max_pairs, random_state=random_state,
-                              verbose=verbose)
+        audit = audit_dataset(estimator, X, y, region=_audit_region(kern), max_pairs=audit_max_pairs,
+                              random_state=random_state, verbose=verbose)
         capped.append(f"audit: at most {audit_max_pairs} kernel entries per group were aggregated "
                       "(audit_max_pairs)")
     data = audit if isinstance(audit, dict) else audit.to_dict()
     return _jsonable(data)
+
+
+def _audit_region(kern: DeepKernel) -> Any:
+    """Audit regions the kernel's groups fit in: its patches when it pools patches, else
+    the audit's default of 2 x 2 positions (the digits demo explains single pixels)."""
+    pooling = getattr(kern, "pooling", None)
+    if isinstance(pooling, (int, np.integer)) or (isinstance(pooling, tuple) and len(pooling) == 2):
+        return pooling
+    return 2
 
 
 def _jsonable(value: Any) -> Any:

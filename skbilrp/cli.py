@@ -392,10 +392,10 @@ def _report_user_data(args: argparse.Namespace) -> int:
         for flag in ("--size", "--patch", "--weights"):
             if getattr(args, flag[2:]) is not None:
                 raise CommandError(f"{flag} applies to --images, not to --texts; drop it.")
-        model = _report_text_model(args.model)
         data = read_texts(args.texts, args.text_column, args.label_column, "--texts")
         queries = None if args.queries is None else read_texts(args.queries, args.text_column, args.label_column,
                                                                "--queries")
+        model = _report_text_model(args.model)
     if queries is None:
         train, queries = _held_out(data, _test_size(args.test_size, len(data)))
     else:
@@ -469,6 +469,9 @@ def _text_model_name(model: Optional[str]) -> str:
 
 def _test_size(value: Optional[str], n: int) -> Any:
     """``--test-size`` as sklearn's ``test_size``: a fraction in (0, 1) or a count, leaving both sides non-empty."""
+    if n < 2:
+        raise CommandError(f"The data hold {n} sample; a report without --queries needs at least 2 (training samples "
+                           "and queries held out from them): add data, or give the queries with --queries.")
     value = "0.25" if value is None else value
     try:
         size: Any = int(value) if re.fullmatch(r"\d+", value) else float(value)
@@ -479,8 +482,7 @@ def _test_size(value: Optional[str], n: int) -> Any:
     if isinstance(size, float) and not 0.0 < size < 1.0 or not 1 <= n_test <= n - 1:
         raise CommandError(f"--test-size {value} leaves {n_test} of the {n} samples as queries; with --queries "
                            f"left out, give a fraction in (0, 1) or a count from 1 to {n - 1} so that both the "
-                           "training samples and the queries are non-empty"
-                           + (" (one sample: add more data)." if n < 2 else "."))
+                           "training samples and the queries are non-empty.")
     return size
 
 

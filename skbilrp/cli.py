@@ -323,18 +323,21 @@ def _cmd_text(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    import time
+
+    start = time.perf_counter()
     _check_output(args)
     if args.images is None and args.texts is None:
-        return _report_digits(args)
-    return _report_user_data(args)
+        return _report_digits(args, start)
+    return _report_user_data(args, start)
 
 
-def _report_digits(args: argparse.Namespace) -> int:
+def _report_digits(args: argparse.Namespace, start: float) -> int:
     """The report of the digits demo's k-NN pipeline on the held-out split."""
     for flag, value in _user_data_flags(args):
         if flag == "--queries" and re.fullmatch(r"\d+", value):
-            raise CommandError(f"--queries names a folder or file of query samples for --images or --texts; for "
-                               f"the number of digits queries whose neighbours are explained, pass --n-queries {value}.")
+            args.n_queries = int(value)  # the digits report's --queries N of earlier versions
+            continue
         raise CommandError(f"{flag} only applies to a report on your data (--images DIR or --texts FILE); drop it "
                            "or give your data.")
     _check_n_train(args.n_train)
@@ -354,7 +357,7 @@ def _report_digits(args: argparse.Namespace) -> int:
     with _stage("fitting the digits CNN kernel"):
         knn.fit(X_train.reshape(len(X_train), -1), y_train)
     return _write(args, knn, X_test.reshape(len(X_test), -1), y_test, y_train,
-                  "skbilrp report: digits CNN cosine kernel")
+                  "skbilrp report: digits CNN cosine kernel", start)
 
 
 #: ``report`` options read only with ``--images`` or ``--texts`` (flag, attribute).
@@ -368,7 +371,7 @@ def _user_data_flags(args: argparse.Namespace) -> list[tuple[str, str]]:
     return [(flag, str(getattr(args, name))) for flag, name in _USER_DATA_OPTIONS if getattr(args, name) is not None]
 
 
-def _report_user_data(args: argparse.Namespace) -> int:
+def _report_user_data(args: argparse.Namespace, start: float) -> int:
     """The report of a kernel fitted on the user's images or texts; every check before any work."""
     from .datasets import find_images, read_texts
 
@@ -411,7 +414,7 @@ def _report_user_data(args: argparse.Namespace) -> int:
         X = np.asarray(queries.items, dtype=object)
     source = args.images if images else args.texts
     title = f"skbilrp report: {source} ({model if images else _text_model_name(model)} {kern.kernel} kernel)"
-    return _write(args, kern, X, queries.labels, train.labels, title)
+    return _write(args, kern, X, queries.labels, train.labels, title, start)
 
 
 def _report_image_model(args: argparse.Namespace) -> tuple[str, int, int]:
@@ -538,8 +541,11 @@ def _fit_text_kernel(args: argparse.Namespace, model: Optional[str], train: Any)
         return kern.fit(train.items)
 
 
-def _write(args: argparse.Namespace, estimator: Any, X: Any, y: Any, y_fit: Any, title: str) -> int:
-    """Write the report of a fitted kernel (or pipeline) on the queries ``X``; print the summary."""
+def _write(args: argparse.Namespace, estimator: Any, X: Any, y: Any, y_fit: Any, title: str, start: float) -> int:
+    """Write the report of a fitted kernel (or pipeline) on the queries ``X``; print its summary
+    line, then what was capped and the total time."""
+    import time
+
     from .report import write_report
 
     with _stage(f"report: kernel of {len(X)} queries, BiLRP of up to {args.max_entries} entries"
@@ -550,9 +556,10 @@ def _write(args: argparse.Namespace, estimator: Any, X: Any, y: Any, y_fit: Any,
                                audit_max_pairs=args.audit_max_pairs, title=title, verbose=False)
     print(summary.line())
     for capped in summary.capped:
-        _note(f"capped: {capped}")
+        print(f"  capped: {capped}")
     for note in summary.notes:
-        _note(note)
+        print(f"  note: {note}")
+    print(f"total time {time.perf_counter() - start:.1f} s (models and data included)")
     return 0
 
 
@@ -711,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--label-column", metavar="NAME", help="column of the labels in a .csv/.tsv file")
     data.add_argument("--queries", metavar="DIR|FILE",
                       help="queries (rows of the kernel), in the layout of --images or --texts (default: a "
-                           "held-out split of the data)")
+                           "held-out split of the data); for the digits demo, a number as --n-queries")
     data.add_argument("--test-size", metavar="F|N",
                       help="share (e.g. 0.25, the default) or number of samples held out as queries")
     data.add_argument("--model", metavar="NAME|DIR",

@@ -414,7 +414,11 @@ def _report_user_data(args: argparse.Namespace, start: float) -> int:
         X = np.asarray(queries.items, dtype=object)
     source = args.images if images else args.texts
     title = f"skbilrp report: {source} ({model if images else _text_model_name(model)} {kern.kernel} kernel)"
-    return _write(args, kern, X, queries.labels, train.labels, title, start)
+    names = names_fit = None
+    if images:  # file names beside the indices: texts show themselves
+        names = [os.path.relpath(p, args.queries or args.images) for p in queries.items]
+        names_fit = [os.path.relpath(p, args.images) for p in train.items]
+    return _write(args, kern, X, queries.labels, train.labels, title, start, names, names_fit)
 
 
 def _report_image_model(args: argparse.Namespace) -> tuple[str, int, int]:
@@ -541,7 +545,8 @@ def _fit_text_kernel(args: argparse.Namespace, model: Optional[str], train: Any)
         return kern.fit(train.items)
 
 
-def _write(args: argparse.Namespace, estimator: Any, X: Any, y: Any, y_fit: Any, title: str, start: float) -> int:
+def _write(args: argparse.Namespace, estimator: Any, X: Any, y: Any, y_fit: Any, title: str, start: float,
+           names: Optional[list] = None, names_fit: Optional[list] = None) -> int:
     """Write the report of a fitted kernel (or pipeline) on the queries ``X``; print its summary
     line, then what was capped and the total time."""
     import time
@@ -553,7 +558,8 @@ def _write(args: argparse.Namespace, estimator: Any, X: Any, y: Any, y_fit: Any,
         summary = write_report(args.output, estimator, X, y, y_fit=y_fit, queries=args.n_queries,
                                n_neighbors=args.neighbors, max_entries=args.max_entries, max_heatmap=args.max_heatmap,
                                n_links=args.links, audit=None if args.no_audit else "auto",
-                               audit_max_pairs=args.audit_max_pairs, title=title, verbose=False)
+                               audit_max_pairs=args.audit_max_pairs, title=title, names=names,
+                               names_fit=names_fit, verbose=False)
     print(summary.line())
     for capped in summary.capped:
         print(f"  capped: {capped}")

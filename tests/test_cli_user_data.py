@@ -120,6 +120,10 @@ def test_image_folder_report_embeds_the_kernel_and_the_labels(photo_folders, tmp
     for e in data["entries"]:
         assert e["k"] == pytest.approx(K[e["i"], e["j"]], abs=1e-6)
         assert e["sum"] == pytest.approx(e["k"] - e["err"], abs=1e-12)
+    names = {side: [os.path.relpath(p, photo_folders / split) for p in files(split)]
+             for side, split in (("rows", "queries"), ("cols", "train"))}
+    for side, shown in data["sample_names"].items():  # file names beside the indices
+        assert shown and all(name == names[side][int(i)] for i, name in shown.items())
     for q in data["queries"]:  # neighbours by the independent kernel
         assert q["neighbours"] == list(np.argsort(-K[q["row"]], kind="stable")[:2])
 

@@ -288,6 +288,15 @@ def _audit_payload(audit: Any, estimator: Any, X: Any, y: Any, audit_max_pairs: 
     return _jsonable(data)
 
 
+def _names(given: Optional[Sequence[str]], n: int, used: Sequence[int], what: str) -> dict:
+    """``{index: name}`` of the samples shown, from one name per sample (or none)."""
+    if given is None:
+        return {}
+    if len(given) != n:
+        raise ValueError(f"{what} must hold one name per sample, {n}, got {len(given)}.")
+    return {str(i): str(given[i])[:MAX_TEXT_CHARS] for i in used}
+
+
 def _audit_region(kern: DeepKernel) -> Any:
     """Audit regions the kernel's groups fit in: its patches when it pools patches, else
     the audit's default of 2 x 2 positions (the digits demo explains single pixels)."""
@@ -324,6 +333,7 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
                  pairs: Optional[Sequence[tuple[int, int]]] = None, max_entries: int = 300,
                  max_heatmap: int = 512, n_links: int = 30, max_tokens: int = 64,
                  audit: Any = "auto", audit_max_pairs: int = 200, title: Optional[str] = None,
+                 names: Optional[Sequence[str]] = None, names_fit: Optional[Sequence[str]] = None,
                  random_state: int = 0, verbose: bool = True) -> ReportSummary:
     """Write one self-contained interactive HTML report of a deep kernel and its explanations.
 
@@ -374,6 +384,9 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
     audit_max_pairs : int, default=200
         ``max_pairs`` of the audit computed with ``audit="auto"``.
     title : str, optional
+    names, names_fit : sequence of str, optional
+        Names of the rows' and the columns' samples (e.g. their file names), shown
+        beside their index wherever a sample is named.
     random_state : int, default=0
         Seed of the entry sample.
     verbose : bool, default=True
@@ -563,6 +576,9 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
         if not absolute:
             notes.append("inputs lie outside [0, 1]: each image is shown rescaled to its own range")
     data["samples"] = samples
+    data["sample_names"] = {side: _names(given, n, idx, what) for side, given, n, idx, what in
+                            (("rows", names if not same else names_fit, n_rows, rows_used, "names"),
+                             ("cols", names_fit, n_cols, cols_used, "names_fit"))}
 
     # ---- audit, conservation
     audit_data = _audit_payload(audit, estimator, X, y, audit_max_pairs, random_state, verbose, notes, capped)

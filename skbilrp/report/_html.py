@@ -124,8 +124,9 @@ function sampleCanvas(side, idx, size) {  // an input sample as a canvas of abou
   cv.style.width = (s.w * sc) + "px"; cv.style.height = (s.h * sc) + "px";
   return cv;
 }
-function rowName(i) { var n = D.row_names[D.row_class[i]]; return "row " + i + (n !== "" ? " (class " + n + ")" : ""); }
-function colName(j) { var n = D.col_names[D.col_class[j]]; return (D.same ? "sample " : "train ") + j + (n !== "" ? " (class " + n + ")" : ""); }
+function named(side, i) { var s = (D.sample_names || {})[side] || {}, n = s[String(i)]; return n ? " " + n : ""; }
+function rowName(i) { var n = D.row_names[D.row_class[i]]; return "row " + i + named("rows", i) + (n !== "" ? " (class " + n + ")" : ""); }
+function colName(j) { var n = D.col_names[D.col_class[j]]; return (D.same ? "sample " : "train ") + j + named("cols", j) + (n !== "" ? " (class " + n + ")" : ""); }
 function rowLabel(i) { return D.same ? "sample " + i : "row " + i; }
 function key(i, j) { return i + "," + j; }
 

@@ -554,7 +554,7 @@ def _write(args: argparse.Namespace, estimator: Any, X: Any, y: Any, y_fit: Any,
     from .report import write_report
 
     with _stage(f"report: kernel of {len(X)} queries, BiLRP of up to {args.max_entries} entries"
-                + ("" if args.no_audit else ", dataset audit")):
+                + ("" if args.no_audit or args.texts is not None else ", dataset audit")):
         summary = write_report(args.output, estimator, X, y, y_fit=y_fit, queries=args.n_queries,
                                n_neighbors=args.neighbors, max_entries=args.max_entries, max_heatmap=args.max_heatmap,
                                n_links=args.links, audit=None if args.no_audit else "auto",

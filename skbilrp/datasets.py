@@ -14,6 +14,7 @@ and the fix; they are one line each.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import sys
 from dataclasses import dataclass, field
@@ -237,16 +238,21 @@ def read_texts(path: str, text_column: Optional[str] = None, label_column: Optio
     return _read_table(path, content, "\t" if ext == ".tsv" else ",", text_column, label_column, what)
 
 
+def _filled(row: list) -> bool:
+    return any(cell.strip() for cell in row)
+
+
 def _read_table(path: str, content: str, delimiter: str, text_column: Optional[str],
                 label_column: Optional[str], what: str) -> Dataset:
-    try:
-        rows = list(csv.reader(content.splitlines(), delimiter=delimiter, strict=True))
+    try:  # a StringIO, not splitlines(): quoted cells may hold line breaks
+        rows = list(csv.reader(io.StringIO(content, newline=""), delimiter=delimiter, strict=True))
     except csv.Error as err:
         raise ValueError(f"{what} {path!r} is no valid {'TSV' if delimiter == chr(9) else 'CSV'} table ({err}); "
                          "check its quoting.") from err
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    if not rows:
+    if not any(_filled(r) for r in rows):
         raise ValueError(f"{what} {path!r} is empty; give a table with a header row and one text per row.")
+    while not _filled(rows[0]):  # blank lines above the header
+        rows.pop(0)
     header = [h.strip() for h in rows[0]]
     columns = ", ".join(repr(h) for h in header)
     if text_column is None:
@@ -262,7 +268,9 @@ def _read_table(path: str, content: str, delimiter: str, text_column: Optional[s
             raise ValueError(f"{flag} {name!r} is no column of {what} {path!r}; its columns are {columns}.")
         index[flag] = header.index(name)
     texts, labels = [], []
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in enumerate(rows[1:], start=2):  # numbered as a spreadsheet shows them
+        if not _filled(row):
+            continue
         for flag, i in index.items():
             if i >= len(row) or not row[i].strip():
                 raise ValueError(f"Row {line} of {what} {path!r} has no {header[i]!r} value ({flag}); fill it in "

@@ -358,3 +358,26 @@ def test_text_report_with_a_local_model_folder(tiny_model_folder, tmp_path, caps
     K = mean_pooled(lines[4:6]) @ mean_pooled(lines[:4]).T
     for e in data["entries"]:
         assert e["k"] == pytest.approx(K[e["i"], e["j"]], abs=1e-6)
+
+
+# ------------------------------------------------------------ the readers
+
+
+def test_image_folders_are_read_recursively_with_first_level_labels(tmp_path):
+    from skbilrp.datasets import find_images
+
+    pixels = np.zeros((5, 7, 3), np.uint8)
+    for rel in ("cats/a.png", "cats/indoor/b.PNG", "dogs/c.jpg", "dogs/.hidden.png", ".git/d.png"):
+        _save(pixels, str(tmp_path / rel))
+    data = find_images(str(tmp_path))
+    assert [os.path.relpath(p, tmp_path) for p in data.items] == ["cats/a.png", "cats/indoor/b.PNG", "dogs/c.jpg"]
+    assert list(data.labels) == ["cats", "cats", "dogs"] and data.notes == []  # one size, one mode: no note
+
+
+def test_tables_keep_quoted_separators_and_skip_a_byte_order_mark(tmp_path):
+    from skbilrp.datasets import read_texts
+
+    path = tmp_path / "t.csv"
+    path.write_bytes('\ufefftext,label\n"Hello, world",greeting\n"Two\nlines",other\n'.encode("utf-8"))
+    data = read_texts(str(path), "text", "label")
+    assert data.items == ["Hello, world", "Two\nlines"] and list(data.labels) == ["greeting", "other"]

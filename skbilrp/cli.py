@@ -455,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = report.add_argument_group("your data (without --images or --texts: the digits demo)")
     data.add_argument("--images", metavar="DIR",
                       help="folder of images, read recursively; the names of its subfolders are the labels")
+    data.add_argument("--labels", metavar="CSV",
+                      help="labels of --images from a .csv/.tsv table (header, then image path relative to DIR "
+                           "and label), instead of subfolder names")
     data.add_argument("--texts", metavar="FILE",
                       help=".txt file (one text per line) or .csv/.tsv file with a header row")
     data.add_argument("--text-column", metavar="NAME", help="column of the texts in a .csv/.tsv file")

@@ -58,11 +58,12 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def find_images(folder: str, what: str = "--images") -> Dataset:
+def find_images(folder: str, what: str = "--images", labels_file: Optional[str] = None) -> Dataset:
     """List the images under ``folder`` (recursively) and their labels, reading headers only.
 
     Labels are the names of the first-level subfolders when the images lie in
-    subfolders; images directly in ``folder`` have no label. Hidden files and folders
+    subfolders, or those of ``labels_file``; images directly in ``folder`` have no
+    label otherwise. Hidden files and folders
     (names starting with a dot) are skipped, so are files whose name does not end in
     one of :data:`IMAGE_EXTENSIONS` (named in a note).
 
@@ -71,6 +72,10 @@ def find_images(folder: str, what: str = "--images") -> Dataset:
     folder : str
     what : str, default="--images"
         How messages name the argument.
+    labels_file : str, optional
+        A ``.csv`` or ``.tsv`` file with a header row and two columns: each image's path
+        relative to ``folder`` (``/`` as separator) and its label. Every image needs
+        a row; rows of files that are not there are refused.
 
     Returns
     -------
@@ -83,8 +88,9 @@ def find_images(folder: str, what: str = "--images") -> Dataset:
     FileNotFoundError, NotADirectoryError
         If ``folder`` is not a folder.
     ValueError
-        If it holds no image, mixes images with and without a class subfolder, or a
-        file cannot be read as an image (its header is checked with Pillow).
+        If it holds no image, mixes images with and without a class subfolder (and
+        there is no ``labels_file``), a file cannot be read as an image (its header is
+        checked with Pillow), or ``labels_file`` and the images do not match.
     """
     if not os.path.exists(folder):
         raise FileNotFoundError(f"{what} {folder!r}: no such folder; check the path.")
@@ -106,7 +112,9 @@ def find_images(folder: str, what: str = "--images") -> Dataset:
     parts = [os.path.relpath(p, folder).split(os.sep) for p in paths]
     loose = [p for p, rel in zip(paths, parts) if len(rel) == 1]
     labels = None
-    if len(loose) < len(paths):
+    if labels_file is not None:
+        labels = _labels_from_file(labels_file, ["/".join(rel) for rel in parts], folder, what)
+    elif len(loose) < len(paths):
         if loose:
             raise ValueError(f"{what} {folder!r} has {len(loose)} images directly in it (e.g. "
                              f"{os.path.basename(loose[0])!r}) beside {len(paths) - len(loose)} in subfolders, whose "
@@ -118,6 +126,44 @@ def find_images(folder: str, what: str = "--images") -> Dataset:
                      f"(e.g. {os.path.relpath(skipped[0], folder)!r})")
     notes += _check_headers(paths)
     return Dataset(paths, labels, "images", notes)
+
+
+def _labels_from_file(path: str, names: list, folder: str, what: str) -> np.ndarray:
+    """The label of each image (``names``: paths relative to the folder, ``/``-separated)
+    from a table of two columns: image path, label."""
+    if not path.lower().endswith((".csv", ".tsv")):
+        raise ValueError(f"--labels {path!r} is no .csv or .tsv file; give a table with a header row and two "
+                         "columns: the image path relative to the folder, and its label.")
+    header = _header(path)
+    if header is None:  # missing, a folder, not UTF-8, bad quoting: read_texts names which
+        read_texts(path, what="--labels")
+        raise ValueError(f"--labels {path!r} cannot be read as a table.")
+    if len(header) != 2:
+        raise ValueError(f"--labels {path!r} has {len(header)} columns ({', '.join(map(repr, header))}); give two: "
+                         "the image path relative to the folder, and its label.")
+    table = read_texts(path, header[0], header[1], what="--labels")
+    given = {os.path.normpath(f).replace(os.sep, "/"): label for f, label in zip(table.items, table.labels)}
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise ValueError(f"{len(missing)} images under {what} {folder!r} have no row in --labels {path!r} (e.g. "
+                         f"{missing[0]!r}); add a row for each: its path relative to the folder, and a label.")
+    extra = sorted(set(given) - set(names))
+    if extra:
+        raise ValueError(f"--labels {path!r} names {len(extra)} files that are no images under {what} {folder!r} "
+                         f"(e.g. {extra[0]!r}); fix the paths (relative to the folder) or delete those rows.")
+    return np.array([given[n] for n in names])
+
+
+def _header(path: str) -> Optional[list]:
+    """The first non-blank row of a table, or None if it cannot be read."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            for row in csv.reader(fh, delimiter="\t" if path.lower().endswith(".tsv") else ","):
+                if _filled(row):
+                    return [c.strip() for c in row]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return None
 
 
 def _raise(err: OSError) -> None:

@@ -290,6 +290,12 @@ def bad_inputs(tmp_path):
     two.write_text("a cat\na dog\n", encoding="utf-8")
     empty_model = tmp_path / "model"
     empty_model.mkdir()
+    labels_short = tmp_path / "short.csv"  # good/ holds c/0.png, c/1.png, c/2.png
+    labels_short.write_text("file,label\nc/0.png,x\nc/1.png,y\n", encoding="utf-8")
+    labels_extra = tmp_path / "extra.csv"
+    labels_extra.write_text("file,label\nc/0.png,x\nc/1.png,y\nc/2.png,x\nc/9.png,y\n", encoding="utf-8")
+    labels_wide = tmp_path / "wide.tsv"
+    labels_wide.write_text("file\tlabel\tnote\nc/0.png\tx\t-\n", encoding="utf-8")
     return {name: str(p) for name, p in locals().items() if name != "tmp_path"}
 
 
@@ -328,6 +334,14 @@ REFUSALS = {
                                 ["no local folder", "not downloaded"]),
     "text model folder without config": (["--texts", "{two}", "--model", "{empty_model}"],
                                          ["neither modules.json", "config.json"]),
+    "labels file missing a row": (["--images", "{good}", "--labels", "{labels_short}"],
+                                  ["1 images", "no row in --labels", "'c/2.png'"]),
+    "labels file with extra rows": (["--images", "{good}", "--labels", "{labels_extra}"],
+                                    ["names 1 files that are no images", "'c/9.png'"]),
+    "labels file of three columns": (["--images", "{good}", "--labels", "{labels_wide}"],
+                                     ["has 3 columns", "give two"]),
+    "labels file not a table": (["--images", "{good}", "--labels", "{two}"], ["no .csv or .tsv file"]),
+    "labels with texts": (["--texts", "{two}", "--labels", "{labels_short}"], ["--labels applies to --images"]),
     "bad output": (["--texts", "{two}", "-o", "{empty}"], ["is a folder"]),
     "digits with a model": (["--model", "mobilenet_v2"], ["--model only applies", "--images"]),
     "digits with query files": (["--queries", "{good}"], ["--queries only applies", "--images"]),
@@ -446,3 +460,15 @@ def test_tables_keep_quoted_separators_and_skip_a_byte_order_mark(tmp_path):
     path.write_bytes('\ufefftext,label\n"Hello, world",greeting\n"Two\nlines",other\n'.encode("utf-8"))
     data = read_texts(str(path), "text", "label")
     assert data.items == ["Hello, world", "Two\nlines"] and list(data.labels) == ["greeting", "other"]
+
+
+def test_a_labels_file_replaces_the_subfolder_names(tmp_path):
+    from skbilrp.datasets import find_images
+
+    pixels = np.zeros((5, 7, 3), np.uint8)
+    for rel in ("a.png", "more/b.png"):
+        _save(pixels, str(tmp_path / "photos" / rel))
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("path\tclass\n./more/b.png\tdog\na.png\tcat\n", encoding="utf-8")
+    data = find_images(str(tmp_path / "photos"), labels_file=str(labels))
+    assert list(data.labels) == ["cat", "dog"]  # loose images are fine: the labels come from the table

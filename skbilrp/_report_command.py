@@ -117,10 +117,11 @@ def _report_user_data(args: argparse.Namespace, start: float) -> int:
         train, queries = _held_out(data, _test_size(args.test_size, len(data)))
     else:
         train = data
+    if images:
+        cli._check_size_fits(model, size, patch)  # the last check: a refusal stays one line, before the notes
     for note in data.notes + (queries.notes if queries is not data else []):
         _note(note)
     if images:
-        cli._check_size_fits(model, size, patch)
         kern = _fit_image_kernel(args, model, size, patch, train)
         X = _read_pixels(queries, model, size)
     else:

@@ -472,3 +472,18 @@ def test_a_labels_file_replaces_the_subfolder_names(tmp_path):
     labels.write_text("path\tclass\n./more/b.png\tdog\na.png\tcat\n", encoding="utf-8")
     data = find_images(str(tmp_path / "photos"), labels_file=str(labels))
     assert list(data.labels) == ["cat", "dog"]  # loose images are fine: the labels come from the table
+
+
+def test_a_size_beyond_memory_is_refused_in_one_line(bad_inputs, tmp_path, monkeypatch, capsys):
+    """The memory estimate runs (random weights, two small sizes); the model and the pixels are never loaded."""
+    import skbilrp.cli
+    import skbilrp.datasets
+
+    calls = []
+    monkeypatch.setattr(skbilrp.cli, "_image_model", lambda *a: calls.append("_image_model"))
+    monkeypatch.setattr(skbilrp.datasets, "load_images", lambda *a, **k: calls.append("load_images"))
+    _save(np.zeros((9, 9), np.uint8), os.path.join(bad_inputs["good"], "c", "grey.png"))  # a note-worthy mode
+    assert main(["report", "--images", bad_inputs["good"], "--size", "100000", "-o", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--size 100000" in err[0] and "pass --size" in err[0], err
+    assert calls == []

@@ -1,5 +1,6 @@
 """The ``skbilrp`` command: ``demo``, ``explain`` (two images), ``text`` (two sentences) and
-``report`` (an interactive HTML report of the digits demo).
+``report`` (an interactive HTML report of a kernel on the user's images or texts, or of
+the digits demo).
 
 Expected failures (a missing file, a file that is no image, a weights file that is
 no VGG-16 state_dict, an ``--output`` that cannot be written, a missing optional
@@ -26,6 +27,9 @@ __all__ = ["main", "build_parser", "CommandError", "explain_memory"]
 
 PROG = "skbilrp"
 EXIT_USAGE = 2
+
+#: LRP rules presets of ``report --rules`` (those of :data:`skbilrp.rules.PRESETS` that need no model family).
+PRESET_NAMES = ("zero", "zero-share", "zero-flat", "epsilon", "gamma")
 
 #: Input side (pixels) and patch size of each image model, when not given.
 _IMAGE_DEFAULTS = {"mobilenet_v2": (224, 16), "efficientnet_lite0": (224, 16), "vgg16": (224, 16),
@@ -319,35 +323,9 @@ def _cmd_text(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    _check_output(args)
-    _check_n_train(args.n_train)
-    import time
+    from ._report_command import run_report  # late: it reads this module's helpers (and their test patches)
 
-    from sklearn.model_selection import train_test_split
-
-    from .demo import digits_pipelines
-    from .models import load_digits_images
-    from .report import write_report
-
-    start = time.perf_counter()
-    X_train, y_train = load_digits_images("train")
-    X_test, y_test = load_digits_images("test")
-    if args.n_train is not None:
-        if args.n_train < len(X_train):
-            X_train, _, y_train, _ = train_test_split(X_train, y_train, train_size=args.n_train,
-                                                      stratify=y_train, random_state=0)
-    print(f"digits: k-NN pipeline of the demo (digits CNN cosine kernel) fitted on {len(X_train)} training "
-          f"images; report of K({len(X_test)} held-out, {len(X_train)} training)")
-    _, knn = digits_pipelines(n_neighbors=3, verbose=False)
-    knn.fit(X_train.reshape(len(X_train), -1), y_train)
-    summary = write_report(args.output, knn, X_test.reshape(len(X_test), -1), y_test, y_fit=y_train,
-                           queries=args.queries, n_neighbors=args.neighbors, max_entries=args.max_entries,
-                           max_heatmap=args.max_heatmap, n_links=args.links,
-                           audit=None if args.no_audit else "auto", audit_max_pairs=args.audit_max_pairs,
-                           title="skbilrp report: digits CNN cosine kernel", verbose=False)
-    print(summary)
-    print(f"total time {time.perf_counter() - start:.1f} s (models and data included)")
-    return 0
+    return run_report(args)
 
 
 _TEXT_HINT = 'install the text extra with: pip install torch==2.13.0 "skbilrp[text]"'
@@ -467,18 +445,48 @@ def build_parser() -> argparse.ArgumentParser:
                       help="figure file (default: %(default)s)")
     text.set_defaults(run=_cmd_text)
 
-    report = sub.add_parser("report", help="interactive HTML report of the digits demo's kernel",
-                            description="Write one self-contained HTML file (no network) with the digits "
-                                        "demo's kernel heatmap, clickable BiLRP pair explanations, "
-                                        "nearest-neighbour explanations, the dataset audit and the "
-                                        "conservation errors. What is shown is precomputed and capped; "
-                                        "the report says what was capped.")
+    report = sub.add_parser(
+        "report", help="interactive HTML report of a deep kernel on your images or texts (or the digits demo)",
+        description="Write one self-contained HTML file (no network) with a deep kernel's heatmap sorted by "
+                    "label, clickable BiLRP pair explanations, nearest-neighbour explanations of queries, the "
+                    "dataset audit and the conservation errors. The kernel is fitted on your data (--images DIR "
+                    "or --texts FILE) or, without either, on the digits demo. What is shown is precomputed and "
+                    "capped; the report says what was capped.")
+    data = report.add_argument_group("your data (without --images or --texts: the digits demo)")
+    data.add_argument("--images", metavar="DIR",
+                      help="folder of images, read recursively; the names of its subfolders are the labels")
+    data.add_argument("--labels", metavar="CSV",
+                      help="labels of --images from a .csv/.tsv table (header, then image path relative to DIR "
+                           "and label), instead of subfolder names")
+    data.add_argument("--texts", metavar="FILE",
+                      help=".txt file (one text per line) or .csv/.tsv file with a header row")
+    data.add_argument("--text-column", metavar="NAME", help="column of the texts in a .csv/.tsv file")
+    data.add_argument("--label-column", metavar="NAME", help="column of the labels in a .csv/.tsv file")
+    data.add_argument("--queries", metavar="DIR|FILE",
+                      help="queries (rows of the kernel), in the layout of --images or --texts (default: a "
+                           "held-out split of the data); for the digits demo, a number as --n-queries")
+    data.add_argument("--test-size", metavar="F|N",
+                      help="share (e.g. 0.25, the default) or number of samples held out as queries")
+    data.add_argument("--model", metavar="NAME|DIR",
+                      help=f"images: {', '.join(sorted(_IMAGE_DEFAULTS))} (default: mobilenet_v2); texts: a local "
+                           "SentenceTransformer or Hugging Face folder (default: all-MiniLM-L6-v2)")
+    data.add_argument("--weights", metavar="PATH", help="torchvision VGG-16 weights file, for --model vgg16")
+    data.add_argument("--size", type=_positive, default=None, metavar="PX",
+                      help="images are resized and centre-cropped to this side (default: 224; 8 for digits)")
+    data.add_argument("--patch", type=_positive, default=None, metavar="PX",
+                      help="patch side in pixels (default: 16; 1 for digits)")
+    data.add_argument("--kernel", choices=("cosine", "linear"), default=None,
+                      help="similarity of the features (default: cosine)")
+    data.add_argument("--rules", choices=sorted(PRESET_NAMES), default=None,
+                      help="LRP rules preset (default: the image model's own rules; zero-share for texts)")
+    data.add_argument("--attention", choices=("cp", "attnlrp"), default=None,
+                      help="texts: relevance through attention, CP-LRP or AttnLRP (default: cp)")
     report.add_argument("--output", "-o", default="skbilrp-report.html", metavar="HTML",
                         help="report file (default: %(default)s)")
     report.add_argument("--n-train", type=int, default=None, metavar="N",
-                        help="training images to use (default: the whole training split)")
-    report.add_argument("--queries", type=_non_negative, default=10, metavar="N",
-                        help="held-out queries whose neighbours are explained (default: %(default)s)")
+                        help="digits demo: training images to use (default: the whole training split)")
+    report.add_argument("--n-queries", type=_non_negative, default=10, metavar="N",
+                        help="queries whose neighbours are explained (default: %(default)s)")
     report.add_argument("--neighbors", type=_positive, default=5, metavar="K",
                         help="neighbours explained per query (default: %(default)s)")
     report.add_argument("--max-entries", type=_non_negative, default=300, metavar="N",
@@ -524,6 +532,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (CommandError, ImportError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError) as err:
+    except (CommandError, ImportError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+            ValueError) as err:
         print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE

@@ -72,6 +72,12 @@ class ReportSummary:
     seconds: float = 0.0
     n_bytes: int = 0
 
+    def line(self) -> str:
+        """The summary in one line: file, size, time, kernel, entries, queries, conservation."""
+        return (f"report written to {self.path} ({self.n_bytes / 2**20:.2f} MiB) in {self.seconds:.1f} s: kernel "
+                f"{self.n_rows} x {self.n_cols}, {self.n_entries} explained entries, {len(self.queries)} queries, "
+                f"largest conservation error {self.max_conservation_error:.2g}")
+
     def __str__(self) -> str:
         lines = [f"report written to {self.path} ({self.n_bytes / 2**20:.2f} MiB) in {self.seconds:.1f} s",
                  f"  kernel {self.n_rows} x {self.n_cols}, heatmap {self.heatmap_shape[0]} x {self.heatmap_shape[1]} "
@@ -267,13 +273,37 @@ def _audit_payload(audit: Any, estimator: Any, X: Any, y: Any, audit_max_pairs: 
             raise ValueError(f"audit must be None, 'auto', a DatasetAudit or its to_dict(), got {audit!r}.")
         from ..audits import audit_dataset
 
+        kern = _split(estimator)[1]
+        if getattr(kern, "input_shape_", None) is None:
+            # the audit averages relevance maps over fixed input positions; texts have none
+            notes.append("no dataset audit: it maps relevance over the positions of fixed-shape inputs, and "
+                         "texts differ in length (the entries show each pair's token matrix instead)")
+            return None
         _log(verbose, f"auditing the dataset (at most {audit_max_pairs} kernel entries per group) ...")
-        audit = audit_dataset(estimator, X, y, max_pairs=audit_max_pairs, random_state=random_state,
-                              verbose=verbose)
+        audit = audit_dataset(estimator, X, y, region=_audit_region(kern), max_pairs=audit_max_pairs,
+                              random_state=random_state, verbose=verbose)
         capped.append(f"audit: at most {audit_max_pairs} kernel entries per group were aggregated "
                       "(audit_max_pairs)")
     data = audit if isinstance(audit, dict) else audit.to_dict()
     return _jsonable(data)
+
+
+def _names(given: Optional[Sequence[str]], n: int, used: Sequence[int], what: str) -> dict:
+    """``{index: name}`` of the samples shown, from one name per sample (or none)."""
+    if given is None:
+        return {}
+    if len(given) != n:
+        raise ValueError(f"{what} must hold one name per sample, {n}, got {len(given)}.")
+    return {str(i): str(given[i])[:MAX_TEXT_CHARS] for i in used}
+
+
+def _audit_region(kern: DeepKernel) -> Any:
+    """Audit regions the kernel's groups fit in: its patches when it pools patches, else
+    the audit's default of 2 x 2 positions (the digits demo explains single pixels)."""
+    pooling = getattr(kern, "pooling", None)
+    if isinstance(pooling, (int, np.integer)) or (isinstance(pooling, tuple) and len(pooling) == 2):
+        return pooling
+    return 2
 
 
 def _jsonable(value: Any) -> Any:
@@ -303,6 +333,7 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
                  pairs: Optional[Sequence[tuple[int, int]]] = None, max_entries: int = 300,
                  max_heatmap: int = 512, n_links: int = 30, max_tokens: int = 64,
                  audit: Any = "auto", audit_max_pairs: int = 200, title: Optional[str] = None,
+                 names: Optional[Sequence[str]] = None, names_fit: Optional[Sequence[str]] = None,
                  random_state: int = 0, verbose: bool = True) -> ReportSummary:
     """Write one self-contained interactive HTML report of a deep kernel and its explanations.
 
@@ -353,6 +384,9 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
     audit_max_pairs : int, default=200
         ``max_pairs`` of the audit computed with ``audit="auto"``.
     title : str, optional
+    names, names_fit : sequence of str, optional
+        Names of the rows' and the columns' samples (e.g. their file names), shown
+        beside their index wherever a sample is named.
     random_state : int, default=0
         Seed of the entry sample.
     verbose : bool, default=True
@@ -542,6 +576,9 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
         if not absolute:
             notes.append("inputs lie outside [0, 1]: each image is shown rescaled to its own range")
     data["samples"] = samples
+    data["sample_names"] = {side: _names(given, n, idx, what) for side, given, n, idx, what in
+                            (("rows", names if not same else names_fit, n_rows, rows_used, "names"),
+                             ("cols", names_fit, n_cols, cols_used, "names_fit"))}
 
     # ---- audit, conservation
     audit_data = _audit_payload(audit, estimator, X, y, audit_max_pairs, random_state, verbose, notes, capped)

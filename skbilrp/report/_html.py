@@ -124,8 +124,9 @@ function sampleCanvas(side, idx, size) {  // an input sample as a canvas of abou
   cv.style.width = (s.w * sc) + "px"; cv.style.height = (s.h * sc) + "px";
   return cv;
 }
-function rowName(i) { var n = D.row_names[D.row_class[i]]; return "row " + i + (n !== "" ? " (class " + n + ")" : ""); }
-function colName(j) { var n = D.col_names[D.col_class[j]]; return (D.same ? "sample " : "train ") + j + (n !== "" ? " (class " + n + ")" : ""); }
+function named(side, i) { var s = (D.sample_names || {})[side] || {}, n = s[String(i)]; return n ? " " + n : ""; }
+function rowName(i) { var n = D.row_names[D.row_class[i]]; return "row " + i + named("rows", i) + (n !== "" ? " (class " + n + ")" : ""); }
+function colName(j) { var n = D.col_names[D.col_class[j]]; return (D.same ? "sample " : "train ") + j + named("cols", j) + (n !== "" ? " (class " + n + ")" : ""); }
 function rowLabel(i) { return D.same ? "sample " + i : "row " + i; }
 function key(i, j) { return i + "," + j; }
 
@@ -386,7 +387,12 @@ function entryRow(e, cols) {
 // ------------------------------------------------------------ audit
 (function audit() {
   var box = $("audit-body"), A = D.audit;
-  if (!A) { box.appendChild(el("p", {"class": "note"}, "No dataset audit in this report (audit=None, or skbilrp.audits.audit_dataset was not available). Pass audit=\"auto\" or audit=audit_dataset(...).")); return; }
+  if (!A) {
+    // the builder's own reason (e.g. a text kernel) beats the generic hint
+    var why = (D.notes || []).filter(function (n) { return n.indexOf("no dataset audit") === 0; })[0];
+    box.appendChild(el("p", {"class": "note"}, why ? why.charAt(0).toUpperCase() + why.slice(1) + "." : "No dataset audit in this report (audit=None, or skbilrp.audits.audit_dataset was not available). Pass audit=\"auto\" or audit=audit_dataset(...)."));
+    return;
+  }
   var head = el("p", {"class": "small"});
   head.textContent = "Entries aggregated: " + (A.entries || "?") + ". For each group: where the similarity between its members comes from (mean share of the similarity per position, summing to 1) next to where its input signal lies (mean share of |x|). Regions carrying far more similarity than signal are listed as suspicious.";
   box.appendChild(head);

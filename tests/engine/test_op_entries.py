@@ -317,9 +317,8 @@ def _build():
         "folded_into_linear": lambda m, x: m.bn(m.b(x)),
         "after_residual": lambda m, x: m.bn(m.a(x) + m.b(x)),
     })
-    vec.add(aten.linalg_vector_norm.default, {"normalize": on(
-        lambda h: F.normalize(h, dim=-1),
-        lambda h: h / torch.linalg.vector_norm(h.detach(), dim=-1, keepdim=True).clamp_min(1e-12))})
+    # GemmaRMSNorm's cast back to its input's dtype: the input's own flow ends (dtype only)
+    vec.add(aten.type_as.default, {"back_to_input_dtype": on(lambda h: (h.float() * 2).type_as(h))})
     vec.build()
 
     # known defects, each alone (a crash would take its group down)
@@ -342,7 +341,7 @@ def _build():
                 w=torch.randn(4, 5), wl=torch.randn(2, 3), wb=torch.randn(N, 4, 5), wbl=torch.randn(N, 2, 3),
                 wh=torch.randn(2, 4, 5), c=torch.randn(1, 1, 4), idx=torch.tensor([2, 0, 2]),
                 idx2=torch.tensor([[1], [0]]), gidx=torch.randint(0, 4, (N, 3, 2)), keep=keep,
-                bias_mask=torch.randn(3, 3), drop=nn.Dropout(0.5), fill=torch.tensor([[True], [False], [True]]),
+                bias_mask=torch.randn(3, 3), drop=nn.Dropout(0.5), empty=torch.zeros(0), fill=torch.tensor([[True], [False], [True]]),
                 ln=randomized(nn.LayerNorm(4)), ln0=nn.LayerNorm(4, elementwise_affine=False),
                 lnw=randomized(nn.LayerNorm(4, bias=False)), ln2=randomized(nn.LayerNorm((3, 4), eps=1e-3)),
                 rms=randomized(nn.RMSNorm(4, eps=1e-5)), rms0=nn.RMSNorm(4, elementwise_affine=False),
@@ -464,7 +463,11 @@ def _build():
     tok.add(aten.masked_fill.Tensor, {"fill_absorbed": lambda m, x: m.a(x).masked_fill(
         m.fill, torch.tensor(0.5, dtype=torch.float64))})
     tok.add(aten.cat.default, {"two_carrying": lambda m, x: torch.cat([m.a(x), m.b(x)], 1),
-                               "constant_part": lambda m, x: torch.cat([m.c.expand(N, 1, 4), m.a(x)], 1)})
+                               "constant_part": lambda m, x: torch.cat([m.c.expand(N, 1, 4), m.a(x)], 1),
+                               # a KV cache's first step (a 1-d empty tensor, skipped), then
+                               # grouped-query attention's repeat_kv (expand, reshape)
+                               "empty_cache_then_repeat_kv": lambda m, x: torch.cat(
+                                   [m.empty, heads(m.a(x))], -2)[:, :, None].expand(N, 2, 2, 3, 2).reshape(N, 4, 3, 2)})
     tok.add(aten.stack.default, {"two_carrying": lambda m, x: torch.stack([m.a(x), m.b(x)], -1),
                                  "constant_part": lambda m, x: torch.stack([m.a(x), m.c.expand(N, 3, 4)], 1)})
     tok.add(aten.constant_pad_nd.default, {

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op, safe_divide
+from .refused import Refused
 
 
 class Centred(RelevanceOp):
@@ -119,8 +120,11 @@ class RMSNorm(RelevanceOp):
 
 
 @relevance_op(aten.linalg_vector_norm.default)
-class Norm(RelevanceOp):
-    """A vector norm is a constant (``F.normalize`` divides by it), as LayerNorm's
-    standard deviation is; the network never pushes through it."""
+class Norm(Refused):
+    """A vector norm that normalises its own input (``F.normalize``, ``x / x.norm()``) is
+    held constant by the canonicalisation (:mod:`skbilrp.engine.norms`) and never reaches
+    the table; any other use of it on a carrying tensor is refused."""
 
-    constant = True
+    why = ("a vector norm of a relevance-carrying tensor has a rule only where it normalises that "
+           "tensor (x / norm(x) over axes other than the batch axis)")
+    fix = "Detach the norm in the model if it is meant as a constant"

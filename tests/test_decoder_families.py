@@ -224,3 +224,13 @@ def test_deep_kernel_on_a_user_wrapper(family):
     relative = np.abs(expl.conservation_error).max() / np.abs(expl.similarity).max()
     assert relative < _tol(family), relative
     _assert_unchanged(before, model)
+
+
+def test_a_model_without_inputs_embeds_is_refused_with_what_to_do(tokenizer):
+    """CLIP's text tower takes no inputs_embeds: TextKernel says so and names the way out
+    (no parameter TextKernel lacks, such as input_module)."""
+    config = transformers.CLIPTextConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=48,
+                                         num_hidden_layers=1, num_attention_heads=4, eos_token_id=102)
+    with pytest.raises(TypeError, match=r"CLIPTextModel\.forward takes no inputs_embeds.*Explainer\(wrapper") as err:
+        TextKernel(transformers.CLIPTextModel(config), tokenizer=tokenizer).fit(COLS)
+    assert "input_module" not in str(err.value)

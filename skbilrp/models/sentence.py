@@ -255,8 +255,12 @@ class SentenceEncoder(nn.Module):
                 f"got {type(transformer).__name__}."
             )
         if "inputs_embeds" not in inspect.signature(transformer.forward).parameters:
-            raise TypeError(f"{type(transformer).__name__}.forward takes no inputs_embeds; SentenceEncoder "
-                            "explains encoders that do (BERT, RoBERTa, MPNet, DeBERTa, ModernBERT, ...).")
+            raise TypeError(
+                f"{type(transformer).__name__}.forward takes no inputs_embeds, so the text models of skbilrp "
+                "(TextKernel, SentenceEncoder) cannot feed it the explained embeddings; they explain encoders "
+                "that take them (BERT, RoBERTa, MPNet, DeBERTa, ModernBERT, Llama, Qwen, Mistral, Gemma, T5, ...). "
+                "Wrap the model in an nn.Module whose forward maps token embeddings (N, T, D) to the sentence "
+                "embedding and explain it with skbilrp.Explainer(wrapper, channel_axis=-1) or DeepKernel.")
         self.transformer = copy.deepcopy(transformer)
         _set_attention(self.transformer, attn_implementation)
         self.head = nn.ModuleList(copy.deepcopy(list(head)) if head is not None else [TokenPooling("mean")])

@@ -92,11 +92,12 @@ class Weighted(RelevanceOp):
             probe, (low, high) = flow.probe, state.bounds
             groups = conf[-1] if conf and self.channels_first else 1
             if groups == 1 and not isinstance(conf[1] if len(conf) > 1 else 0, str):
-                stacked = torch.cat([flow.materialize(), probe * low, probe * high],
+                # z^B passes on all relevance, the preprocessing constants' too: the value itself
+                stacked = torch.cat([probe * flow.value, probe * low, probe * high],
                                     dim=2 if self.channels_first else -1)
                 out = self._apply_flow(stacked, extra["w_zbox"], conf)
             else:
-                out = (self._apply_flow(flow.materialize(), w, conf)
+                out = (self._apply_flow(probe * flow.value, w, conf)
                        - self._apply_flow(probe * low, extra["w_pos"], conf)
                        - self._apply_flow(probe * high, extra["w_neg"], conf))
         else:

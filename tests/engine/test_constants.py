@@ -114,3 +114,31 @@ def test_position_embeddings_at_the_explained_input_are_absorbed_under_zero():
     share = Explainer(model, rules="zero-share", channel_axis=-1).relevance(x, {"attention_mask": mask})
     missing = (share.relevance.sum(-1) - share.features).abs().max() / share.features.abs().max()
     assert missing < 1e-10  # the constants' shares passed on instead
+
+
+@pytest.mark.parametrize("name, attention", [("deit", "attnlrp"), ("beit", "attnlrp"), ("vit_zero_class_token", "cp"),
+                                             ("vit_zero_class_token", "attnlrp")])
+def test_vision_transformers_conserve_under_share(name, attention):
+    """DeiT's pooler (dense + tanh), BEiT (layer scale, relative position bias) and a ViT
+    whose class token and position embeddings are zero (its row has no input
+    contribution: its biases have nothing to share with and are spread as under "flat")
+    conserve under ``zero-share``, the AttnLRP softmax bias included."""
+    from test_hf_vision import SPECS, _VIT, ClassToken, Pooled, batch, build
+
+    specs = {"deit": ("DeiTConfig", _VIT, "DeiTModel", Pooled, (3, 16, 16)),
+             "beit": ("BeitConfig", dict(_VIT, use_relative_position_bias=True, layer_scale_init_value=0.1,
+                                         use_mean_pooling=True), "BeitModel", Pooled, (3, 16, 16)),
+             "vit_zero_class_token": ("ViTConfig", _VIT, "ViTModel", ClassToken, (3, 16, 16))}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(SPECS, name, specs[name])
+        model, shape = build(name)
+    if name == "vit_zero_class_token":
+        with torch.no_grad():
+            model.backbone.embeddings.cls_token.zero_()
+            model.backbone.embeddings.position_embeddings.zero_()
+    x = batch(shape)
+    rec = ExportedNetwork(model, Zero(bias="share"), torch.float64, attention=attention).record(x)
+    flows = rec.push(indicator_probes(x, 0), 0).reshape(-1, 2, rec.features.shape[1]).sum(0)
+    sim = (rec.features * rec.features.flip(0)).sum(1)  # k(x_0, x_1), both ways
+    missing = ((flows * rec.features.flip(0)).sum(1) - sim).abs() / sim.abs()
+    assert float(missing.max()) < 1e-12, missing

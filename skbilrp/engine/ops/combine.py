@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from . import InputFlow, RelevanceOp, align, aten, flows_only_through, materialize, relevance_op, safe_divide
+from .weighted import orphan_of
 
 
 class BiasLike(RelevanceOp):
@@ -37,7 +38,10 @@ class BiasLike(RelevanceOp):
         masking = is_masking(c)
         if self.mode == "share":
             ratio = safe_divide(out, a)
-            return flow * (ratio if masking is None else torch.where(masking, torch.zeros_like(ratio), ratio))
+            shared = flow * (ratio if masking is None else torch.where(masking, torch.zeros_like(ratio), ratio))
+            lone = orphan_of(torch.as_tensor(out - a if masking is None else torch.where(masking, 0.0, out - a)),
+                             torch.as_tensor(a).abs())
+            return shared if lone is None else shared + lone * cells.coverage(_full(flow, out), out.dim() >= 4)
         c = torch.as_tensor(c, dtype=flow.dtype, device=flow.device)
         if masking is not None:
             c = torch.where(masking, torch.zeros_like(c), c)

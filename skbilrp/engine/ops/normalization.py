@@ -16,6 +16,7 @@ import torch
 
 from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op, safe_divide
 from .refused import Refused
+from .weighted import orphan_of
 
 
 class Centred(RelevanceOp):
@@ -38,6 +39,7 @@ class Centred(RelevanceOp):
             size = (1 - 2 / n) * x.abs() + x.abs().mean(-1, keepdim=True)
             bias = b if w is None else b * (w != 0)  # a unit of weight 0 has no contributions
             state["sign"], state["share"] = torch.sign(x), safe_divide(bias.expand_as(size), size)
+            state["orphan"] = orphan_of(bias.expand_as(size), size)
         return state
 
     def centred_push(self, flow, state, w):
@@ -54,6 +56,8 @@ class Centred(RelevanceOp):
     def finish(self, out, state, b, channels_first, cells):
         if state["share"] is None and self.rule.bias == "flat" and b is not None:
             out = out + b * cells.coverage(out, channels_first=channels_first)
+        elif state["share"] is not None and state["orphan"] is not None:
+            out = out + state["orphan"].reshape(out.shape[1:]) * cells.coverage(out, channels_first=channels_first)
         return out if state["scale"] is None else out * state["scale"]
 
 

@@ -350,11 +350,11 @@ if __name__ == "__main__":
     main()
 
 
-# ------------------------------------------------- (e) a decoder embedder at scale
+# ------------------------------------------------------- a decoder embedder at scale
 
 
 def bench_qwen3_scale(layers: int = 28, n_sentences: int = 4, threads: int = 2) -> dict:
-    """(e) A Qwen3-Embedding-0.6B-shaped model with random weights explained by TextKernel.
+    """A Qwen3-Embedding-0.6B-shaped model with random weights explained by TextKernel.
 
     28 layers, hidden 1024, 16 query / 8 key-value heads of 128, MLP 3072, q/k RMSNorms,
     the vocabulary cut to the MiniLM tokenizer's (the only tokenizer offline), float32;
@@ -400,7 +400,7 @@ def bench_qwen3_scale(layers: int = 28, n_sentences: int = 4, threads: int = 2) 
     relative = float(np.abs(expl.conservation_error).max() / np.abs(expl.similarity).max())
     out = {"seconds_per_sentence": wall / len(sentences), "first_call_s": wall0, "peak_rss_gib": peak,
            "conservation_relative": relative, "tokens": [len(kern.tokens(s)) for s in sentences]}
-    print(f"\n(e) Qwen3-Embedding-0.6B-shaped, random weights ({layers} layers, 1024-d, 16/8 heads of 128), "
+    print(f"\nQwen3-Embedding-0.6B-shaped, random weights ({layers} layers, 1024-d, 16/8 heads of 128), "
           f"{threads} threads: {out['seconds_per_sentence']:.2f} s per sentence for the relevance of all "
           f"{len(sentences)} sentences in one batch ({out['tokens']} tokens with the prompt; {cpu:.1f} s cpu), "
           f"{wall0:.1f} s the first time (export of the graph included), peak RSS {peak:.2f} GiB, "

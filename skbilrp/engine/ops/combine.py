@@ -175,13 +175,16 @@ class Select(BiasLike):
     ``cat`` is (it has no position there). Masking values (-inf, the dtype's lowest:
     masked attention logits) and zeros carry nothing in every mode."""
 
-    def push(self, state, flows, args, kwargs, cells=None):
+    def record(self, args, kwargs):
+        out = self.op(*args, **kwargs)
+        return out, out.new_zeros(()).expand(out.shape)  # its shape and dtype, no memory (the graph's may be symbolic)
+
+    def push(self, out, flows, args, kwargs, cells=None):
         where = self.op is aten.where.self
         cond, parts = (args[0], [(flows[1], args[1]), (flows[2], args[2])]) if where else (
             args[1], [(flows[0], args[0]), (None, args[2])])
         if where and flows[0] is not None or not where and flows[1] is not None:
             raise self.refuse("relevance reaches the condition, which is not linear", "Detach the condition")
-        out = self.node.meta["val"]
         k = next(materialize(f) for f, _ in parts if f is not None).shape[0]
         taken = []
         for (flow, value), picks in zip(parts, (cond, ~cond) if where else (~cond, cond)):

@@ -67,8 +67,9 @@ class Rule:
     sums to the cosine to 1e-7, token ranking unchanged), but it hands relevance to
     inputs that explain little of a unit's output; deep convolutional stacks of
     LRP-0/ε layers then amplify it without bound (MobileNetV2 with ImageNet weights:
-    relevance of order 1e23), and a unit whose inputs are all zero (common in
-    depthwise convs after ReLU6) has nothing to share with. ``"flat"`` adds a bounded
+    relevance of order 1e23). A unit whose inputs are all zero (common in depthwise
+    convs after ReLU6; a class token of zero) has nothing to share with: its bias is
+    spread as under ``"flat"``, so ``"share"`` conserves there too. ``"flat"`` adds a bounded
     term per unit, so it is stable on any network and covers such units too; its
     share of the explanation does not depend on the input's content, only on where
     the unit sits.

@@ -590,9 +590,8 @@ class TextKernel(DeepKernel):
                     f"engine overflowed on this model with attention={self.attention!r} and rules={self.rules!r}; "
                     "try attention='cp' or rules='zero', and report the model if that does not help."
                 )
-            for row, i in enumerate(idx):
-                n = len(enc["input_ids"][i])
-                out[i] = (rel.relevance[row, :, :n].numpy(), rel.features[row].numpy())
+            for row, i in enumerate(idx):  # real tokens, on either padding side
+                out[i] = (rel.relevance[row][:, mask[row].bool()].numpy(), rel.features[row].numpy())
         return out
 
     def _stack(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> SampleRelevance:

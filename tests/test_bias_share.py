@@ -234,7 +234,8 @@ def test_sharing_conserves_where_absorbing_does_not(relu_cnn, images, kernel):
 
 def test_flat_conserves_where_units_see_only_zeros():
     """The depthwise conv of this CNN has units whose inputs are all zero: they output
-    their bias alone, which "share" cannot pass on and "flat" can."""
+    their bias alone, which "flat" passes on, and "share" too (it has no contributions to
+    share it with there, so it spreads it as "flat" does); "absorb" keeps it."""
     model = _cnn()
     with torch.no_grad():  # channel 0 is dead everywhere; its depthwise unit lives on its bias
         model[0].bias[0] = -100.0
@@ -249,7 +250,9 @@ def test_flat_conserves_where_units_see_only_zeros():
     flat = bilrp(model, x, x2, kernel="cosine", rules=rules, pooling=None)
     assert abs(flat.conservation_error) < 1e-9 * abs(flat.similarity)
     shared = bilrp(model, x, x2, kernel="cosine", rules={**rules, "2": Gamma(0.5, bias="share")}, pooling=None)
-    assert abs(shared.conservation_error) > 1e-3 * abs(shared.similarity)
+    assert abs(shared.conservation_error) < 1e-9 * abs(shared.similarity)
+    absorbed = bilrp(model, x, x2, kernel="cosine", rules={**rules, "2": Gamma(0.5)}, pooling=None)
+    assert abs(absorbed.conservation_error) > 1e-3 * abs(absorbed.similarity)
 
 
 @pytest.mark.parametrize("grid", [(7, 7), (3, 3), (2, 5), (1, 1)])

@@ -216,13 +216,24 @@ def _safe_ratio(out: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return torch.where(z == 0, torch.zeros_like(z), out / torch.where(z == 0, torch.ones_like(z), z))
 
 
+#: gated MLPs by class name: (gate, up, down) attributes (dropout is inactive in eval mode)
+_GATED_MLPS = {"LlamaMLP": ("gate_proj", "up_proj", "down_proj"), "Qwen2MLP": ("gate_proj", "up_proj", "down_proj"),
+               "Qwen3MLP": ("gate_proj", "up_proj", "down_proj"), "MistralMLP": ("gate_proj", "up_proj", "down_proj"),
+               "GemmaMLP": ("gate_proj", "up_proj", "down_proj"), "Gemma2MLP": ("gate_proj", "up_proj", "down_proj"),
+               "Gemma3MLP": ("gate_proj", "up_proj", "down_proj"), "T5DenseGatedActDense": ("wi_0", "wi_1", "wo")}
+
+
 @contextlib.contextmanager
 def detach_trick(model: nn.Module):
     """CP-LRP as the detach trick on a model's own modules, so that gradient × input is LRP-0.
 
     Attention probabilities come from detached queries and keys (softmax of a detached
     input), LayerNorm divides by a detached standard deviation, elementwise activations
-    are ``z * (f(z) / z).detach()``, ``F.normalize`` divides by a detached norm.
+    are ``z * (f(z) / z).detach()``, ``F.normalize`` divides by a detached norm. Norms
+    without mean (Hugging Face's RMSNorms, ``T5LayerNorm``) scale each entry, so they are
+    ``x * (y / x).detach()`` as activations are; gated MLPs (``act(gate(x)) * up(x)``)
+    split the product uniformly, ``(a * b.detach() + a.detach() * b) / 2``, as AttnLRP
+    and the engine's both attention rules do (see tests/test_decoder_families.py).
     """
     act = transformers.activations
     activations = (act.GELUActivation, act.NewGELUActivation, nn.GELU, nn.ReLU, nn.Tanh, nn.SiLU)
@@ -237,12 +248,22 @@ def detach_trick(model: nn.Module):
     def ratio(m, args, out):
         return args[0] * _safe_ratio(out, args[0]).detach()
 
+    def gated(m, args, out):
+        x = args[0]
+        gate, up, down = (getattr(m, n) for n in _GATED_MLPS[type(m).__name__])
+        g, b = gate(x), up(x)
+        a = g * _safe_ratio((m.act_fn if hasattr(m, "act_fn") else m.act)(g), g).detach()
+        return down(0.5 * (a * b.detach() + a.detach() * b))
+
     handles = []
     for m in model.modules():
+        name = type(m).__name__
         if isinstance(m, nn.LayerNorm):
             handles.append(m.register_forward_hook(layer_norm))
-        elif isinstance(m, activations):
+        elif isinstance(m, activations) or name.endswith("RMSNorm") or name == "T5LayerNorm":
             handles.append(m.register_forward_hook(ratio))
+        elif name in _GATED_MLPS:
+            handles.append(m.register_forward_hook(gated))
     functional = torch.nn.functional
     saved = {name: getattr(functional, name) for name in ("scaled_dot_product_attention", "softmax", "normalize")}
 
@@ -265,11 +286,15 @@ def detach_trick(model: nn.Module):
             h.remove()
 
 
-def gradient_times_input(encoder: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``(N, h, T)``: per feature, plain-autograd gradient × input summed over channels."""
+def gradient_times_input(encoder: nn.Module, x: torch.Tensor, mask: torch.Tensor,
+                         directions: "torch.Tensor | None" = None) -> torch.Tensor:
+    """``(N, h, T)``: per feature, plain-autograd gradient × input summed over channels;
+    with ``directions`` ``(h, k)``, per direction of feature space instead, ``(N, k, T)``
+    (k backward passes instead of h)."""
     x = x.clone().requires_grad_(True)
     with torch.enable_grad(), detach_trick(encoder):
         feats = encoder(x, mask)
+        feats = feats if directions is None else feats @ directions
         maps = [torch.autograd.grad(feats[:, m].sum(), x, retain_graph=True)[0] for m in range(feats.shape[1])]
     return torch.stack([(g * x).sum(-1) for g in maps], dim=1).detach()
 

@@ -1,6 +1,7 @@
 """Canonical form of an exported graph: BatchNorm folded into the conv/linear that alone
-feeds it (LRP rules are defined for ``z = W a + b``), schema defaults filled in, mutable
-ops refused."""
+feeds it (LRP rules are defined for ``z = W a + b``), normalisations' statistics held
+constant whatever their spelling (:mod:`.norms`), schema defaults filled in, mutable ops
+refused."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import fx
 
 from ..rules import add_rule_target
+from .norms import hold_statistics_constant
 from .ops import aten, lookup
 from .trace import UnsupportedModelError
 
@@ -41,7 +43,8 @@ def full_args(node: fx.Node) -> tuple[list, dict]:
 
 
 def canonicalize(graph: fx.Graph, constants: dict) -> None:
-    """Fill schema defaults, fold BatchNorms, refuse mutable ops; edits ``graph`` in place."""
+    """Fill schema defaults, fold BatchNorms, hold normalisation statistics constant,
+    refuse mutable ops; edits ``graph`` in place."""
     for node in graph.nodes:
         if node.op == "call_function":
             if isinstance(node.target, torch._ops.OpOverload) and node.target._schema.is_mutable:
@@ -51,6 +54,7 @@ def canonicalize(graph: fx.Graph, constants: dict) -> None:
     for node in list(graph.nodes):
         if node.op == "call_function" and node.target is aten.addmm.default:
             _addmm_as_linear(node, constants)
+    hold_statistics_constant(graph, constants)
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target is not _BN:
             continue

@@ -17,6 +17,14 @@ norm substitutes ``x`` for its input, so the family's own embedding code before 
 norm is dead and carries no relevance. Hooks live on the encoder's own copy of the
 model: the user's model is never modified.
 
+Decoder embedders (Llama, Qwen2/3, Mistral, Gemma 1-3: Qwen3-Embedding, gte-Qwen2,
+e5-mistral, EmbeddingGemma) and T5 encoders have no embedding normalisation: there ``x``
+is ``inputs_embeds`` itself, the rows of the token-embedding table (Gemma's
+``sqrt(hidden)`` scale is applied by the model after it; Gemma 3's embedding module
+applies it before), and the explained forward passes it as ``inputs_embeds``. Padding
+follows the tokenizer's ``padding_side`` (decoder embedders pad on the left), as
+``encode`` does.
+
 A token's relevance is the sum over its ``D`` input channels (``channel_axis=-1``),
 and the attention mask is context (``{"attention_mask": mask}``): padding gets exactly
 zero relevance.
@@ -203,7 +211,8 @@ class SentenceEncoder(nn.Module):
     input_module : str, optional
         Path (in ``transformer``) of the module whose first input is the explained
         ``x``. Default: the embedding normalisation, ``embeddings.LayerNorm`` or
-        ``embeddings.norm``.
+        ``embeddings.norm``; for a model without one (decoders, T5) ``x`` is the
+        ``inputs_embeds`` the model is called with.
     attn_implementation : {"sdpa", "eager"}, optional
         Attention back-end of the copy. Default: the model's own when torch.export
         traces it (sdpa or eager), else sdpa where the model offers it, else eager.
@@ -224,9 +233,6 @@ class SentenceEncoder(nn.Module):
     ------
     TypeError
         If ``transformer`` is not a Hugging Face model, or cannot take ``inputs_embeds``.
-    ValueError
-        If no embedding normalisation is found (pass ``input_module``).
-
     Examples
     --------
     >>> from skbilrp import Explainer
@@ -249,18 +255,26 @@ class SentenceEncoder(nn.Module):
                 f"got {type(transformer).__name__}."
             )
         if "inputs_embeds" not in inspect.signature(transformer.forward).parameters:
-            raise TypeError(f"{type(transformer).__name__}.forward takes no inputs_embeds; SentenceEncoder "
-                            "explains encoders that do (BERT, RoBERTa, MPNet, DeBERTa, ModernBERT, ...).")
+            raise TypeError(
+                f"{type(transformer).__name__}.forward takes no inputs_embeds, so the text models of skbilrp "
+                "(TextKernel, SentenceEncoder) cannot feed it the explained embeddings; they explain encoders "
+                "that take them (BERT, RoBERTa, MPNet, DeBERTa, ModernBERT, Llama, Qwen, Mistral, Gemma, T5, ...). "
+                "Wrap the model in an nn.Module whose forward maps token embeddings (N, T, D) to the sentence "
+                "embedding and explain it with skbilrp.Explainer(wrapper, channel_axis=-1) or DeepKernel.")
         self.transformer = copy.deepcopy(transformer)
         _set_attention(self.transformer, attn_implementation)
         self.head = nn.ModuleList(copy.deepcopy(list(head)) if head is not None else [TokenPooling("mean")])
         self.prompt = str(prompt or "")
         self.input_module = input_module or _find_embedding_norm(self.transformer)
-        norm = self.transformer.get_submodule(self.input_module)
-        norm.register_forward_pre_hook(self._input_hook, with_kwargs=True)
-        self.input_dim = _input_dim(norm, self.transformer)
         self._embedding_dim = self.transformer.get_input_embeddings().embedding_dim
+        self.input_dim = self._embedding_dim
+        if self.input_module is not None:
+            norm = self.transformer.get_submodule(self.input_module)
+            norm.register_forward_pre_hook(self._input_hook, with_kwargs=True)
+            self.input_dim = _input_dim(norm, self.transformer)
         self._forward_params = set(inspect.signature(self.transformer.forward).parameters)
+        # no KV cache: an encoder pass needs none, and the cache's tensors are graph noise
+        self._call_options = {"use_cache": False} if "use_cache" in self._forward_params else {}
         self._positions = _positions(self.transformer)
         self.max_seq_length = int(max_seq_length) if max_seq_length is not None else min(
             self._positions, int(getattr(tokenizer, "model_max_length", None) or self._positions))
@@ -357,12 +371,17 @@ class SentenceEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Sentence embedding ``(N, h)`` of input embeddings ``x`` ``(N, T, D)``."""
+        if self.input_module is None:  # x is inputs_embeds itself
+            out = self.transformer(inputs_embeds=x, attention_mask=attention_mask, return_dict=True,
+                                   **self._call_options)
+            return self._head(out.last_hidden_state, attention_mask)
         # placeholder ids' embeddings: whatever the family adds to them before the hook
         # point is replaced by x, so it computes nothing the output depends on
         placeholder = torch.zeros((x.shape[0], x.shape[1], self._embedding_dim), dtype=x.dtype, device=x.device)
         self._substitute = x
         try:
-            out = self.transformer(inputs_embeds=placeholder, attention_mask=attention_mask, return_dict=True)
+            out = self.transformer(inputs_embeds=placeholder, attention_mask=attention_mask, return_dict=True,
+                                   **self._call_options)
             if self._substitute is not None:  # the output would not depend on x: never explain that
                 raise ValueError(
                     f"input_module={self.input_module!r} is not called on the model's inputs_embeds path, "
@@ -370,7 +389,10 @@ class SentenceEncoder(nn.Module):
                     "the embeddings pass through (e.g. 'embeddings.LayerNorm'), or leave input_module=None.")
         finally:
             self._substitute = None
-        features = {"token_embeddings": out.last_hidden_state, "attention_mask": attention_mask}
+        return self._head(out.last_hidden_state, attention_mask)
+
+    def _head(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        features = {"token_embeddings": hidden, "attention_mask": attention_mask}
         for module in self.head:
             features = module(features)
         return features["sentence_embedding"]
@@ -398,8 +420,9 @@ class SentenceEncoder(nn.Module):
 
     def pad(self, encoding: Any, rows: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, torch.Tensor,
                                                                                Optional[torch.Tensor]]:
-        """Right-padded ``(input_ids, attention_mask, token_type_ids)`` of (some) texts of
-        an encoding; ``token_type_ids`` is None when the tokenizer gives none."""
+        """Padded ``(input_ids, attention_mask, token_type_ids)`` of (some) texts of an
+        encoding, on the tokenizer's ``padding_side``; ``token_type_ids`` is None when
+        the tokenizer gives none."""
         rows = range(len(encoding["input_ids"])) if rows is None else rows
         seqs = [encoding["input_ids"][i] for i in rows]
         width = max(len(s) for s in seqs)
@@ -409,11 +432,13 @@ class SentenceEncoder(nn.Module):
         types = None
         if "token_type_ids" in encoding:
             types = torch.zeros((len(seqs), width), dtype=torch.long)
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
         for row, (i, s) in enumerate(zip(rows, seqs)):
-            ids[row, : len(s)] = torch.as_tensor(s)
-            mask[row, : len(s)] = 1
+            at = slice(width - len(s), width) if left else slice(0, len(s))
+            ids[row, at] = torch.as_tensor(s)
+            mask[row, at] = 1
             if types is not None:
-                types[row, : len(s)] = torch.as_tensor(encoding["token_type_ids"][i])
+                types[row, at] = torch.as_tensor(encoding["token_type_ids"][i])
         return ids, mask, types
 
     @torch.no_grad()
@@ -454,6 +479,8 @@ class SentenceEncoder(nn.Module):
         if ids.shape[1] > self._positions:
             raise ValueError(f"Sequences of {ids.shape[1]} tokens exceed the {self._positions} positions of "
                              f"{type(self.transformer).__name__}; truncate them (max_length <= {self._positions}).")
+        if self.input_module is None:
+            return self.transformer.get_input_embeddings()(ids), mask
         inputs = {"input_ids": ids, "attention_mask": mask}
         if token_type_ids is not None and "token_type_ids" in self._forward_params:
             inputs["token_type_ids"] = torch.as_tensor(token_type_ids)
@@ -464,8 +491,10 @@ class SentenceEncoder(nn.Module):
             return captured.value, mask
         finally:
             self._capturing = False
-        raise RuntimeError(f"The model never called its module {self.input_module!r}; pass input_module= "
-                           "naming the module whose input the embeddings are.")
+        raise RuntimeError(
+            f"The model never called its module {self.input_module!r}; build the encoder with "
+            "skbilrp.models.sentence.SentenceEncoder(model, tokenizer, input_module=...) naming the module whose "
+            "input the embeddings are (None: the model's inputs_embeds), and pass that encoder as the model.")
 
     def extra_repr(self) -> str:
         return f"input_module={self.input_module!r}, max_seq_length={self.max_seq_length}"
@@ -490,15 +519,10 @@ def _set_attention(model: nn.Module, wanted: Optional[str]) -> None:
                              f"attn_implementation={_TRACEABLE_ATTENTION[1]!r} instead.")
 
 
-def _find_embedding_norm(model: nn.Module) -> str:
+def _find_embedding_norm(model: nn.Module) -> Optional[str]:
+    """The embedding normalisation's path, or None: the input is ``inputs_embeds``."""
     names = dict(model.named_modules())
-    for path in _EMBEDDING_NORMS:
-        if path in names:
-            return path
-    raise ValueError(
-        f"{type(model).__name__} has none of the embedding normalisations {list(_EMBEDDING_NORMS)}; pass "
-        "input_module='<path of the module whose input is the sum of the input embeddings>'."
-    )
+    return next((path for path in _EMBEDDING_NORMS if path in names), None)
 
 
 def _input_dim(module: nn.Module, model: nn.Module) -> int:

@@ -36,18 +36,17 @@ absorbing; what gradient × input does with a bias is to drop its share):
 
 Deliberate differences of set-up (not of rules):
 
-- The explained input. A constant added straight to the model input (BERT's position
-  and token-type embeddings, GPT-2's position embeddings) is a relabelling of the input
-  for the engine, which explains the sum ``z = inputs_embeds + constants``; the oracle
-  therefore takes gradient × input at ``z`` (the input of BERT's embedding LayerNorm,
-  of GPT-2's embedding dropout). Llama adds nothing: ``z = inputs_embeds``.
+- The explained input. A constant added to the model input (BERT's position and
+  token-type embeddings, GPT-2's position embeddings) is absorbed under ``rules="zero"``
+  as biases are, so both sides take gradient × input at ``inputs_embeds`` itself.
 - Engine limits worked around on the engine's copy only, each the same function:
   GPT-2's ``Conv1D`` (``aten.addmm``, no relevance operator) becomes ``nn.Linear``;
-  HF's written-out ``LlamaRMSNorm`` (``.to(float32)``, ``pow``, ``rsqrt``: refused)
-  becomes ``nn.RMSNorm``; ``use_cache=False`` (the empty KV-cache tensor that
-  ``DynamicCache`` concatenates breaks the engine's ``cat``); GPT-2 uses
+  ``use_cache=False`` (no KV cache in an encoder pass); GPT-2 uses
   ``gelu_pytorch_tanh`` (its default ``gelu_new`` is written out with ``pow`` and
-  ``tanh``, which the engine refuses).
+  ``tanh``, which the engine refuses). The decoders (Llama, Qwen2, Qwen3, Mistral,
+  Gemma 3) run with their RMSNorms as shipped: the engine recognises them
+  (``skbilrp.engine.norms``). LXT ships maps for Llama, Qwen2, Qwen3 and Gemma 3;
+  Mistral gets Llama's patch functions on its own classes.
 
 Import: ``lxt/efficient/__init__.py`` imports every model file of LXT, and
 ``models/bert.py`` (a copy of transformers 4's BERT) fails on transformers 5 ("No module
@@ -62,8 +61,8 @@ intermediate activation, LayerNorm, attention). transformers 5 calls
 back into an ``AttentionInterface``. Every patch is undone after each use.
 
 Tolerance: ``1e3 * eps * max|z_i dphi_j/dz_i|`` (the largest summand of a token's map),
-with eps of the compute dtype: float64, except Llama in float32 since LXT's
-``rms_norm_forward`` computes in float32 whatever the model's dtype.
+with eps of the compute dtype: float64, except the decoders in float32 since their norms
+(and LXT's ``rms_norm_forward``) compute in float32 whatever the model's dtype.
 """
 
 from __future__ import annotations
@@ -120,6 +119,7 @@ def lxt():
             patches = importlib.import_module("lxt.efficient.patches")
             gpt2 = importlib.import_module("lxt.efficient.models.gpt2")
             llama = importlib.import_module("lxt.efficient.models.llama")
+            decoders = {f: importlib.import_module(f"lxt.efficient.models.{f}") for f in ("qwen2", "qwen3", "gemma3")}
         except ImportError as err:
             pytest.skip(f"LXT's efficient rules do not import here: {err}")
         fn = rules.identity_rule_implicit_fn.forward
@@ -147,6 +147,18 @@ def lxt():
             ("llama", "cp"): {**llama.cp_LRP, modeling_llama.LlamaMLP: llama.attnLRP[modeling_llama.LlamaMLP]},
             ("llama", "cp-verbatim"): llama.cp_LRP,
         }
+        for family, module in decoders.items():  # LXT's own maps, CP with the AttnLRP MLP as for Llama
+            mlp = next(k for k in module.attnLRP if isinstance(k, type) and k.__name__.endswith("MLP"))
+            maps[family, "attnlrp"] = module.attnLRP
+            maps[family, "cp"] = {**module.cp_LRP, mlp: module.attnLRP[mlp]}
+        # Mistral: LXT ships no map; Llama's patch functions on Mistral's classes
+        from transformers.models.mistral import modeling_mistral
+
+        mistral = {modeling_mistral.MistralMLP: partial(patches.patch_method, patches.gated_mlp_forward),
+                   modeling_mistral.MistralRMSNorm: partial(patches.patch_method, patches.rms_norm_forward),
+                   nn.Dropout: partial(patches.patch_method, patches.dropout_forward)}
+        maps["mistral", "attnlrp"] = {**mistral, modeling_mistral: patches.patch_attention}
+        maps["mistral", "cp"] = {**mistral, modeling_mistral: patches.patch_cp_attention}
         yield maps
         fn.__defaults__ = defaults
     finally:
@@ -159,7 +171,8 @@ def _owned(target) -> list:
     """The attributes one entry of a patch map may replace, with their current values."""
     if isinstance(target, types.ModuleType):
         return [(target, a, target.__dict__[a]) for a in ("eager_attention_forward", "ALL_ATTENTION_FUNCTIONS")]
-    return [(target, a, target.__dict__.get(a)) for a in ("forward", "original_forward")]
+    # Gemma 3's map patches ``_norm`` rather than ``forward``
+    return [(target, a, target.__dict__.get(a)) for a in ("forward", "original_forward", "_norm", "original__norm")]
 
 
 @contextlib.contextmanager
@@ -249,12 +262,8 @@ def _linear(conv1d) -> nn.Linear:
     return lin
 
 
-def _rms_norm(norm) -> nn.RMSNorm:
-    """HF's written-out ``LlamaRMSNorm`` as the same ``nn.RMSNorm``."""
-    out = nn.RMSNorm(norm.weight.shape[0], eps=norm.variance_epsilon, dtype=norm.weight.dtype)
-    with torch.no_grad():
-        out.weight.copy_(norm.weight)
-    return out
+#: decoder families: transformers class prefix (Gemma 3's text model: Gemma3Text)
+DECODERS = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "mistral": "Mistral", "gemma3": "Gemma3Text"}
 
 
 def build(family: str, impl: str):
@@ -265,18 +274,19 @@ def build(family: str, impl: str):
             **common, hidden_size=D, num_hidden_layers=2, intermediate_size=2 * D, hidden_act="gelu",
             max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         model = Embedder(transformers.BertModel(config, add_pooling_layer=False))
-        dtype, tap = torch.float64, lambda m: m.backbone.embeddings.LayerNorm
+        dtype, tap = torch.float64, None
     elif family == "gpt2":
         config = transformers.GPT2Config(
             **common, n_embd=D, n_layer=2, n_inner=2 * D, activation_function="gelu_pytorch_tanh",
             n_positions=16, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
         model = Embedder(transformers.GPT2Model(config))
-        dtype, tap = torch.float64, lambda m: m.backbone.drop
-    else:
-        config = transformers.LlamaConfig(
+        dtype, tap = torch.float64, None
+    else:  # decoders, with their norms as shipped
+        names = DECODERS[family]
+        config = getattr(transformers, names + "Config")(
             **common, hidden_size=D, num_hidden_layers=2, intermediate_size=2 * D, num_key_value_heads=1,
-            max_position_embeddings=16, bos_token_id=0, eos_token_id=0)
-        model = Embedder(transformers.LlamaModel(config))
+            max_position_embeddings=16, bos_token_id=0, eos_token_id=0, pad_token_id=0, head_dim=D // 2)
+        model = Embedder(getattr(transformers, names + "Model")(config))
         dtype, tap = torch.float32, None
     model = model.to(dtype).eval()
     _randomize(model)
@@ -285,10 +295,6 @@ def build(family: str, impl: str):
         from transformers.pytorch_utils import Conv1D
 
         engine_model = _replace(model, Conv1D, _linear)
-    elif family == "llama":
-        from transformers.models.llama.modeling_llama import LlamaRMSNorm
-
-        engine_model = _replace(model, LlamaRMSNorm, _rms_norm)
     context = {}
     if family == "bert":
         mask = torch.ones(2, T, dtype=torch.long)
@@ -341,9 +347,14 @@ def assert_close(actual, expected, terms, k=1e3):
 
 CASES = [(f, i, a) for f, impls in (("bert", ("eager", "sdpa")), ("gpt2", ("eager", "sdpa")), ("llama", ("eager",)))
          for i in impls for a in ("attnlrp", "cp")]
+#: decoders with their norms as shipped, under LXT's maps (Mistral: Llama's patches);
+#: AttnLRP by default, CP-LRP with the slow tests
+CASES += [(f, "eager", a) for f in ("qwen2", "qwen3", "mistral", "gemma3") for a in ("attnlrp", "cp")]
+_CASES = [c if c[0] not in DECODERS or c[0] == "llama" or c[2] == "attnlrp" else pytest.param(*c, marks=pytest.mark.slow)
+          for c in CASES]
 
 
-@pytest.mark.parametrize("family, impl, attention", CASES, ids=["-".join(c) for c in CASES])
+@pytest.mark.parametrize("family, impl, attention", _CASES, ids=["-".join(c) for c in CASES])
 def test_engine_matches_lxt(lxt, family, impl, attention):
     model, engine_model, dtype, context, tap = build(family, impl)
     x = embeddings(dtype)

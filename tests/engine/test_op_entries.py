@@ -14,8 +14,9 @@ its ordinary derivative is the LRP-0 rule (biases absorbed):
 - max-pool / ``max.dim`` / ``amax``: the input gathered (ties: averaged) at winners
   found on detached values;
 - a product of two carrying tensors ``(a * b.detach() + a.detach() * b) / 2``;
-- a constant added to the *model input* relabels it (preprocessing, e.g. ``(x - mean)
-  / std``): the input becomes ``x * ((x + c) / x).detach()``, a ratio rule;
+- a constant added anywhere, the *model input* included (preprocessing, ``(x - mean) /
+  std``, position embeddings), is absorbed as a bias is: its own twin (its sharing under
+  "share" / "flat" is checked by conservation in tests/engine/test_constants.py);
 - linear ops (layouts, pools, convolutions, products with a constant) are their own
   twin: a branch given without a twin below.
 
@@ -62,11 +63,6 @@ def ratio(f, z):
 def uniform(a, b, op=torch.mul):
     """A product of two carrying tensors, split uniformly (AttnLRP)."""
     return 0.5 * (op(a, b.detach()) + op(a.detach(), b))
-
-
-def relabel(x, y):
-    """The model input relabelled as ``y`` (position-wise preprocessing of ``x``)."""
-    return x * (y / x).detach()
 
 
 def layer_norm(h, dims, w=None, b=None, eps=1e-5):
@@ -259,7 +255,7 @@ def _build():
         "constant_first_alpha": lambda m, x: torch.add(m.c, m.a(x), alpha=3.0),
         "number": on(lambda h: h + 1.5),
         "residual": (lambda m, x: F.relu(m.a(x)) + m.b(x), lambda m, x: ratio(F.relu, m.a(x)) + m.b(x)),
-        "input_plus_constant": (lambda m, x: m.a(x + m.mu), lambda m, x: m.a(relabel(x, x + m.mu))),
+        "input_plus_constant": lambda m, x: m.a(x + m.mu),
     })
     vec.add(aten.sub.Tensor, {
         "two_carrying": lambda m, x: m.a(x) - m.b(x),
@@ -267,16 +263,16 @@ def _build():
         "constant": lambda m, x: m.a(x) - m.c,
         "constant_minus": lambda m, x: m.c - m.a(x),
         "number": on(lambda h: h - 1.5),
-        "input_standardised": (lambda m, x: m.a((x - m.mu) / m.sd), lambda m, x: m.a(relabel(x, (x - m.mu) / m.sd))),
+        "input_standardised": lambda m, x: m.a((x - m.mu) / m.sd),
     })
     vec.add(aten.add.Scalar, {
         "number": on(lambda h: aten.add.Scalar(h, 1.5)),
         "number_alpha": on(lambda h: aten.add.Scalar(h, 1.5, 2.0)),
-        "input_plus_number": (lambda m, x: m.a(aten.add.Scalar(x, 1.5)), lambda m, x: m.a(relabel(x, x + 1.5))),
+        "input_plus_number": lambda m, x: m.a(aten.add.Scalar(x, 1.5)),
     })
     vec.add(aten.sub.Scalar, {
         "number": on(lambda h: aten.sub.Scalar(h, 1.5)),
-        "input_minus_number": (lambda m, x: m.a(aten.sub.Scalar(x, 1.5)), lambda m, x: m.a(relabel(x, x - 1.5))),
+        "input_minus_number": lambda m, x: m.a(aten.sub.Scalar(x, 1.5)),
     })
     vec.add(aten.rsub.Scalar, {"number_minus": on(lambda h: 1.5 - h)})
     vec.add(aten.mul.Tensor, {
@@ -301,7 +297,7 @@ def _build():
     vec.add(aten.neg.default, {
         "carrying": on(lambda h: -h),
         "input": lambda m, x: m.a(-x),
-        "input_then_constant": (lambda m, x: m.a(-x + m.mu), lambda m, x: m.a(relabel(x, -x + m.mu))),
+        "input_then_constant": lambda m, x: m.a(-x + m.mu),
     })
     # gates: a sigmoid factor of a carrying tensor is a constant (squeeze-excitation: conv group)
     vec.add(aten.sigmoid.default, {
@@ -317,22 +313,18 @@ def _build():
         "folded_into_linear": lambda m, x: m.bn(m.b(x)),
         "after_residual": lambda m, x: m.bn(m.a(x) + m.b(x)),
     })
-    vec.add(aten.linalg_vector_norm.default, {"normalize": on(
-        lambda h: F.normalize(h, dim=-1),
-        lambda h: h / torch.linalg.vector_norm(h.detach(), dim=-1, keepdim=True).clamp_min(1e-12))})
+    # GemmaRMSNorm's cast back to its input's dtype: the input's own flow ends (dtype only)
+    vec.add(aten.type_as.default, {"back_to_input_dtype": on(lambda h: (h.float() * 2).type_as(h))})
     vec.build()
 
-    # known defects, each alone (a crash would take its group down)
+    # constants mixed into the model input, each alone
     defects = dict(a=lin(), mu=torch.randn(D))
-    alone(aten.add.Tensor, {"constant_plus_input": (lambda m, x: m.a(m.mu + x),
-                                                    lambda m, x: m.a(relabel(x, m.mu + x)))},
+    alone(aten.add.Tensor, {"constant_plus_input": lambda m, x: m.a(m.mu + x)},
           name="constant_plus_input", **defects)
-    alone(aten.sub.Tensor, {"constant_minus_input": (lambda m, x: m.a(m.mu - x),
-                                                     lambda m, x: m.a(relabel(x, m.mu - x)))},
+    alone(aten.sub.Tensor, {"constant_minus_input": lambda m, x: m.a(m.mu - x)},
           name="constant_minus_input", **defects)
     alone(aten.rsub.Scalar, {"number_minus_alpha": on(lambda h: torch.rsub(h, 1.5, alpha=2.0))}, name="alpha", **defects)
-    alone(aten.rsub.Scalar, {"number_minus_input": (lambda m, x: m.a(1.5 - x),
-                                                    lambda m, x: m.a(relabel(x, 1.5 - x)))},
+    alone(aten.rsub.Scalar, {"number_minus_input": lambda m, x: m.a(1.5 - x)},
           name="number_minus_input", **defects)
 
     # ---- tokens (N, 3, D): norms, softmax, products, attention, reductions, layout
@@ -342,7 +334,7 @@ def _build():
                 w=torch.randn(4, 5), wl=torch.randn(2, 3), wb=torch.randn(N, 4, 5), wbl=torch.randn(N, 2, 3),
                 wh=torch.randn(2, 4, 5), c=torch.randn(1, 1, 4), idx=torch.tensor([2, 0, 2]),
                 idx2=torch.tensor([[1], [0]]), gidx=torch.randint(0, 4, (N, 3, 2)), keep=keep,
-                bias_mask=torch.randn(3, 3), drop=nn.Dropout(0.5), fill=torch.tensor([[True], [False], [True]]),
+                bias_mask=torch.randn(3, 3), drop=nn.Dropout(0.5), empty=torch.zeros(0), fill=torch.tensor([[True], [False], [True]]),
                 ln=randomized(nn.LayerNorm(4)), ln0=nn.LayerNorm(4, elementwise_affine=False),
                 lnw=randomized(nn.LayerNorm(4, bias=False)), ln2=randomized(nn.LayerNorm((3, 4), eps=1e-3)),
                 rms=randomized(nn.RMSNorm(4, eps=1e-5)), rms0=nn.RMSNorm(4, elementwise_affine=False),
@@ -463,8 +455,14 @@ def _build():
                                       "fill_absorbed": lambda m, x: m.a(x).masked_fill(~m.fill, -1.5)})
     tok.add(aten.masked_fill.Tensor, {"fill_absorbed": lambda m, x: m.a(x).masked_fill(
         m.fill, torch.tensor(0.5, dtype=torch.float64))})
+    tok.add(aten.where.self, {"two_carrying": lambda m, x: torch.where(m.fill, m.a(x), m.b(x)),
+                              "constant_absorbed": lambda m, x: torch.where(m.fill, m.c, m.a(x))})
     tok.add(aten.cat.default, {"two_carrying": lambda m, x: torch.cat([m.a(x), m.b(x)], 1),
-                               "constant_part": lambda m, x: torch.cat([m.c.expand(N, 1, 4), m.a(x)], 1)})
+                               "constant_part": lambda m, x: torch.cat([m.c.expand(N, 1, 4), m.a(x)], 1),
+                               # a KV cache's first step (a 1-d empty tensor, skipped), then
+                               # grouped-query attention's repeat_kv (expand, reshape)
+                               "empty_cache_then_repeat_kv": lambda m, x: torch.cat(
+                                   [m.empty, heads(m.a(x))], -2)[:, :, None].expand(N, 2, 2, 3, 2).reshape(N, 4, 3, 2)})
     tok.add(aten.stack.default, {"two_carrying": lambda m, x: torch.stack([m.a(x), m.b(x)], -1),
                                  "constant_part": lambda m, x: torch.stack([m.a(x), m.c.expand(N, 3, 4)], 1)})
     tok.add(aten.constant_pad_nd.default, {
@@ -497,7 +495,7 @@ def _build():
     # the model input broadcast up by a constant (its InputFlow cannot keep the input's shape)
     up = Group(shape=(1, D), a=lin(), c=torch.randn(3, D))
     up.add(aten.mul.Tensor, {"input_broadcast_up": lambda m, x: m.a(x * m.c)}, name="input_broadcast_up")
-    up.add(aten.add.Tensor, {"input_broadcast_up": (lambda m, x: m.a(x + m.c), lambda m, x: m.a(relabel(x, x + m.c)))},
+    up.add(aten.add.Tensor, {"input_broadcast_up": lambda m, x: m.a(x + m.c)},
            name="input_broadcast_up")
     up.build()
 

@@ -135,16 +135,25 @@ def flows_only_through(op: RelevanceOp, flows: list, *positions: int) -> None:
 
 
 class InputFlow:
-    """The flow of the model input, kept as ``value ⊙ probe`` until an operator needs it
-    (the z^B rule needs the probe itself; position-wise ops keep the pair)."""
+    """The flow of the model input, kept as ``carried ⊙ probe`` until an operator needs it
+    (the z^B rule needs the probe itself; position-wise ops keep the pair).
 
-    __slots__ = ("value", "probe")
+    ``value`` is the input as position-wise preprocessing left it (``(x - mean) / std``:
+    the z^B bounds are in its space); ``carried`` is the part of it that comes from ``x``
+    when the constants mixed in were absorbed (``bias="absorb"``: LRP-0 is then gradient ×
+    input at ``x``), None when it is all of ``value`` (the constants' shares passed on)."""
 
-    def __init__(self, value: torch.Tensor, probe: torch.Tensor) -> None:
-        self.value, self.probe = value, probe  # (N, ...) and (K, N, ...)
+    __slots__ = ("value", "probe", "carried")
+
+    def __init__(self, value: torch.Tensor, probe: torch.Tensor, carried: Optional[torch.Tensor] = None) -> None:
+        self.value, self.probe, self.carried = value, probe, carried  # (N, ...), (K, N, ...), (N, ...)
+
+    def scaled(self, fn) -> "InputFlow":
+        """The flow of ``fn(input)`` for a position-wise linear ``fn`` (a sign, a scale)."""
+        return InputFlow(fn(self.value), self.probe, None if self.carried is None else fn(self.carried))
 
     def materialize(self) -> torch.Tensor:
-        return self.probe * self.value
+        return self.probe * (self.value if self.carried is None else self.carried)
 
 
 def materialize(flow: Any) -> Any:

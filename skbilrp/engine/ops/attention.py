@@ -86,10 +86,15 @@ class Product(RelevanceOp):
     Two carrying operands (``q @ k^T`` under ``attention="attnlrp"``, bilinear layers)
     split uniformly, as AttnLRP does: ``(u_a @ b + a @ u_b) / 2``."""
 
+    def __init__(self, node, network) -> None:
+        super().__init__(node, network)
+        probs = _softmax_output(node.args[0]) if node.args else False
+        self.mode = network.bias_mode_for(node) if probs and network.attention == "attnlrp" else "absorb"
+
     def record(self, args, kwargs):
         out = self.op(*args, **kwargs)
         both = self.op is not aten.einsum.default and all(self.carrying[:2])
-        return out, (args[0], args[1]) if both else None
+        return out, (args[0], args[1], lone_weight(args[0], self.mode)) if both else None
 
     def push(self, state, flows, args, kwargs, cells=None):
         if self.op is aten.einsum.default:
@@ -103,17 +108,29 @@ class Product(RelevanceOp):
             return torch.einsum(_with_probe_axis(args[0], carrying[0]), *ops)
         fa, fb = flows[0], flows[1]
         if fa is not None and fb is not None:
-            a, b = state
+            a, b, (w_a, w_b) = state  # probabilities @ values: see lone_weight
             if a.dim() < 2 or b.dim() < 2:
                 raise self.refuse("a product with a vector operand is not supported",
                                   "Write it with a matrix (unsqueeze the vector)")
-            return (matmul_flow(materialize(fa), b, first=True) + matmul_flow(materialize(fb), a, first=False)) * 0.5
+            return matmul_flow(materialize(fa) * w_a, b, first=True) + matmul_flow(materialize(fb), a * w_b, first=False)
         i = 0 if fa is not None else 1
         flow, const = materialize(fa if fa is not None else fb), args[1 - i]
         if flow.dim() < 3 or const.dim() < 2:
             raise self.refuse("a product with a vector operand is not supported",
                               "Write it with a matrix (unsqueeze the vector)")
         return matmul_flow(flow, const, first=i == 0)
+
+
+#: value-preserving ops between a softmax and the product with the values (eager attention
+#: casts float32 probabilities back, applies dropout: a clone in eval mode)
+_PASS = {aten._to_copy.default, aten.clone.default, aten.alias.default, aten.type_as.default}
+_SOFTMAX = {aten.softmax.int, aten._softmax.default, aten._safe_softmax.default}
+
+
+def _softmax_output(node) -> bool:
+    while getattr(node, "op", None) == "call_function" and node.target in _PASS:
+        node = node.args[0]
+    return getattr(node, "target", None) in _SOFTMAX
 
 
 def matmul_flow(flow: torch.Tensor, const: torch.Tensor, first: bool) -> torch.Tensor:
@@ -171,7 +188,8 @@ class SDPA(RelevanceOp):
         if mask is not None and mask.dtype != torch.bool:
             masking = is_masking(mask)
             added = (torch.where(masking, 0.0, mask), torch.where(masking, 0.0, safe_divide(logits, s)))
-        return self.op(*args, **kwargs), (p, scale, (q, k, v, self.rule.record(logits, p, p.dim() - 1), added))
+        state = (q, k, v, self.rule.record(logits, p, p.dim() - 1), added, lone_weight(p, self.rule.mode))
+        return self.op(*args, **kwargs), (p, scale, state)
 
     def push(self, state, flows, args, kwargs, cells=None):
         flows_only_through(self, flows, 0, 1, 2)
@@ -184,7 +202,7 @@ class SDPA(RelevanceOp):
             return matmul_flow(fv, p, first=False)
         if fq is None or fk is None or fv is None:
             raise self.refuse("attention='attnlrp' needs relevance to reach q, k and v")
-        q, k, v, softmax, added = qkv
+        q, k, v, softmax, added, (w_p, w_v) = qkv
         kt = k.transpose(-2, -1)
         u_s = (matmul_flow(fq, kt, first=True) + matmul_flow(fk.transpose(-2, -1), q, first=False)) * (0.5 * scale)
         if added is not None and self.rule.mode == "share":
@@ -192,4 +210,18 @@ class SDPA(RelevanceOp):
         elif added is not None and self.rule.mode == "flat":
             u_s = u_s + cells.spread(added[0].expand(p.shape))
         u_p = self.rule.push(softmax, u_s, cells)
-        return (matmul_flow(u_p, v, first=True) + matmul_flow(fv, p, first=False)) * 0.5
+        return matmul_flow(u_p * w_p, v, first=True) + matmul_flow(fv, p * w_v, first=False)
+
+
+def lone_weight(p: torch.Tensor, mode: str) -> tuple:
+    """Weights ``(w_p, w_v)`` of the uniform split of ``p @ v`` per row of probabilities.
+
+    A row with one visible key (the first query of causal attention) is 1 there whatever
+    the logits: the softmax rule gives it no contributions, only its bias. AttnLRP as
+    published (``bias="absorb"``) splits it ``1/2, 1/2`` all the same and so loses half of
+    that row; under a bias-passing mode the row is a constant and the values take all of
+    it, so the product conserves without inventing a share for the logits."""
+    if mode == "absorb":
+        return 0.5, 0.5
+    lone = p.amax(-1, keepdim=True) == 1
+    return torch.where(lone, 0.0, 0.5).to(p.dtype), torch.where(lone, 1.0, 0.5).to(p.dtype)

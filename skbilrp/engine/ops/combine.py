@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from . import InputFlow, RelevanceOp, align, aten, flows_only_through, materialize, relevance_op, safe_divide
+from .weighted import orphan_of
 
 
 class BiasLike(RelevanceOp):
@@ -22,7 +23,13 @@ class BiasLike(RelevanceOp):
     def constant_term(self, flow, a, out, c, cells):
         """Flow of ``a + c`` given the flow of ``a``."""
         if isinstance(flow, InputFlow) and out.dim() == flow.value.dim():
-            return InputFlow(out, flow.probe)  # a relabelling of the model input (preprocessing)
+            # position-wise preprocessing of the model input: a new value, and what of it
+            # carries relevance (absorb: x's part only; share / flat: the constant's too,
+            # which at the input itself is the same under both)
+            if self.mode == "absorb":
+                carried = flow.value if flow.carried is None else flow.carried
+                return InputFlow(out, flow.probe, carried.expand(out.shape))  # x may broadcast up
+            return InputFlow(out, flow.probe, None if flow.carried is None else flow.carried + (out - flow.value))
         flow = align(materialize(flow), out.dim())
         if self.mode == "absorb":
             return _full(flow, out)
@@ -31,7 +38,10 @@ class BiasLike(RelevanceOp):
         masking = is_masking(c)
         if self.mode == "share":
             ratio = safe_divide(out, a)
-            return flow * (ratio if masking is None else torch.where(masking, torch.zeros_like(ratio), ratio))
+            shared = flow * (ratio if masking is None else torch.where(masking, torch.zeros_like(ratio), ratio))
+            lone = orphan_of(torch.as_tensor(out - a if masking is None else torch.where(masking, 0.0, out - a)),
+                             torch.as_tensor(a).abs())
+            return shared if lone is None else shared + lone * cells.coverage(_full(flow, out), out.dim() >= 4)
         c = torch.as_tensor(c, dtype=flow.dtype, device=flow.device)
         if masking is not None:
             c = torch.where(masking, torch.zeros_like(c), c)
@@ -50,7 +60,7 @@ def _scaled(flow, coef, out):
     """``coef`` times a summand's flow; the model input itself stays a pair (value, probe)
     when the sum only relabels it (``c - x``, preprocessing), as for ``x + c``."""
     if isinstance(flow, InputFlow) and flow.value.dim() == out.dim():
-        return flow
+        return flow.scaled(lambda t: t * coef)
     return materialize(flow) * coef
 
 
@@ -107,7 +117,7 @@ class Scale(RelevanceOp):
         fb = flows[1] if len(flows) > 1 else None
         if self.op is aten.neg.default:
             if isinstance(fa, InputFlow):
-                return InputFlow(-fa.value, fa.probe)
+                return fa.scaled(torch.neg)
             return -materialize(fa)
         divide = self.op in (aten.div.Tensor, aten.div.Scalar)
         if divide and fb is not None:
@@ -123,9 +133,9 @@ class Scale(RelevanceOp):
         if divide and kwargs.get("rounding_mode") is not None:
             raise self.refuse("rounding division is not linear")
         if isinstance(flow, InputFlow):
-            value = flow.value / c if divide else flow.value * c
-            if value.shape == flow.value.shape:
-                return InputFlow(value, flow.probe)
+            moved = flow.scaled((lambda t: t / c) if divide else (lambda t: t * c))
+            if moved.value.shape == flow.value.shape:
+                return moved
         flow = align(materialize(flow), c.dim() if isinstance(c, torch.Tensor) else 0)
         return flow / c if divide else flow * c
 
@@ -156,15 +166,41 @@ class BatchNorm(BiasLike):
         return (scaled + t * cells.coverage(scaled, True), None, None)
 
 
-@relevance_op(aten.masked_fill.Scalar, aten.masked_fill.Tensor)
-class MaskedFill(RelevanceOp):
-    """``x.masked_fill(mask, value)`` with a constant mask: unmasked entries keep their
-    flow; a filled entry is the constant alone, with no contribution to share with, so
-    it carries nothing (a masked attention logit, a zeroed padding token)."""
+@relevance_op(aten.masked_fill.Scalar, aten.masked_fill.Tensor, aten.where.self)
+class Select(BiasLike):
+    """``x.masked_fill(mask, value)`` and ``torch.where(cond, a, b)`` with a constant
+    condition: each entry takes the flow of the tensor it comes from. An entry that comes
+    from a constant is that constant alone, with no contribution to share with: absorbed,
+    or under a bias-passing mode spread over the whole input as a constant part of a
+    ``cat`` is (it has no position there). Masking values (-inf, the dtype's lowest:
+    masked attention logits) and zeros carry nothing in every mode."""
 
     def record(self, args, kwargs):
-        return self.op(*args, **kwargs), None
+        out = self.op(*args, **kwargs)
+        return out, out.new_zeros(()).expand(out.shape)  # its shape and dtype, no memory (the graph's may be symbolic)
 
-    def push(self, state, flows, args, kwargs, cells=None):
-        flows_only_through(self, flows, 0)
-        return materialize(flows[0]).masked_fill(args[1], 0)
+    def push(self, out, flows, args, kwargs, cells=None):
+        where = self.op is aten.where.self
+        cond, parts = (args[0], [(flows[1], args[1]), (flows[2], args[2])]) if where else (
+            args[1], [(flows[0], args[0]), (None, args[2])])
+        if where and flows[0] is not None or not where and flows[1] is not None:
+            raise self.refuse("relevance reaches the condition, which is not linear", "Detach the condition")
+        k = next(materialize(f) for f, _ in parts if f is not None).shape[0]
+        taken = []
+        for (flow, value), picks in zip(parts, (cond, ~cond) if where else (~cond, cond)):
+            if flow is not None:
+                taken.append(_full(align(materialize(flow), out.dim()), out) * picks)
+            elif self.mode != "absorb":
+                const = torch.as_tensor(value, dtype=out.dtype, device=cond.device)
+                const = torch.where(picks & ~_masks(const), const, torch.zeros((), dtype=out.dtype))
+                taken.append(cells.spread(const.expand(out.shape)))
+        total = taken[0]
+        for t in taken[1:]:
+            total = total + t
+        return total if total.shape[0] == k else total.expand(k, *out.shape)
+
+
+def _masks(c: torch.Tensor) -> torch.Tensor:
+    """Where a constant masks (see :func:`is_masking`), as a boolean tensor."""
+    masking = is_masking(c)
+    return torch.zeros(c.shape, dtype=torch.bool, device=c.device) if masking is None else masking

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 
 from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op, safe_divide
+from .refused import Refused
+from .weighted import orphan_of
 
 
 class Centred(RelevanceOp):
@@ -37,6 +39,7 @@ class Centred(RelevanceOp):
             size = (1 - 2 / n) * x.abs() + x.abs().mean(-1, keepdim=True)
             bias = b if w is None else b * (w != 0)  # a unit of weight 0 has no contributions
             state["sign"], state["share"] = torch.sign(x), safe_divide(bias.expand_as(size), size)
+            state["orphan"] = orphan_of(bias.expand_as(size), size)
         return state
 
     def centred_push(self, flow, state, w):
@@ -53,6 +56,8 @@ class Centred(RelevanceOp):
     def finish(self, out, state, b, channels_first, cells):
         if state["share"] is None and self.rule.bias == "flat" and b is not None:
             out = out + b * cells.coverage(out, channels_first=channels_first)
+        elif state["share"] is not None and state["orphan"] is not None:
+            out = out + state["orphan"].reshape(out.shape[1:]) * cells.coverage(out, channels_first=channels_first)
         return out if state["scale"] is None else out * state["scale"]
 
 
@@ -119,8 +124,11 @@ class RMSNorm(RelevanceOp):
 
 
 @relevance_op(aten.linalg_vector_norm.default)
-class Norm(RelevanceOp):
-    """A vector norm is a constant (``F.normalize`` divides by it), as LayerNorm's
-    standard deviation is; the network never pushes through it."""
+class Norm(Refused):
+    """A vector norm that normalises its own input (``F.normalize``, ``x / x.norm()``) is
+    held constant by the canonicalisation (:mod:`skbilrp.engine.norms`) and never reaches
+    the table; any other use of it on a carrying tensor is refused."""
 
-    constant = True
+    why = ("a vector norm of a relevance-carrying tensor has a rule only where it normalises that "
+           "tensor (x / norm(x) over axes other than the batch axis)")
+    fix = "Detach the norm in the model if it is meant as a constant"

@@ -36,5 +36,6 @@ class Random(Refused):
 @relevance_op(aten.exp.default, aten.log.default, aten.pow.Tensor_Scalar, aten.sqrt.default,
               aten.rsqrt.default, aten.reciprocal.default)
 class NotLinear(Refused):
-    why = "this op has no relevance rule on a relevance-carrying input (it is not a ratio-rule activation)"
-    fix = "Detach its input if it computes a scale (as normalisations do)"
+    why = ("this op has no relevance rule on a relevance-carrying input (it is not a ratio-rule activation, "
+           "nor part of a normalisation x * g(statistic of x) that skbilrp recognises)")
+    fix = "Detach its input if it computes a scale"

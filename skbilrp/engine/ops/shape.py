@@ -62,6 +62,18 @@ class Cast(Same):
     keeps exactly the precision the value keeps."""
 
 
+@relevance_op(aten.type_as.default)
+class TypeAs(RelevanceOp):
+    """``x.type_as(other)``: a cast of ``x``; only ``other``'s dtype is used, so relevance
+    that reaches ``other`` (GemmaRMSNorm casts back to its own input's dtype) ends there."""
+
+    def push(self, state, flows, args, kwargs, cells=None):
+        if flows[0] is None:
+            raise self.refuse("relevance reaches only the argument whose dtype is taken",
+                              "Cast with .to(dtype) instead")
+        return materialize(flows[0]).to(self.node.meta["val"].dtype)
+
+
 @relevance_op(aten.dropout.default)
 class Dropout(Same):
     """Dropout in eval mode (``train=False``) is the identity."""
@@ -203,16 +215,19 @@ class Cat(RelevanceOp):
         self.mode = network.bias_mode_for(node)
 
     def record(self, args, kwargs):
-        tensors = args[0]
         dim = args[1] if len(args) > 1 else 0
-        ndim = tensors[0].dim() + (self.op is aten.stack.default)
-        return self.op(*args, **kwargs), shift_dims(dim, ndim)
+        out = self.op(*args, **kwargs)
+        return out, shift_dims(dim, out.dim())  # not a part's: a skipped empty one is 1-d
 
     def push(self, dim, flows, args, kwargs, cells=None):
         flows_only_through(self, flows, 0)
-        parts = [materialize(f) for f in flows[0]]
+        # torch's cat skips 1-d empty tensors whatever the others' rank (a KV cache's first
+        # step); with the probe axis in front they would be 2-d and no longer skipped
+        kept = [(f, t) for f, t in zip(flows[0], args[0])
+                if not (f is None and t.dim() == 1 and t.numel() == 0)]
+        parts = [materialize(f) for f, _ in kept]
         k = next(p for p in parts if p is not None).shape[0]
-        for i, (p, t) in enumerate(zip(parts, args[0])):
+        for i, (p, (_, t)) in enumerate(zip(parts, kept)):
             if p is None:
                 parts[i] = t.expand((k,) + tuple(t.shape)) * 0 if self.mode == "absorb" else cells.spread(t)
         return self.op(parts, dim)

@@ -16,12 +16,23 @@ from ...rules import ZBox
 from . import InputFlow, RelevanceOp, aten, flat_apply, flows_only_through, materialize, relevance_op, safe_divide
 
 
+def orphan_of(bias: torch.Tensor, size: torch.Tensor) -> Optional[torch.Tensor]:
+    """Under ``bias="share"``, the bias of units whose inputs contribute nothing (a row of
+    zeros: a class token and position embedding of zero), which has nothing to be shared
+    with; it is spread over the input region under the unit as ``"flat"`` does, so
+    relevance still conserves. None where every unit has contributions."""
+    lone = size == 0
+    return torch.where(lone, bias, torch.zeros_like(bias)) if bool(lone.any()) else None
+
+
 @dataclass
 class WeightedState:
     scale: Optional[torch.Tensor]
     bounds: Optional[tuple] = None
     sign: Optional[torch.Tensor] = None
     share: Optional[torch.Tensor] = None
+    #: bias of units with no contribution to share it with (spread as under "flat")
+    orphan: Optional[torch.Tensor] = None
 
 
 @relevance_op(aten.linear.default, aten.conv1d.default, aten.conv2d.default, aten.conv2d.padding,
@@ -77,7 +88,9 @@ class Weighted(RelevanceOp):
         state = WeightedState(None if den is z else safe_divide(z, den))
         if "w_abs" in extra:
             size = self._apply(x.abs(), extra["w_abs"], None, conf)
-            state.sign, state.share = torch.sign(x), safe_divide(extra["bias_grid"].expand_as(size), size)
+            bias = extra["bias_grid"].expand_as(size)
+            state.sign, state.share = torch.sign(x), safe_divide(bias, size)
+            state.orphan = orphan_of(bias, size)
         return z, state
 
     def push(self, state: WeightedState, flows: list, args: list, kwargs: dict, cells=None) -> Any:
@@ -92,11 +105,12 @@ class Weighted(RelevanceOp):
             probe, (low, high) = flow.probe, state.bounds
             groups = conf[-1] if conf and self.channels_first else 1
             if groups == 1 and not isinstance(conf[1] if len(conf) > 1 else 0, str):
-                stacked = torch.cat([flow.materialize(), probe * low, probe * high],
+                # z^B passes on all relevance, the preprocessing constants' too: the value itself
+                stacked = torch.cat([probe * flow.value, probe * low, probe * high],
                                     dim=2 if self.channels_first else -1)
                 out = self._apply_flow(stacked, extra["w_zbox"], conf)
             else:
-                out = (self._apply_flow(flow.materialize(), w, conf)
+                out = (self._apply_flow(probe * flow.value, w, conf)
                        - self._apply_flow(probe * low, extra["w_pos"], conf)
                        - self._apply_flow(probe * high, extra["w_neg"], conf))
         else:
@@ -104,6 +118,8 @@ class Weighted(RelevanceOp):
             out = self._apply_flow(flow, w_rho, conf)
             if state.share is not None:
                 out = out + self._apply_flow(flow * state.sign, extra["w_abs"], conf) * state.share
+                if state.orphan is not None:
+                    out = out + state.orphan * cells.coverage(out, self.channels_first)
             elif self.rule.bias == "flat" and has_bias:
                 out.addcmul_(extra["bias_grid"], cells.coverage(out, self.channels_first))
         if state.scale is not None:

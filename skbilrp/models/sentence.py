@@ -233,6 +233,7 @@ class SentenceEncoder(nn.Module):
     ------
     TypeError
         If ``transformer`` is not a Hugging Face model, or cannot take ``inputs_embeds``.
+
     Examples
     --------
     >>> from skbilrp import Explainer

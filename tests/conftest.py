@@ -179,6 +179,40 @@ def assert_tops_match(got, want, atol: float) -> None:
             assert abs(abs(other) - abs(r)) <= atol, ((g, h, r), (g2, h2, r2))
 
 
+@pytest.fixture
+def no_work(monkeypatch):
+    """Every entry into computation of the command-line tools (model loading, reading
+    images, fitting, the demo, the report, the text kernel), replaced by a counter that
+    fails the test if reached: a refusal must come before all of them. The list of
+    calls reached is returned (empty when the refusal came first)."""
+    import skbilrp.cli
+    import skbilrp.datasets
+    import skbilrp.demo
+    import skbilrp.kernel
+    import skbilrp.report
+
+    calls: list[str] = []
+
+    def counter(name):
+        def reached(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"{name} was reached: work started before the arguments were checked")
+        return reached
+
+    for module, name in ((skbilrp.cli, "_image_model"), (skbilrp.cli, "_check_size_fits"),
+                         (skbilrp.datasets, "load_images"), (skbilrp.kernel.DeepKernel, "fit"),
+                         (skbilrp.demo, "digits_pipelines"), (skbilrp.demo, "run_demo"),
+                         (skbilrp.report, "write_report")):
+        monkeypatch.setattr(module, name, counter(name))
+    try:
+        import skbilrp.text
+    except ImportError:  # no text extra: the text commands refuse before importing it anyway
+        pass
+    else:
+        monkeypatch.setattr(skbilrp.text, "TextKernel", counter("TextKernel"))
+    return calls
+
+
 @pytest.fixture(scope="session")
 def digits_small():
     """The demo's SVM and k-NN pipelines fitted on 100 training digits, 40 held-out queries."""

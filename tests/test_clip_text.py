@@ -1,0 +1,225 @@
+"""The text side of CLIP and SigLIP (``get_text_features``) in SentenceEncoder and TextKernel.
+
+Small random two-tower models (float64; the vision side is never run) with tokenizers of
+the installed transformers built from a small local vocabulary: CLIP's byte-pair
+``CLIPTokenizer``, and for SigLIP a Unigram ``T5Tokenizer`` (SigLIP's own tokenizer is the
+same kind of SentencePiece Unigram model but needs the sentencepiece package). Oracles,
+none using skbilrp's relevance code:
+
+* the model's own ``get_text_features`` (and ``CLIPTextModel``'s ``pooler_output``,
+  ``CLIPTextModelWithProjection``'s ``text_embeds``) on each text tokenized alone;
+* the detach-trick model of tests/test_text_families.py: its gradient × input is CP-LRP
+  with ``rules="zero"`` (the position embeddings, a constant added to the explained
+  token embeddings, keep their share, as gradient × input does);
+* conservation over the real tokens under ``"zero-share"`` and ``"zero-flat"``, both
+  attention rules (padding takes nothing, AttnLRP's softmax bias included); forward mode
+  against reverse mode; the user's model byte for byte.
+
+One export per model (the explainers share the encoder); CLIP by default, SigLIP and the
+end-to-end TextKernel explanation with the slow tests.
+"""
+
+from __future__ import annotations
+
+import string
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from test_text_families import _assert_unchanged, _snapshot, gradient_times_input  # noqa: E402
+
+from skbilrp import Explainer  # noqa: E402
+from skbilrp.models.sentence import sentence_encoder, text_tower  # noqa: E402
+from skbilrp.relevance import RelevanceComputer  # noqa: E402
+from skbilrp.rules import Zero  # noqa: E402
+from skbilrp.text import TextKernel  # noqa: E402
+
+# one batch of (2, 8) tokens under both tokenizers: "hi" is padded
+ROWS = ["The cat sat on the mat", "hi"]
+COLS = ["A cat sat on a rug", "Stocks fell on Monday"]
+WORDS = sorted({w.lower() for t in ROWS + COLS for w in t.split()})
+RULES = [("cp", "share"), ("cp", "flat"), ("attnlrp", "share"), ("attnlrp", "flat")]
+TOL = 1e-10  # float64 throughout: relative round-off a few hundred ops deep
+
+
+def _clip_tokenizer(max_length: int = 16):
+    """CLIP's BPE on letters, with merges that spell the test words whole."""
+    vocab: dict = {}
+    for c in string.ascii_lowercase:
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    merges: list = []
+    for w in WORDS:
+        parts = list(w[:-1]) + [w[-1] + "</w>"]
+        while len(parts) > 1:
+            pair = (parts[0], parts[1])
+            if pair not in merges:
+                merges.append(pair)
+            vocab.setdefault(pair[0] + pair[1], len(vocab))
+            parts = [pair[0] + pair[1]] + parts[2:]
+    for special in ("<|startoftext|>", "<|endoftext|>"):  # the end of text is the largest id, as in CLIP
+        vocab[special] = len(vocab)
+    return transformers.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+def _unigram_tokenizer(max_length: int = 16):
+    """A SentencePiece-style Unigram tokenizer (SigLIP's kind): the test words, then letters."""
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    words = sorted({w for t in ROWS + COLS for w in t.split()})  # no lowercasing in a Unigram model
+    pieces += [("▁" + w, -1.0) for w in words] + [(c, -5.0) for c in string.ascii_letters]
+    return transformers.T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
+
+
+_VISION = dict(hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=8,
+               patch_size=4)
+
+
+def _model(family: str, tokenizer, seed: int = 0, **text):
+    """CLIPModel / SiglipModel (or, with ``family`` a text class name, that class) with
+    weights of order one (biases and norms included)."""
+    torch.manual_seed(seed)
+    small = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                 num_attention_heads=4, max_position_embeddings=16, pad_token_id=tokenizer.pad_token_id,
+                 eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id or 0)
+    small.update(text)
+    if family.startswith("clip") or family.startswith("CLIP"):
+        config = transformers.CLIPTextConfig(**small, projection_dim=16)
+        model = (transformers.CLIPModel(transformers.CLIPConfig(text_config=config.to_dict(), vision_config=_VISION,
+                                                                projection_dim=16))
+                 if family == "clip" else getattr(transformers, family)(config))
+    else:
+        config = transformers.SiglipTextConfig(**small, projection_size=16)
+        model = (transformers.SiglipModel(transformers.SiglipConfig(text_config=config.to_dict(),
+                                                                    vision_config=_VISION))
+                 if family == "siglip" else getattr(transformers, family)(config))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return model.double().eval()
+
+
+def _reference(model, tokenizer, texts) -> torch.Tensor:
+    """What the model computes for each text tokenized alone."""
+    out = []
+    with torch.no_grad():
+        for t in texts:
+            batch = tokenizer([t], return_tensors="pt")
+            if hasattr(model, "get_text_features"):
+                out.append(model.get_text_features(**batch).pooler_output)
+            else:
+                result = model(**batch)
+                out.append(result.text_embeds if hasattr(result, "text_embeds") else result.pooler_output)
+    return torch.cat(out)
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    return {"clip": _clip_tokenizer(), "siglip": _unigram_tokenizer()}
+
+
+# ------------------------------------------------------------------------- features
+
+_CLASSES = ["clip", "CLIPTextModel", "CLIPTextModelWithProjection", "siglip", "SiglipTextModel"]
+
+
+@pytest.mark.parametrize("family", _CLASSES)
+def test_features_equal_get_text_features_and_model_unchanged(family, tokenizers):
+    tokenizer = tokenizers["clip" if family.lower().startswith("clip") else "siglip"]
+    model = _model(family, tokenizer)
+    before = _snapshot(model)
+    kern = TextKernel(model=model, tokenizer=tokenizer, kernel="linear").fit(COLS)
+    ref = _reference(model, tokenizer, COLS + ROWS).numpy()
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(kern.features_fit_, ref[:2], rtol=0, atol=TOL * scale)
+    np.testing.assert_allclose(kern.features(ROWS), ref[2:], rtol=0, atol=TOL * scale)
+    assert kern.tokens("hi")[-1] == tokenizer.eos_token
+    _assert_unchanged(before, model)
+
+
+def test_clip_pools_by_the_rule_of_the_installed_transformers(tokenizers):
+    """The legacy rule (``eos_token_id == 2``: the largest id) and the current one (the first
+    end-of-text id) on a text with an end-of-text token inside: the mask ends there, the
+    tokens after it (which causal attention hides from the pooled one) take no relevance."""
+    tokenizer = tokenizers["clip"]
+    texts = ["the cat <|endoftext|> sat on", "hi"]
+    for eos in (tokenizer.eos_token_id, 2):
+        model = _model("CLIPTextModel", tokenizer, eos_token_id=eos)
+        encoder = sentence_encoder(model, tokenizer)
+        x, mask = encoder.embed(*encoder.pad(encoder.tokenize(texts))[:2])
+        assert mask[0].tolist() == [1, 1, 1, 1, 0, 0, 0]
+        ref = _reference(model, tokenizer, texts)
+        with torch.no_grad():
+            torch.testing.assert_close(encoder(x, mask), ref, rtol=0, atol=TOL * ref.abs().max())
+
+
+def test_refusals(tokenizers):
+    model = _model("CLIPTextModel", tokenizers["clip"])
+    with pytest.raises(ValueError, match="pools its text itself"):
+        sentence_encoder(model, tokenizers["clip"], pooling="mean")
+    with pytest.raises(TypeError, match="leave input_module=None"):
+        sentence_encoder(model, tokenizers["clip"], input_module="embeddings")
+    with pytest.raises(TypeError, match="text side of"):
+        text_tower(torch.nn.Linear(2, 2))
+
+
+# ------------------------------------------------------------------------- relevance
+
+
+@pytest.fixture(scope="module")
+def explained(request, tokenizers):
+    """(encoder, x, mask, {(attention, bias): SampleRelevance in forward mode}): one export."""
+    family = request.param
+    tokenizer = tokenizers[family]
+    model = _model(family, tokenizer)
+    encoder = sentence_encoder(model, tokenizer)
+    x, mask = encoder.embed(*encoder.pad(encoder.tokenize(ROWS))[:2])
+    assert mask[1].tolist() == [1, 1, 1, 0, 0, 0, 0, 0][: mask.shape[1]] or not mask[1].all()  # "hi" is padded
+    runs = {(a, b): Explainer(encoder, rules=Zero(bias=b), attention=a, channel_axis=-1,
+                              mode="forward").relevance(x, {"attention_mask": mask}) for a, b in RULES}
+    return encoder, x, mask, runs
+
+
+_FAMILIES = ["clip", pytest.param("siglip", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("explained", _FAMILIES, indirect=True)
+def test_relevance_conserves_on_the_real_tokens_and_modes_agree(explained):
+    encoder, x, mask, runs = explained
+    for (attention, bias), rel in runs.items():
+        kept = (rel.relevance * mask[:, None, :]).sum(-1)  # what TextKernel keeps: real tokens only
+        error = (kept - rel.features).abs().max() / rel.features.abs().max()
+        assert error < 1e-8, (attention, bias, float(error))
+        assert torch.isfinite(rel.relevance).all()
+    network = Explainer(encoder, rules=Zero(bias="flat"), attention="attnlrp", channel_axis=-1).network
+    reverse = RelevanceComputer(network, None, -1, "reverse")(x, {"attention_mask": mask}).relevance
+    forward = runs[("attnlrp", "flat")].relevance
+    torch.testing.assert_close(reverse, forward, rtol=0, atol=TOL * forward.abs().max())
+
+
+@pytest.mark.parametrize("explained", _FAMILIES, indirect=True)
+def test_cp_lrp_is_gradient_times_input_of_the_detach_trick_model(explained):
+    encoder, x, mask, _ = explained
+    lrp0 = Explainer(encoder, rules="zero", channel_axis=-1, mode="forward").relevance(x, {"attention_mask": mask})
+    oracle = gradient_times_input(encoder, x, mask)
+    torch.testing.assert_close(lrp0.relevance, oracle, rtol=0, atol=TOL * oracle.abs().max())
+    with torch.no_grad():
+        torch.testing.assert_close(lrp0.features, encoder(x, mask), rtol=0, atol=TOL * lrp0.features.abs().max())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_text_kernel_explains_a_two_tower_model(family, tokenizers):
+    tokenizer = tokenizers[family]
+    model = _model(family, tokenizer, seed=1)
+    before = _snapshot(model)
+    kern = TextKernel(model=model, tokenizer=tokenizer, attention="attnlrp", rules="zero-flat").fit(COLS)
+    expl = kern.explain_pairs(ROWS)
+    assert np.abs(expl.conservation_error).max() < 1e-8 * np.abs(expl.similarity).max()
+    assert expl.pair(1, 0).relevance.shape == (len(kern.tokens("hi")), len(kern.tokens(COLS[0])))
+    _assert_unchanged(before, model)

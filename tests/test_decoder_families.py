@@ -148,13 +148,8 @@ def test_features_equal_encode_and_prompt_tokens_are_explained(family_model):
 #: (family, attention, bias): three families, each under one pair of rules, by default (the
 #: suite's time budget: an export per case); every family under every pair when slow
 _COMBOS = [("cp", "share"), ("attnlrp", "flat"), ("attnlrp", "share"), ("cp", "flat")]
-_DEFAULT = {("llama", "cp", "share"), ("gemma3", "attnlrp", "share"), ("t5-gated", "cp", "flat")}
-#: a known gap, not hidden (it shows as conservation_error): under "flat" AttnLRP spreads
-#: the softmax's bias over the whole input, padding positions included, and TextKernel
-#: keeps the real tokens only (0.9 % of a Gemma 3 similarity, left padding)
-_FLAT_PADDING = pytest.mark.xfail(reason="AttnLRP's flat softmax bias reaches padding positions", strict=False)
-_CASES = [pytest.param(f, a, b, id=f"{f}-{a}-{b}", marks=([] if (f, a, b) in _DEFAULT else [pytest.mark.slow])
-                       + ([_FLAT_PADDING] if (a, b) == ("attnlrp", "flat") else []))
+_DEFAULT = {("llama", "cp", "share"), ("gemma3", "attnlrp", "flat"), ("t5-gated", "cp", "flat")}
+_CASES = [pytest.param(f, a, b, id=f"{f}-{a}-{b}", marks=[] if (f, a, b) in _DEFAULT else [pytest.mark.slow])
           for f in MODELS for a, b in _COMBOS]
 #: the detach-trick oracle by default on a base decoder, Gemma 2 ((1 + w) norms, eager
 #: soft-capped attention) and gated T5; the others (q/k norms, ...) when slow

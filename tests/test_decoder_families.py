@@ -221,11 +221,22 @@ def test_deep_kernel_on_a_user_wrapper(family):
     _assert_unchanged(before, model)
 
 
+class _IdsOnly(nn.Module):
+    """A Hugging Face-style model (it has a config) whose forward takes token ids only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = transformers.BertConfig(vocab_size=50, hidden_size=8)
+        self.embed = nn.Embedding(50, 8)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.embed(input_ids)
+
+
 def test_a_model_without_inputs_embeds_is_refused_with_what_to_do(tokenizer):
-    """CLIP's text tower takes no inputs_embeds: TextKernel says so and names the way out
-    (no parameter TextKernel lacks, such as input_module)."""
-    config = transformers.CLIPTextConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=48,
-                                         num_hidden_layers=1, num_attention_heads=4, eos_token_id=102)
-    with pytest.raises(TypeError, match=r"CLIPTextModel\.forward takes no inputs_embeds.*Explainer\(wrapper") as err:
-        TextKernel(transformers.CLIPTextModel(config), tokenizer=tokenizer).fit(COLS)
+    """A model that takes ids only (and is no CLIP or SigLIP tower, which are fed through
+    their embeddings): TextKernel says so and names the way out (no parameter TextKernel
+    lacks, such as input_module)."""
+    with pytest.raises(TypeError, match=r"_IdsOnly\.forward takes no inputs_embeds.*Explainer\(wrapper") as err:
+        TextKernel(_IdsOnly(), tokenizer=tokenizer).fit(COLS)
     assert "input_module" not in str(err.value)

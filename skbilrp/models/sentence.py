@@ -25,6 +25,11 @@ applies it before), and the explained forward passes it as ``inputs_embeds``. Pa
 follows the tokenizer's ``padding_side`` (decoder embedders pad on the left), as
 ``encode`` does.
 
+CLIP and SigLIP text towers (``CLIPModel``, ``SiglipModel`` and their text models) take
+no ``inputs_embeds``: there ``x`` is the token embeddings, fed to the model's own tower by
+:class:`~skbilrp.models.towers.TextTower` (:func:`text_tower`), and the features are
+``get_text_features`` of each text.
+
 A token's relevance is the sum over its ``D`` input channels (``channel_axis=-1``),
 and the attention mask is context (``{"attention_mask": mask}``): padding gets exactly
 zero relevance.

@@ -105,11 +105,15 @@ def _model(family: str, tokenizer, seed: int = 0, **text):
 
 
 def _reference(model, tokenizer, texts) -> torch.Tensor:
-    """What the model computes for each text tokenized alone."""
+    """What the model computes for each text tokenized alone (SigLIP: padded to its length
+    and attending to the padding, as it is trained)."""
     out = []
+    siglip = "Siglip" in type(model).__name__
     with torch.no_grad():
         for t in texts:
-            batch = tokenizer([t], return_tensors="pt")
+            batch = tokenizer([t], return_tensors="pt", padding="max_length") if siglip else \
+                tokenizer([t], return_tensors="pt")
+            batch = {"input_ids": batch["input_ids"]} if siglip else batch
             if hasattr(model, "get_text_features"):
                 out.append(model.get_text_features(**batch).pooler_output)
             else:
@@ -138,7 +142,8 @@ def test_features_equal_get_text_features_and_model_unchanged(family, tokenizers
     scale = np.abs(ref).max()
     np.testing.assert_allclose(kern.features_fit_, ref[:2], rtol=0, atol=TOL * scale)
     np.testing.assert_allclose(kern.features(ROWS), ref[2:], rtol=0, atol=TOL * scale)
-    assert kern.tokens("hi")[-1] == tokenizer.eos_token
+    ends = kern.tokens("hi")[-1], kern.tokens("hi")[-2]
+    assert ends[0] == tokenizer.eos_token if family.lower().startswith("clip") else ends == (tokenizer.pad_token,) * 2
     _assert_unchanged(before, model)
 
 
@@ -179,7 +184,8 @@ def explained(request, tokenizers):
     model = _model(family, tokenizer)
     encoder = sentence_encoder(model, tokenizer)
     x, mask = encoder.embed(*encoder.pad(encoder.tokenize(ROWS))[:2])
-    assert mask[1].tolist() == [1, 1, 1, 0, 0, 0, 0, 0][: mask.shape[1]] or not mask[1].all()  # "hi" is padded
+    # CLIP: "hi" is padded, and the padding gets nothing; SigLIP: its padding is explained
+    assert bool(mask[1].all()) == (family == "siglip")
     runs = {(a, b): Explainer(encoder, rules=Zero(bias=b), attention=a, channel_axis=-1,
                               mode="forward").relevance(x, {"attention_mask": mask}) for a, b in RULES}
     return encoder, x, mask, runs
@@ -222,4 +228,6 @@ def test_text_kernel_explains_a_two_tower_model(family, tokenizers):
     expl = kern.explain_pairs(ROWS)
     assert np.abs(expl.conservation_error).max() < 1e-8 * np.abs(expl.similarity).max()
     assert expl.pair(1, 0).relevance.shape == (len(kern.tokens("hi")), len(kern.tokens(COLS[0])))
+    words = expl.pair(1, 0).words()
+    np.testing.assert_allclose(words.relevance.sum(), expl.pair(1, 0).relevance.sum(), rtol=1e-12)
     _assert_unchanged(before, model)

@@ -443,6 +443,8 @@ class SentenceEncoder(nn.Module):
         """
         texts = [self.prompt + t for t in texts]
         extra = {"return_offsets_mapping": True} if getattr(self.tokenizer, "is_fast", False) else {}
+        if self._tower and self.transformer.pads:  # SigLIP's texts, as it is trained (skbilrp.models.towers)
+            extra["padding"] = "max_length"
         return self.tokenizer(texts, truncation=True, max_length=int(max_length or self.max_seq_length), **extra)
 
     def pad(self, encoding: Any, rows: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, torch.Tensor,

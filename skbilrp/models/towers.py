@@ -7,7 +7,7 @@ embeddings ``x`` ``(N, T, D)`` (the rows of its token-embedding table): a pre-ho
 the tower's ``embeddings`` module hands ``x`` to it as ``inputs_embeds``, so the
 position embeddings are added by the model as shipped, a constant added to the
 explained input (docs/operators.rst, "Constants"). Its output is what
-``get_text_features`` returns for each text on its own (unpadded):
+``get_text_features`` returns for each text:
 
 * CLIP (``CLIPModel``, ``CLIPTextModel``, ``CLIPTextModelWithProjection``): the final
   hidden state at the end-of-text token, then ``text_projection`` where the model has
@@ -17,10 +17,13 @@ explained input (docs/operators.rst, "Constants"). Its output is what
   there. Attention is causal, so the tokens after the pooled one cannot change the
   features: masked out, they get no relevance.
 * SigLIP (``SiglipModel``, ``SiglipTextModel``): the final hidden state at the last
-  token of the text, then the tower's ``head``. ``get_text_features`` pools the last
-  position of whatever it is given, so it equals this for a text tokenized alone; a
-  batch padded to ``max_length`` (as SigLIP was trained) pools a padding token
-  instead, which this function does not reproduce for texts shorter than that.
+  position, then the tower's ``head``, of the text padded to ``max_length`` and
+  attending to its padding, as SigLIP is trained (big_vision, open_clip) and as
+  ``get_text_features(input_ids=tokenizer(texts, padding="max_length").input_ids)``
+  computes it. The padding is part of the explained input (:attr:`TextTower.pads`):
+  the pooled position is a padding token of every shorter text. A tokenizer that also
+  returns an attention mask makes ``get_text_features(**inputs)`` mask the padding
+  out of attention instead: a different function, not this one.
 
 Both families number positions from the first token: texts are padded on the right.
 :func:`text_tower` builds one from a model (a copy; the model is never modified).
@@ -74,6 +77,9 @@ class TextTower(nn.Module):
         CLIP's ``text_projection``, SigLIP's ``head``, or ``nn.Identity`` (a
         ``CLIPTextModel``'s features are its pooled state).
     kind : {"clip", "siglip"}
+    pads : bool
+        Whether texts are padded to the model's length and the padding explained as
+        tokens (SigLIP); the mask is then 1 on the padding too.
 
     Raises
     ------
@@ -91,6 +97,7 @@ class TextTower(nn.Module):
         self.projection = copy.deepcopy(model.get_submodule(projection)) if projection else (
             self.tower.head if self.kind == "siglip" else nn.Identity())
         self._substitute: Optional[torch.Tensor] = None
+        self.pads = self.kind == "siglip"
         self.tower.embeddings.register_forward_pre_hook(self._inputs_embeds, with_kwargs=True)
         self.eval()
         for p in self.parameters():

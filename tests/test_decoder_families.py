@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import assert_round_off_equal
 from test_text_families import (COLS, ROWS, _assert_unchanged, _sentence_transformer, _snapshot,  # noqa: F401
                                 gradient_times_input, tokenizer)
 from torch import nn
@@ -174,8 +175,11 @@ def test_relevance_conserves_modes_agree_model_unchanged(family_model, attention
     expl = kern.explain_pairs(ROWS)
     tol = _tol(family)
     assert np.isfinite(expl.relevance).all()
-    relative = np.abs(expl.conservation_error).max() / np.abs(expl.similarity).max()
-    assert relative < tol, relative
+    # conserved up to the round-off of what the model computes in (float32 in its norms),
+    # measured on what cancels: the similarity and every relevance term
+    terms = np.abs(expl.similarity) + np.abs(expl.relevance).sum(axis=(2, 3))
+    assert_round_off_equal(expl.conservation_error, np.zeros_like(terms), PRECISION.get(family, torch.float64),
+                           k=64, terms=terms)
     # the prompt's tokens are part of the explanation, relevance on them reported
     assert expl.relevance.shape[2] == len(kern.tokens(ROWS[0]))
     x, mask = kern.model_.embed(*kern.model_.pad(kern.model_.tokenize(ROWS)))

@@ -149,18 +149,22 @@ def test_features_equal_get_text_features_and_model_unchanged(family, tokenizers
 
 def test_clip_pools_by_the_rule_of_the_installed_transformers(tokenizers):
     """The legacy rule (``eos_token_id == 2``: the largest id) and the current one (the first
-    end-of-text id) on a text with an end-of-text token inside: the mask ends there, the
-    tokens after it (which causal attention hides from the pooled one) take no relevance."""
+    end-of-text id) on a batch with an end-of-text token inside a text: TextTower ends the
+    mask there (causal attention hides the tokens after it from the pooled one) and equals
+    the model; SentenceEncoder refuses such a text, whose tail would be shown but unread."""
     tokenizer = tokenizers["clip"]
     texts = ["the cat <|endoftext|> sat on", "hi"]
     for eos in (tokenizer.eos_token_id, 2):
         model = _model("CLIPTextModel", tokenizer, eos_token_id=eos)
-        encoder = sentence_encoder(model, tokenizer)
-        x, mask = encoder.embed(*encoder.pad(encoder.tokenize(texts))[:2])
-        assert mask[0].tolist() == [1, 1, 1, 1, 0, 0, 0]
-        ref = _reference(model, tokenizer, texts)
+        tower = text_tower(model)
+        batch = tokenizer(texts, padding=True, return_tensors="pt")
+        x, mask = tower.embed(batch["input_ids"], batch["attention_mask"])
+        assert mask.tolist() == [[1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0]]
         with torch.no_grad():
-            torch.testing.assert_close(encoder(x, mask), ref, rtol=0, atol=TOL * ref.abs().max())
+            ref = model(**batch).pooler_output
+            torch.testing.assert_close(tower(x, mask), ref, rtol=0, atol=TOL * ref.abs().max())
+        with pytest.raises(ValueError, match="Text 0 has its end-of-text token .* pools token 3 of its 7"):
+            sentence_encoder(model, tokenizer).tokenize(texts)
 
 
 def test_refusals(tokenizers):

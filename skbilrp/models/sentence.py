@@ -439,13 +439,22 @@ class SentenceEncoder(nn.Module):
         -------
         transformers BatchEncoding
             Unpadded lists (``input_ids``, ``attention_mask``, ...), with character
-            offsets from a fast tokenizer.
+            offsets from a fast tokenizer (SigLIP: padded to ``max_length``).
+
+        Raises
+        ------
+        ValueError
+            For CLIP, a text with an end-of-text token before its end (CLIP pools
+            the first, so the tokens after it never reach the features).
         """
         texts = [self.prompt + t for t in texts]
         extra = {"return_offsets_mapping": True} if getattr(self.tokenizer, "is_fast", False) else {}
         if self._tower and self.transformer.pads:  # SigLIP's texts, as it is trained (skbilrp.models.towers)
             extra["padding"] = "max_length"
-        return self.tokenizer(texts, truncation=True, max_length=int(max_length or self.max_seq_length), **extra)
+        encoding = self.tokenizer(texts, truncation=True, max_length=int(max_length or self.max_seq_length), **extra)
+        if self._tower:
+            self.transformer.check_texts(encoding["input_ids"])
+        return encoding
 
     def pad(self, encoding: Any, rows: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, torch.Tensor,
                                                                                Optional[torch.Tensor]]:

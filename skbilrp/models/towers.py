@@ -15,7 +15,9 @@ explained input (docs/operators.rst, "Constants"). Its output is what
   first ``eos_token_id``, or with the legacy ``eos_token_id == 2`` the largest id);
   :meth:`TextTower.embed` applies that rule to the real ids and ends the attention mask
   there. Attention is causal, so the tokens after the pooled one cannot change the
-  features: masked out, they get no relevance.
+  features: masked out, they get no relevance. (A text whose pooled token is not its
+  last is refused by :class:`~skbilrp.models.sentence.SentenceEncoder`, which would
+  show those tokens.)
 * SigLIP (``SiglipModel``, ``SiglipTextModel``): the final hidden state at the last
   position, then the tower's ``head``, of the text padded to ``max_length`` and
   attending to its padding, as SigLIP is trained (big_vision, open_clip) and as
@@ -143,6 +145,27 @@ class TextTower(nn.Module):
             end = self._clip_pooled_position(ids)
             mask = mask * (torch.arange(ids.shape[1], device=ids.device)[None] <= end[:, None])
         return self.get_input_embeddings()(ids), mask
+
+    def check_texts(self, input_ids: list) -> None:
+        """Refuse texts (unpadded id lists) whose pooled token is not their last: CLIP's
+        rule picks the first end-of-text token (or the largest id), and the tokens after
+        it never reach the features.
+
+        Raises
+        ------
+        ValueError
+            Naming the text, the position its rule pools and the fix.
+        """
+        if self.kind != "clip":
+            return
+        for i, ids in enumerate(input_ids):
+            at = int(self._clip_pooled_position(torch.as_tensor(ids)[None])[0])
+            if at != len(ids) - 1:
+                raise ValueError(
+                    f"Text {i} has its end-of-text token {self.config.eos_token_id} before its end: "
+                    f"{type(self.tower).__name__} pools token {at} of its {len(ids)} (rule of eos_token_id="
+                    f"{self.config.eos_token_id}), so the tokens after it never reach the features; remove the "
+                    "end-of-text token from the text.")
 
     def _clip_pooled_position(self, ids: torch.Tensor) -> torch.Tensor:
         """The position CLIPTextModel pools, by its rule on the ids (transformers >= 4.31)."""

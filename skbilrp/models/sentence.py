@@ -205,7 +205,9 @@ class SentenceEncoder(nn.Module):
     Parameters
     ----------
     transformer : transformers PreTrainedModel
-        The encoder (e.g. ``BertModel``); deep-copied, never modified.
+        The encoder (e.g. ``BertModel``), or a CLIP / SigLIP model whose text side
+        is explained (:class:`TextTower`; the head then maps the text features);
+        deep-copied, never modified.
     tokenizer : transformers tokenizer or None
         Its tokenizer (copied; a fast one gives word boundaries for word-level
         explanations). None for an encoder used through :meth:`embed` and ``forward`` only.
@@ -241,7 +243,8 @@ class SentenceEncoder(nn.Module):
     Raises
     ------
     TypeError
-        If ``transformer`` is not a Hugging Face model, or cannot take ``inputs_embeds``.
+        If ``transformer`` is not a Hugging Face model, or cannot take ``inputs_embeds``
+        (and is no CLIP or SigLIP model, which are fed through their embeddings).
 
     Examples
     --------
@@ -269,7 +272,8 @@ class SentenceEncoder(nn.Module):
             raise TypeError(
                 f"{type(transformer).__name__}.forward takes no inputs_embeds, so the text models of skbilrp "
                 "(TextKernel, SentenceEncoder) cannot feed it the explained embeddings; they explain encoders "
-                "that take them (BERT, RoBERTa, MPNet, DeBERTa, ModernBERT, Llama, Qwen, Mistral, Gemma, T5, ...). "
+                "that take them (BERT, RoBERTa, MPNet, DeBERTa, ModernBERT, Llama, Qwen, Mistral, Gemma, T5, ...) "
+                "and the text side of CLIP and SigLIP. "
                 "Wrap the model in an nn.Module whose forward maps token embeddings (N, T, D) to the sentence "
                 "embedding and explain it with skbilrp.Explainer(wrapper, channel_axis=-1) or DeepKernel.")
         if self._tower:  # CLIP / SigLIP text side: the model pools and projects (skbilrp.models.towers)

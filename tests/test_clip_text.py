@@ -15,8 +15,8 @@ none using skbilrp's relevance code:
   attention rules (padding takes nothing, AttnLRP's softmax bias included); forward mode
   against reverse mode; the user's model byte for byte.
 
-One export per model (the explainers share the encoder); CLIP by default, SigLIP and the
-end-to-end TextKernel explanation with the slow tests.
+One export per model (rule sets switched with set_params share it); CLIP by default, SigLIP
+with the slow tests.
 """
 
 from __future__ import annotations
@@ -182,56 +182,56 @@ def test_refusals(tokenizers):
 
 @pytest.fixture(scope="module")
 def explained(request, tokenizers):
-    """(encoder, x, mask, {(attention, bias): SampleRelevance in forward mode}): one export."""
+    """(model, snapshot before, TextKernel, {(attention, bias): explanation of ROWS x COLS}):
+    the rule sets are switched with set_params, so one export of the kernel's encoder
+    serves them all, the oracles' explainers included."""
     family = request.param
     tokenizer = tokenizers[family]
     model = _model(family, tokenizer)
-    encoder = sentence_encoder(model, tokenizer)
-    x, mask = encoder.embed(*encoder.pad(encoder.tokenize(ROWS))[:2])
-    # CLIP: "hi" is padded, and the padding gets nothing; SigLIP: its padding is explained
-    assert bool(mask[1].all()) == (family == "siglip")
-    runs = {(a, b): Explainer(encoder, rules=Zero(bias=b), attention=a, channel_axis=-1,
-                              mode="forward").relevance(x, {"attention_mask": mask}) for a, b in RULES}
-    return encoder, x, mask, runs
+    before = _snapshot(model)
+    kern = TextKernel(model=model, tokenizer=tokenizer).fit(COLS)
+    runs = {}
+    for attention, bias in RULES:
+        kern.set_params(attention=attention, rules=Zero(bias=bias))
+        runs[(attention, bias)] = kern.explain_pairs(ROWS)
+    return model, before, kern, runs
 
 
 _FAMILIES = ["clip", pytest.param("siglip", marks=pytest.mark.slow)]
 
 
+def _inputs(kern):
+    return kern.model_.embed(*kern.model_.pad(kern.model_.tokenize(ROWS))[:2])
+
+
 @pytest.mark.parametrize("explained", _FAMILIES, indirect=True)
-def test_relevance_conserves_on_the_real_tokens_and_modes_agree(explained):
-    encoder, x, mask, runs = explained
-    for (attention, bias), rel in runs.items():
-        kept = (rel.relevance * mask[:, None, :]).sum(-1)  # what TextKernel keeps: real tokens only
-        error = (kept - rel.features).abs().max() / rel.features.abs().max()
-        assert error < 1e-8, (attention, bias, float(error))
-        assert torch.isfinite(rel.relevance).all()
-    network = Explainer(encoder, rules=Zero(bias="flat"), attention="attnlrp", channel_axis=-1).network
-    reverse = RelevanceComputer(network, None, -1, "reverse")(x, {"attention_mask": mask}).relevance
-    forward = runs[("attnlrp", "flat")].relevance
-    torch.testing.assert_close(reverse, forward, rtol=0, atol=TOL * forward.abs().max())
+def test_relevance_conserves_on_the_real_tokens_modes_agree_model_unchanged(explained):
+    model, before, kern, runs = explained
+    for (attention, bias), expl in runs.items():
+        assert np.isfinite(expl.relevance).all()
+        # TextKernel keeps the real tokens only: padding took nothing, AttnLRP's softmax bias included
+        relative = np.abs(expl.conservation_error).max() / np.abs(expl.similarity).max()
+        assert relative < 1e-8, (attention, bias, relative)
+    pair = runs[("attnlrp", "flat")].pair(1, 0)
+    assert pair.relevance.shape == (len(kern.tokens(ROWS[1])), len(kern.tokens(COLS[0])))
+    np.testing.assert_allclose(pair.words().relevance.sum(), pair.relevance.sum(), rtol=1e-12)
+    x, mask = _inputs(kern)
+    modes = {mode: RelevanceComputer(kern.explainer_.network, None, -1, mode)(x, {"attention_mask": mask}).relevance
+             for mode in ("forward", "reverse")}
+    torch.testing.assert_close(modes["reverse"], modes["forward"], rtol=0, atol=TOL * modes["forward"].abs().max())
+    _assert_unchanged(before, model)
 
 
 @pytest.mark.parametrize("explained", _FAMILIES, indirect=True)
 def test_cp_lrp_is_gradient_times_input_of_the_detach_trick_model(explained):
-    encoder, x, mask, _ = explained
+    _, _, kern, _ = explained
+    encoder = kern.model_
+    x, mask = _inputs(kern)
     lrp0 = Explainer(encoder, rules="zero", channel_axis=-1, mode="forward").relevance(x, {"attention_mask": mask})
     oracle = gradient_times_input(encoder, x, mask)
     torch.testing.assert_close(lrp0.relevance, oracle, rtol=0, atol=TOL * oracle.abs().max())
     with torch.no_grad():
         torch.testing.assert_close(lrp0.features, encoder(x, mask), rtol=0, atol=TOL * lrp0.features.abs().max())
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("family", ["clip", "siglip"])
-def test_text_kernel_explains_a_two_tower_model(family, tokenizers):
-    tokenizer = tokenizers[family]
-    model = _model(family, tokenizer, seed=1)
-    before = _snapshot(model)
-    kern = TextKernel(model=model, tokenizer=tokenizer, attention="attnlrp", rules="zero-flat").fit(COLS)
-    expl = kern.explain_pairs(ROWS)
-    assert np.abs(expl.conservation_error).max() < 1e-8 * np.abs(expl.similarity).max()
-    assert expl.pair(1, 0).relevance.shape == (len(kern.tokens("hi")), len(kern.tokens(COLS[0])))
-    words = expl.pair(1, 0).words()
-    np.testing.assert_allclose(words.relevance.sum(), expl.pair(1, 0).relevance.sum(), rtol=1e-12)
-    _assert_unchanged(before, model)
+    # CLIP: "hi" is padded and its padding gets nothing; SigLIP: its padding is explained input
+    assert bool(mask[1].all()) == (encoder.transformer.kind == "siglip")
+    assert encoder.transformer.kind == "siglip" or not lrp0.relevance[1][:, ~mask[1].bool()].any()

@@ -160,11 +160,13 @@ def test_features_equal_encode_and_prompt_tokens_are_explained(family_model):
 #: suite's time budget: an export per case); every family under every pair when slow
 _COMBOS = [("cp", "share"), ("attnlrp", "flat"), ("attnlrp", "share"), ("cp", "flat")]
 _DEFAULT = {("llama", "cp", "share"), ("gemma3", "attnlrp", "flat"), ("t5-gated", "cp", "flat")}
+#: Gemma 2 with left padding: the rule pair that spreads over padding, the rest is Gemma 2's
 _CASES = [pytest.param(f, a, b, id=f"{f}-{a}-{b}", marks=[] if (f, a, b) in _DEFAULT else [pytest.mark.slow])
-          for f in MODELS for a, b in _COMBOS]
+          for f in MODELS for a, b in _COMBOS if f != "gemma2-left" or (a, b) == ("attnlrp", "flat")]
 #: the detach-trick oracle by default on a base decoder, Gemma 2 ((1 + w) norms, eager
 #: soft-capped attention) and gated T5; the others (q/k norms, ...) when slow
-_ORACLE = [f if f in ("llama", "gemma2", "t5-gated") else pytest.param(f, marks=pytest.mark.slow) for f in MODELS]
+_ORACLE = [f if f in ("llama", "gemma2", "t5-gated") else pytest.param(f, marks=pytest.mark.slow) for f in MODELS
+           if f != "gemma2-left"]
 
 
 @pytest.mark.parametrize("family_model, attention, bias", _CASES, indirect=["family_model"])
@@ -272,10 +274,10 @@ def test_the_engine_conserves_to_float64_round_off_when_the_norm_computes_in_flo
     for m in model.modules():
         if type(m).__name__ == "LlamaRMSNorm":
             m.forward = _float64_rms_norm.__get__(m)
-    wrapper = LastToken(model, "last")
-    x = torch.randn(3, 4, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).numpy()
+    wrapper = LastToken(model, "last")  # one object: the explainers share its export
+    x = torch.randn(3, 4, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     for attention in ("cp", "attnlrp"):
         for rules in ("zero-share", "zero-flat"):
-            expl = DeepKernel(wrapper, kernel="linear", rules=rules, attention=attention).fit(x[:2]).explain_pairs(x[2:])
-            relative = np.abs(expl.conservation_error).max() / np.abs(expl.similarity).max()
-            assert relative < 1e-12, (attention, rules, relative)
+            expl = Explainer(wrapper, rules=rules, attention=attention, channel_axis=-1).explain(x[2:], x[:2])
+            terms = np.abs(expl.similarity) + np.abs(expl.relevance).sum(axis=(2, 3))
+            assert_round_off_equal(expl.conservation_error, np.zeros_like(terms), torch.float64, k=64, terms=terms)

@@ -236,7 +236,8 @@ def detach_trick(model: nn.Module):
     and the engine's both attention rules do (see tests/test_decoder_families.py).
     """
     act = transformers.activations
-    activations = (act.GELUActivation, act.NewGELUActivation, nn.GELU, nn.ReLU, nn.Tanh, nn.SiLU)
+    activations = (act.GELUActivation, act.NewGELUActivation, act.QuickGELUActivation, act.GELUTanh, nn.GELU,
+                   nn.ReLU, nn.Tanh, nn.SiLU)
 
     def layer_norm(m, args, out):
         x = args[0]

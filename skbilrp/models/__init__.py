@@ -23,8 +23,9 @@ when a network needs it, is the model's first module. Each model has a matching
 - :func:`zero_shot_imagenet`: MobileNetV2 or EfficientNet-Lite0 mapped into the MiniLM
   sentence space through the embeddings of the ImageNet class names (a DeViSE-style
   linear head): a real image-text model from the shipped weights.
-- :func:`image_tower`: the image side of a Hugging Face CLIP or SigLIP model
-  (``get_image_features``) as an explainable ``nn.Module``.
+- :func:`image_tower` / :func:`text_tower`: the image and text sides of a Hugging Face
+  CLIP or SigLIP model (``get_image_features`` / ``get_text_features``) as explainable
+  ``nn.Module`` s.
 """
 
 from .digits import digits_cnn, digits_cnn_rules, load_digits_images
@@ -42,7 +43,7 @@ from .sentence import (
     mpnet_path,
     sentence_encoder,
 )
-from .towers import ImageTower, image_tower
+from .towers import ImageTower, TextTower, image_tower, text_tower
 from .vgg import IMAGENET_MEAN, IMAGENET_STD, VGG, vgg16, vgg16_rules
 from .zero_shot import class_name_embeddings, imagenet_class_names, zero_shot_imagenet
 
@@ -74,6 +75,8 @@ __all__ = [
     "MPNET_INSTALL",
     "ImageTower",
     "image_tower",
+    "TextTower",
+    "text_tower",
     "zero_shot_imagenet",
     "imagenet_class_names",
     "class_name_embeddings",

@@ -25,6 +25,11 @@ applies it before), and the explained forward passes it as ``inputs_embeds``. Pa
 follows the tokenizer's ``padding_side`` (decoder embedders pad on the left), as
 ``encode`` does.
 
+CLIP and SigLIP text towers (``CLIPModel``, ``SiglipModel`` and their text models) take
+no ``inputs_embeds``: there ``x`` is the token embeddings, fed to the model's own tower by
+:class:`~skbilrp.models.towers.TextTower` (:func:`text_tower`), and the features are
+``get_text_features`` of each text.
+
 A token's relevance is the sum over its ``D`` input channels (``channel_axis=-1``),
 and the attention mask is context (``{"attention_mask": mask}``): padding gets exactly
 zero relevance.
@@ -41,8 +46,12 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .towers import TextTower, is_text_tower, text_tower
+
 __all__ = [
     "SentenceEncoder",
+    "TextTower",
+    "text_tower",
     "TokenPooling",
     "sentence_encoder",
     "POOLING_MODES",
@@ -196,7 +205,9 @@ class SentenceEncoder(nn.Module):
     Parameters
     ----------
     transformer : transformers PreTrainedModel
-        The encoder (e.g. ``BertModel``); deep-copied, never modified.
+        The encoder (e.g. ``BertModel``), or a CLIP / SigLIP model whose text side
+        is explained (:class:`TextTower`; the head then maps the text features);
+        deep-copied, never modified.
     tokenizer : transformers tokenizer or None
         Its tokenizer (copied; a fast one gives word boundaries for word-level
         explanations). None for an encoder used through :meth:`embed` and ``forward`` only.
@@ -232,7 +243,8 @@ class SentenceEncoder(nn.Module):
     Raises
     ------
     TypeError
-        If ``transformer`` is not a Hugging Face model, or cannot take ``inputs_embeds``.
+        If ``transformer`` is not a Hugging Face model, or cannot take ``inputs_embeds``
+        (and is no CLIP or SigLIP model, which are fed through their embeddings).
 
     Examples
     --------
@@ -255,25 +267,35 @@ class SentenceEncoder(nn.Module):
                 f"transformer must be a Hugging Face model (e.g. transformers.AutoModel.from_pretrained(folder)), "
                 f"got {type(transformer).__name__}."
             )
-        if "inputs_embeds" not in inspect.signature(transformer.forward).parameters:
+        self._tower = is_text_tower(transformer)
+        if not self._tower and "inputs_embeds" not in inspect.signature(transformer.forward).parameters:
             raise TypeError(
                 f"{type(transformer).__name__}.forward takes no inputs_embeds, so the text models of skbilrp "
                 "(TextKernel, SentenceEncoder) cannot feed it the explained embeddings; they explain encoders "
-                "that take them (BERT, RoBERTa, MPNet, DeBERTa, ModernBERT, Llama, Qwen, Mistral, Gemma, T5, ...). "
+                "that take them (BERT, RoBERTa, MPNet, DeBERTa, ModernBERT, Llama, Qwen, Mistral, Gemma, T5, ...) "
+                "and the text side of CLIP and SigLIP. "
                 "Wrap the model in an nn.Module whose forward maps token embeddings (N, T, D) to the sentence "
                 "embedding and explain it with skbilrp.Explainer(wrapper, channel_axis=-1) or DeepKernel.")
-        self.transformer = copy.deepcopy(transformer)
-        _set_attention(self.transformer, attn_implementation)
-        self.head = nn.ModuleList(copy.deepcopy(list(head)) if head is not None else [TokenPooling("mean")])
+        if self._tower:  # CLIP / SigLIP text side: the model pools and projects (skbilrp.models.towers)
+            if input_module is not None:
+                raise TypeError(f"{type(transformer).__name__} is explained at its token embeddings; "
+                                "leave input_module=None.")
+            self.transformer = text_tower(transformer)
+            _set_attention(self.transformer.tower, attn_implementation)
+        else:
+            self.transformer = copy.deepcopy(transformer)
+            _set_attention(self.transformer, attn_implementation)
+        default_head = [] if self._tower else [TokenPooling("mean")]
+        self.head = nn.ModuleList(copy.deepcopy(list(head)) if head is not None else default_head)
         self.prompt = str(prompt or "")
-        self.input_module = input_module or _find_embedding_norm(self.transformer)
+        self.input_module = input_module or (None if self._tower else _find_embedding_norm(self.transformer))
         self._embedding_dim = self.transformer.get_input_embeddings().embedding_dim
         self.input_dim = self._embedding_dim
         if self.input_module is not None:
             norm = self.transformer.get_submodule(self.input_module)
             norm.register_forward_pre_hook(self._input_hook, with_kwargs=True)
             self.input_dim = _input_dim(norm, self.transformer)
-        self._forward_params = set(inspect.signature(self.transformer.forward).parameters)
+        self._forward_params = set(inspect.signature(self.transformer.forward).parameters) - {"x"}
         # no KV cache: an encoder pass needs none, and the cache's tensors are graph noise
         self._call_options = {"use_cache": False} if "use_cache" in self._forward_params else {}
         self._positions = _positions(self.transformer)
@@ -349,6 +371,9 @@ class SentenceEncoder(nn.Module):
         """Tokenize with (a copy of) ``tokenizer``; the prompt's length follows it."""
         # a copy: tokenizing sets a fast tokenizer's truncation state, and the tokenizer is the user's
         self.tokenizer = copy.deepcopy(tokenizer)
+        if self._tower and self.tokenizer is not None:
+            # CLIP and SigLIP number positions from the first token: texts are padded on the right
+            self.tokenizer.padding_side = "right"
         self.prompt_length = _prompt_length(self.tokenizer, self.prompt)
         for m in self.head:
             if isinstance(m, TokenPooling):
@@ -372,6 +397,9 @@ class SentenceEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Sentence embedding ``(N, h)`` of input embeddings ``x`` ``(N, T, D)``."""
+        if self._tower:  # the model's own text features, then the head (e.g. Normalize)
+            return self._run_head({"sentence_embedding": self.transformer(x, attention_mask),
+                                   "attention_mask": attention_mask})
         if self.input_module is None:  # x is inputs_embeds itself
             out = self.transformer(inputs_embeds=x, attention_mask=attention_mask, return_dict=True,
                                    **self._call_options)
@@ -393,7 +421,9 @@ class SentenceEncoder(nn.Module):
         return self._head(out.last_hidden_state, attention_mask)
 
     def _head(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        features = {"token_embeddings": hidden, "attention_mask": attention_mask}
+        return self._run_head({"token_embeddings": hidden, "attention_mask": attention_mask})
+
+    def _run_head(self, features: dict) -> torch.Tensor:
         for module in self.head:
             features = module(features)
         return features["sentence_embedding"]
@@ -413,11 +443,22 @@ class SentenceEncoder(nn.Module):
         -------
         transformers BatchEncoding
             Unpadded lists (``input_ids``, ``attention_mask``, ...), with character
-            offsets from a fast tokenizer.
+            offsets from a fast tokenizer (SigLIP: padded to ``max_length``).
+
+        Raises
+        ------
+        ValueError
+            For CLIP, a text with an end-of-text token before its end (CLIP pools
+            the first, so the tokens after it never reach the features).
         """
         texts = [self.prompt + t for t in texts]
         extra = {"return_offsets_mapping": True} if getattr(self.tokenizer, "is_fast", False) else {}
-        return self.tokenizer(texts, truncation=True, max_length=int(max_length or self.max_seq_length), **extra)
+        if self._tower and self.transformer.pads:  # SigLIP's texts, as it is trained (skbilrp.models.towers)
+            extra["padding"] = "max_length"
+        encoding = self.tokenizer(texts, truncation=True, max_length=int(max_length or self.max_seq_length), **extra)
+        if self._tower:
+            self.transformer.check_texts(encoding["input_ids"])
+        return encoding
 
     def pad(self, encoding: Any, rows: Optional[Sequence[int]] = None) -> tuple[torch.Tensor, torch.Tensor,
                                                                                Optional[torch.Tensor]]:
@@ -480,6 +521,8 @@ class SentenceEncoder(nn.Module):
         if ids.shape[1] > self._positions:
             raise ValueError(f"Sequences of {ids.shape[1]} tokens exceed the {self._positions} positions of "
                              f"{type(self.transformer).__name__}; truncate them (max_length <= {self._positions}).")
+        if self._tower:
+            return self.transformer.embed(ids, mask)
         if self.input_module is None:
             return self.transformer.get_input_embeddings()(ids), mask
         inputs = {"input_ids": ids, "attention_mask": mask}
@@ -583,7 +626,7 @@ def _is_sentence_transformer(model: Any) -> bool:
     return isinstance(model, SentenceTransformer)
 
 
-def sentence_encoder(model: Any, tokenizer: Any = None, pooling: Union[str, Sequence[str]] = "mean",
+def sentence_encoder(model: Any, tokenizer: Any = None, pooling: Union[None, str, Sequence[str]] = None,
                      normalize: bool = False, **kwargs: Any) -> SentenceEncoder:
     """A :class:`SentenceEncoder` from what a user has (nothing is downloaded).
 
@@ -591,15 +634,17 @@ def sentence_encoder(model: Any, tokenizer: Any = None, pooling: Union[str, Sequ
     ----------
     model : SentenceTransformer, Hugging Face model, SentenceEncoder, str or path
         A ``sentence_transformers.SentenceTransformer``; a Hugging Face encoder (with
-        ``tokenizer``); a :class:`SentenceEncoder` (copied); or a local folder: a
-        SentenceTransformer folder (it has ``modules.json``) or a ``save_pretrained``
-        folder with model and tokenizer.
+        ``tokenizer``), a CLIP or SigLIP model among them (its text side, as
+        ``get_text_features`` computes it: :mod:`skbilrp.models.towers`); a
+        :class:`SentenceEncoder` (copied); or a local folder: a SentenceTransformer
+        folder (it has ``modules.json``) or a ``save_pretrained`` folder with model and
+        tokenizer.
     tokenizer : transformers tokenizer, str or path, optional
         Needed for a Hugging Face model object; a string is a local tokenizer folder.
         Overrides the tokenizer of the other sources.
-    pooling : str or sequence of str, default="mean"
-        Pooling of a Hugging Face model or folder (see :data:`POOLING_MODES`);
-        a SentenceTransformer brings its own.
+    pooling : str or sequence of str, optional
+        Pooling of a Hugging Face model or folder (see :data:`POOLING_MODES`),
+        default ``"mean"``; a SentenceTransformer, CLIP and SigLIP bring their own.
     normalize : bool, default=False
         L2-normalise a Hugging Face model's embedding (a SentenceTransformer has its
         own ``Normalize`` module or not).
@@ -617,7 +662,8 @@ def sentence_encoder(model: Any, tokenizer: Any = None, pooling: Union[str, Sequ
     TypeError
         For anything else.
     ValueError
-        For a Hugging Face model without ``tokenizer``.
+        For a Hugging Face model without ``tokenizer``, or a pooling for a model that
+        pools itself (CLIP, SigLIP).
     """
     if isinstance(tokenizer, (str, os.PathLike)):
         folder = _local_folder(tokenizer, "tokenizer")
@@ -642,7 +688,10 @@ def sentence_encoder(model: Any, tokenizer: Any = None, pooling: Union[str, Sequ
     if isinstance(model, nn.Module) and getattr(model, "config", None) is not None:
         if tokenizer is None:
             raise ValueError("A Hugging Face model needs its tokenizer: pass tokenizer= (an object or a local folder).")
-        head: list[nn.Module] = [TokenPooling(pooling)] + ([L2Normalize()] if normalize else [])
+        if is_text_tower(model) and pooling is not None:
+            raise ValueError(f"{type(model).__name__} pools its text itself (get_text_features); leave pooling=None.")
+        pool = [] if is_text_tower(model) else [TokenPooling("mean" if pooling is None else pooling)]
+        head: list[nn.Module] = pool + ([L2Normalize()] if normalize else [])
         return SentenceEncoder(model, tokenizer, head, **kwargs)
     raise TypeError(
         "model must be a sentence_transformers.SentenceTransformer, a Hugging Face encoder (with tokenizer=), "

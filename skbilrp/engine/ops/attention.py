@@ -47,9 +47,10 @@ class SoftmaxRule:
     """AttnLRP's softmax rule ``u_out = J u`` (``J = diag(s) - s s^T``), plus its bias
     ``b = s - J z`` (``z``: the logits) as the bias mode says: absorbed (AttnLRP as
     published); shared with the logits in proportion to their contributions
-    ``|J| |z|``, as Linear layers share theirs; or spread over the whole input (a
-    logit has no place on it). Probabilities that are exactly zero (masked logits)
-    pass nothing, so an infinite or huge masked logit cannot reach the flows."""
+    ``|J| |z|``, as Linear layers share theirs; or, ``flat``, placed on the input
+    where its key is (:func:`spread_on_keys`). Probabilities that are exactly zero
+    (masked logits: padding, the future of causal attention) pass nothing, their bias
+    included, so neither an infinite masked logit nor a share of the bias reaches them."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
@@ -76,8 +77,26 @@ class SoftmaxRule:
             w = sign * u
             out = out + coef_diag * w + coef * (s * w).sum(dim, keepdim=True)
         elif self.mode == "flat":
-            out = out + cells.spread(bias)
+            out = out + spread_on_keys(cells, bias, dim - 1)
         return out
+
+
+def spread_on_keys(cells, const: torch.Tensor, dim: int) -> torch.Tensor:
+    """The flow of a constant on attention logits or probabilities (``const``, keys on
+    axis ``dim``) under ``bias="flat"``: each entry goes to the input position of its
+    key when the keys are the input's token positions (an input ``(N, T, D)`` with its
+    channels on an axis, ``T`` keys), so that a masked key (padding) takes nothing;
+    over the whole input otherwise (images: a key has no single place on the input).
+    Over probes that partition the input the parts sum to ``const`` either way."""
+    probe = cells.probe
+    if cells.channel_axis is None or probe.dim() != 3 or dim == 0:
+        return cells.spread(const)
+    positions = probe.mean(1 + cells.channel_axis % 2)  # (K*N, T): each probe's share of each token
+    if positions.shape[1] != const.shape[dim]:
+        return cells.spread(const)
+    shape = [cells.k, cells.n] + [1] * (const.dim() - 1)
+    shape[1 + dim] = const.shape[dim]
+    return const * positions.reshape(shape)
 
 
 @relevance_op(aten.matmul.default, aten.bmm.default, aten.mm.default, aten.einsum.default)
@@ -208,7 +227,7 @@ class SDPA(RelevanceOp):
         if added is not None and self.rule.mode == "share":
             u_s = u_s * added[1]
         elif added is not None and self.rule.mode == "flat":
-            u_s = u_s + cells.spread(added[0].expand(p.shape))
+            u_s = u_s + spread_on_keys(cells, added[0].expand(p.shape), p.dim() - 1)
         u_p = self.rule.push(softmax, u_s, cells)
         return matmul_flow(u_p * w_p, v, first=True) + matmul_flow(fv, p * w_v, first=False)
 

@@ -138,20 +138,24 @@ def _where(err: BaseException) -> str:
     return f" ({os.path.basename(frames[-1].filename)}:{frames[-1].lineno})"
 
 
-def build_image_model(spec: ImageModel) -> tuple[Any, Any]:
+def build_image_model(spec: ImageModel, size: int, patch: int) -> tuple[Any, Any]:
     """The network of ``spec`` in eval mode and its LRP rules (a model of the user's own: the
-    ``zero-share`` preset).
+    ``zero-share`` preset): the last check of a command, its first work.
 
-    A model of the user's own is built by calling its factory without arguments and,
-    with ``--weights``, loaded with ``load_state_dict(strict=True)``.
+    A shipped model is loaded once the memory its work needs at ``size`` and ``patch`` is
+    known to fit (:func:`skbilrp.cli._check_size_fits`). A model of the user's own is built
+    by calling its factory without arguments and, with ``--weights``, loaded with
+    ``load_state_dict(strict=True)``; its memory cannot be estimated without running it.
 
     Raises
     ------
     CommandError
-        The factory raised or returned no ``torch.nn.Module``; the weights file is not
-        a state dict of that module (missing or unexpected keys, other shapes).
+        The work does not fit in memory; the factory raised or returned no
+        ``torch.nn.Module``; the weights file is not a state dict of that module
+        (missing or unexpected keys, other shapes).
     """
     if spec.shipped:
+        cli._check_size_fits(spec.name, size, patch)
         return cli._image_model(spec.name, spec.weights)
     from torch import nn
 

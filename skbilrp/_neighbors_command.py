@@ -74,8 +74,7 @@ def run_neighbors(args: argparse.Namespace) -> int:
                            f"{len(data)} or less, or more items.")
     cli._require_plotting()
     if images:
-        cli._check_size_fits(spec.name, size, patch)
-        network, rules = build_image_model(spec)  # the last check: a model of your own is built here
+        network, rules = build_image_model(spec, size, patch)  # the last check (memory; a model of your own)
     for note in notes + data.notes:
         _note(note)
     if images:

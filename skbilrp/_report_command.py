@@ -119,9 +119,8 @@ def _report_user_data(args: argparse.Namespace, start: float) -> int:
     else:
         train = data
     if images:
-        cli._check_size_fits(spec.name, size, patch)
-        # the last check: a model of your own is built here, so that its refusal stays one line, before the notes
-        network, rules = build_image_model(spec)
+        # the last check (memory; a model of your own is built): a refusal stays one line, before the notes
+        network, rules = build_image_model(spec, size, patch)
     for note in data.notes + (queries.notes if queries is not data else []):
         _note(note)
     if images:

@@ -237,8 +237,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from .pairs import pair_relevance
     from .plot import plot_pair
 
-    _check_size_fits(spec.name, size, patch)
-    model, rules = build_image_model(spec)  # a model of your own is checked here, before any pixel
+    model, rules = build_image_model(spec, size, patch)  # the last check (memory; a model of your own)
     images = np.stack([load_image(p, size=size, grayscale=spec.grayscale) for p in (args.image_a, args.image_b)])
     explainer = Explainer(model, rules=rules, pooling=patch, verbose=True)
     relevance = explainer.relevance(images)

@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 from . import cli  # by attribute: tests patch cli._image_model (the shipped loader)
 from .cli import _IMAGE_DEFAULTS, _TEXT_HINT, _VGG_NO_WEIGHTS, CommandError, _one_line
 
-__all__ = ["ImageModel", "image_model", "build_image_model", "read_state_dict", "text_model", "text_model_name"]
+__all__ = ["ImageModel", "image_model", "image_model_and_sides", "build_image_model", "read_state_dict", "text_model", "text_model_name"]
 
 #: Input side and patch size of a model of the user's own, when not given.
 CUSTOM_DEFAULTS = (224, 16)
@@ -95,6 +95,21 @@ def image_model(name: Optional[str], weights: Optional[str]) -> ImageModel:
     if weights is not None:
         cli._check_weights_file(weights)
     return ImageModel(name, *CUSTOM_DEFAULTS, weights, _import_factory(name))
+
+
+def image_model_and_sides(args: Any) -> tuple[ImageModel, int, int]:
+    """``--model`` and ``--weights`` resolved (:func:`image_model`), ``--size`` and ``--patch``
+    with the model's defaults, checked against the model and each other."""
+    spec = image_model(args.model, args.weights)
+    size = args.size if args.size is not None else spec.size
+    patch = args.patch if args.patch is not None else spec.patch
+    if spec.name == "digits" and size != 8:
+        raise CommandError(f"--model digits takes 8×8 images; drop --size or give --size 8 (got {size}).")
+    if size < 1 or patch < 1:
+        raise CommandError(f"--size and --patch must be positive, got {size} and {patch}.")
+    if patch > size:
+        raise CommandError(f"--patch {patch} is larger than the images (--size {size}); give --patch {size} or less.")
+    return spec, size, patch
 
 
 def _import_factory(path: str) -> Callable:

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import cli  # by attribute: tests patch the helpers that start work
-from ._model_loading import build_image_model, image_model, text_kernel_class, text_model, text_model_name
+from ._model_loading import build_image_model, image_model_and_sides, text_kernel_class, text_model, text_model_name
 from ._report_command import _note, _stage
 from .cli import CommandError
 
@@ -51,10 +51,7 @@ def run_neighbors(args: argparse.Namespace) -> int:
             raise CommandError(f"{flag} applies to --{'texts' if images else 'images'}, not to "
                                f"--{'images' if images else 'texts'}; drop it.")
     if images:
-        spec = image_model(args.model, args.weights)
-        size = args.size if args.size is not None else spec.size
-        patch = args.patch if args.patch is not None else spec.patch
-        cli._check_image_size(spec, size, patch)
+        spec, size, patch = image_model_and_sides(args)
         notes = check_image_files([args.query])
         data = find_images(args.images, "--images")
         same = [p for p in data.items if os.path.realpath(p) == os.path.realpath(args.query)]

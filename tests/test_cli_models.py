@@ -225,11 +225,14 @@ def two_photos(photo_folders):
 @pytest.fixture(scope="module")
 def sentence_folder(tiny_model_folder, tmp_path_factory):
     """A SentenceTransformer folder: the 2-layer random BERT of ``tiny_model_folder`` and mean pooling."""
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
 
+    try:
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:  # sentence-transformers before 6
+        from sentence_transformers.models import Pooling, Transformer
     folder = tmp_path_factory.mktemp("tiny-sentence-transformer")
-    encoder = SentenceTransformer(modules=[models.Transformer(str(tiny_model_folder[0])), models.Pooling(32, "mean")],
-                                  device="cpu")
+    encoder = SentenceTransformer(modules=[Transformer(str(tiny_model_folder[0])), Pooling(32, "mean")], device="cpu")
     encoder.save(str(folder))
     return folder, encoder
 

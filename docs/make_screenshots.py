@@ -8,7 +8,7 @@ entry and saves the page as ``docs/_static/report-images.png`` and
 ``docs/_static/report-texts.png``. Run from the repository root, once, and commit the
 PNGs::
 
-    python docs/make_screenshots.py
+    python docs/make_screenshots.py     # or: make screenshots
 
 Needs the test set-up (``make setup-test``: selenium, Debian's chromium and
 chromium-driver, the MobileNetV2 and MiniLM weight wheels). Takes a few minutes on a CPU.

@@ -122,7 +122,7 @@ def _import_factory(path: str) -> Callable:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
-        if err.name and module_name.startswith(err.name):  # the module itself, not one it imports
+        if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):  # not one it imports
             raise CommandError(f"--model {path!r}: no module named {err.name!r} (sys.path starts with "
                                f"{sys.path[0]!r}); put the folder that holds it on PYTHONPATH, e.g. "
                                "PYTHONPATH=path/to/folder skbilrp ...") from err

@@ -62,6 +62,7 @@ def nets(tmp_path_factory):
     folder = tmp_path_factory.mktemp("user-code")
     (folder / f"{MODULE}.py").write_text(NETS, encoding="utf-8")
     (folder / "cli_fails_on_import.py").write_text("import math\nvalue = 1 / 0\n", encoding="utf-8")
+    (folder / "cli_needs_a_package.py").write_text("import cli_not_installed\n", encoding="utf-8")
     sys.path.insert(0, str(folder))
     try:
         module = __import__(MODULE)
@@ -287,6 +288,9 @@ REFUSALS = {
                          ["no module named 'cli_no_such_module'", "PYTHONPATH"], []),
     "module fails on import": (["report", "--images", "{good}", "--model", "cli_fails_on_import:build"],
                                ["raised ZeroDivisionError", "cli_fails_on_import.py:2"], []),
+    "module needs a missing package": (["report", "--images", "{good}", "--model", "cli_needs_a_package:build"],
+                                       ["importing 'cli_needs_a_package' failed (cli_needs_a_package.py:1)",
+                                        "No module named 'cli_not_installed'", "install what it needs"], []),
     "no such attribute": (["report", "--images", "{good}", "--model", f"{MODULE}:resnet"],
                           ["has no attribute 'resnet'"], []),
     "not a callable": (["report", "--images", "{good}", "--model", f"{MODULE}:SIZE"], ["is a int, not a callable"], []),

@@ -87,11 +87,13 @@ def screenshot(html: str, data: dict, png: str, profile: str) -> None:
     browser = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     try:
         browser.get("file://" + os.path.abspath(html))
-        WebDriverWait(browser, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        body = browser.find_element(By.TAG_NAME, "body")
+        WebDriverWait(browser, 30).until(lambda _: body.get_attribute("data-ready") == "1")
         entry = next(e for e in data["entries"] if e.get("src") == "neighbour")
         key = f"{entry['i']},{entry['j']}"
         browser.find_element(By.CSS_SELECTOR, f'#entry-list tr[data-entry="{key}"]').click()
-        WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "pair-view").get_attribute("data-shown") == key)
+        view = browser.find_element(By.ID, "pair-view")
+        WebDriverWait(browser, 10).until(lambda _: view.get_attribute("data-shown") == key)
         browser.execute_script("window.scrollTo(0, 0)")
         shown = browser.find_element(By.ID, "pair-similarity").text
         print(f"{os.path.basename(png)}: entry ({key}) clicked, similarity shown {shown}, in the data {entry['k']:.6f}")

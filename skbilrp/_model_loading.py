@@ -29,7 +29,8 @@ from typing import Any, Callable, Optional
 from . import cli  # by attribute: tests patch cli._image_model (the shipped loader)
 from .cli import _IMAGE_DEFAULTS, _TEXT_HINT, _VGG_NO_WEIGHTS, CommandError, _one_line
 
-__all__ = ["ImageModel", "image_model", "image_model_and_sides", "build_image_model", "read_state_dict", "text_model", "text_model_name"]
+__all__ = ["ImageModel", "image_model", "image_model_and_sides", "build_image_model", "read_state_dict", "text_model",
+           "text_model_name", "text_kernel_class"]
 
 #: Input side and patch size of a model of the user's own, when not given.
 CUSTOM_DEFAULTS = (224, 16)
@@ -138,8 +139,8 @@ def _import_factory(path: str) -> Callable:
                                f"has no attribute {attr!r}; name a function or class defined in it.")
         found = getattr(found, part)
     if not callable(found):
-        raise CommandError(f"--model {path!r} is a {type(found).__name__}, not a callable; name a function (or "
-                           "class) that returns a torch.nn.Module when called without arguments.")
+        raise CommandError(f"--model {path!r} names an object of type {type(found).__name__}, not a callable; name a "
+                           "function (or class) that returns a torch.nn.Module when called without arguments.")
     return found
 
 
@@ -180,8 +181,8 @@ def build_image_model(spec: ImageModel, size: int, patch: int) -> tuple[Any, Any
         raise CommandError(f"--model {spec.name!r}: calling the factory raised {type(err).__name__}{_where(err)}: "
                            f"{_one_line(err)}; it must build the network without arguments.") from err
     if not isinstance(model, nn.Module):
-        raise CommandError(f"--model {spec.name!r} returned a {type(model).__name__}, not a torch.nn.Module; return "
-                           "the network (e.g. return MyNet()) from the factory.")
+        raise CommandError(f"--model {spec.name!r} returned an object of type {type(model).__name__}, not a "
+                           "torch.nn.Module; return the network (e.g. return MyNet()) from the factory.")
     if spec.weights is not None:
         _load_strict(model, read_state_dict(spec.weights, _STATE_FIX), spec)
     return model.eval(), CUSTOM_RULES

@@ -156,12 +156,16 @@ def _figure(args: argparse.Namespace, hits: list, query: Optional[np.ndarray]) -
         return fig
     kind = args.kind or "arcs"
     longest = max(max(len(h["explanation"].tokens_a), len(h["explanation"].tokens_b)) for h in hits)
-    row = (max(8.0, 0.7 * longest), 3.4) if kind == "arcs" else (max(8.0, 0.45 * longest + 3), max(4.0, 0.4 * longest))
+    if kind == "arcs":
+        row = (max(8.0, 0.7 * longest), 3.4)
+    else:  # a colour bar beside each matrix, and the title above it: wider
+        row = (max(10.0, 0.45 * longest + 3), max(4.0, 0.4 * longest))
     fig, axes = plt.subplots(k, 1, figsize=(row[0], row[1] * k), squeeze=False, layout="constrained")
     for ax, hit in zip(axes[:, 0], hits):
         e = hit["explanation"]
         plot_tokens(e, e.tokens_a, e.tokens_b, kind=kind, n_links=args.links, ax=ax, title=_title(hit))
-    fig.suptitle(f"the query's words ({'top row' if kind == 'arcs' else 'rows'}) and its {k} nearest texts", fontsize=13)
+    where = "top row" if kind == "arcs" else "rows"
+    fig.suptitle(f"the query's words ({where}) and its {k} nearest texts", fontsize=13)
     return fig
 
 

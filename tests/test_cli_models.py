@@ -142,7 +142,8 @@ def test_neighbors_of_an_image_with_a_model_of_your_own(nets, photo_folders, ima
     assert run.returncode == 0, run.stderr[-2000:]
     assert "Traceback" not in run.stderr and "skipped 1 files" in run.stderr  # the folder's README.txt
     header, *hits, written = run.stdout.strip().splitlines()
-    assert header == f"3 nearest of {query} among 6 images under {photo_folders / 'train'} ({MODULE}:cnn, cosine kernel):"
+    train_folder = photo_folders / "train"
+    assert header == f"3 nearest of {query} among 6 images under {train_folder} ({MODULE}:cnn, cosine kernel):"
     assert written == f"figure written to {out}"
     train = _files(photo_folders / "train")
     model = _tiny_cnn(nets)
@@ -293,18 +294,21 @@ REFUSALS = {
                                         "No module named 'cli_not_installed'", "install what it needs"], []),
     "no such attribute": (["report", "--images", "{good}", "--model", f"{MODULE}:resnet"],
                           ["has no attribute 'resnet'"], []),
-    "not a callable": (["report", "--images", "{good}", "--model", f"{MODULE}:SIZE"], ["is a int, not a callable"], []),
+    "not a callable": (["report", "--images", "{good}", "--model", f"{MODULE}:SIZE"],
+                       ["names an object of type int, not a callable"], []),
     "not an import path": (["report", "--images", "{good}", "--model", "my nets:build"], ["no import path"], []),
     "factory returns no module": (["report", "--images", "{good}", "--model", f"{MODULE}:not_a_module"],
-                                  ["returned a str, not a torch.nn.Module"], ["not_a_module"]),
+                                  ["returned an object of type str, not a torch.nn.Module"], ["not_a_module"]),
     "factory raises": (["report", "--images", "{good}", "--model", f"{MODULE}:broken"],
                        ["raised RuntimeError", f"{MODULE}.py:", "no such layer"], ["broken"]),
-    "weights with other keys": (["report", "--images", "{good}", "--model", f"{MODULE}:cnn", "--weights", "{w_renamed}"],
+    "weights with other keys": (["report", "--images", "{good}", "--model", f"{MODULE}:cnn", "--weights",
+                                 "{w_renamed}"],
                                 ["2 missing keys (0.weight, 0.bias)", "2 unexpected keys (body.0.weight, body.0.bias)"],
                                 ["cnn"]),
     "weights of other shapes": (["explain", "{png}", "{png}", "--model", f"{MODULE}:cnn", "--weights", "{w_shapes}"],
                                 ["1 shape mismatches (3.weight (4, 8, 3, 3) vs (8, 8, 3, 3))"], ["cnn"]),
-    "weights not a state dict": (["neighbors", "{png}", "--images", "{good}", "-k", "2", "--model", f"{MODULE}:cnn", "--weights",
+    "weights not a state dict": (["neighbors", "{png}", "--images", "{good}", "-k", "2", "--model", f"{MODULE}:cnn",
+                                  "--weights",
                                   "{w_tensor}"], ["holds Tensor, not a state dict"], ["cnn"]),
     "weights not a torch file": (["report", "--images", "{good}", "--model", f"{MODULE}:cnn", "--weights", "{w_text}"],
                                  ["torch.load(..., weights_only=True)", "no tensors were loaded"], ["cnn"]),
@@ -328,7 +332,8 @@ REFUSALS = {
     "neighbors empty query": (["neighbors", " ", "--texts", "{lines}"], ["query text is empty"], []),
     "neighbors unknown text model": (["neighbors", "a cat", "--texts", "{lines}", "--model", "bert-base-uncased"],
                                      ["no local folder"], []),
-    "neighbors patch over size": (["neighbors", "{png}", "--images", "{good}", "-k", "2", "--model", f"{MODULE}:cnn", "--size",
+    "neighbors patch over size": (["neighbors", "{png}", "--images", "{good}", "-k", "2", "--model", f"{MODULE}:cnn",
+                                   "--size",
                                    "16", "--patch", "32"], ["--patch 32 is larger"], []),
     "text model not a folder": (["text", "a cat", "a dog", "--model", "{lines}"], ["no local folder"], []),
 }

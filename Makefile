@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: demo test setup-demo setup-test setup-bench faithfulness
+.PHONY: demo test setup-demo setup-test setup-bench faithfulness screenshots
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -38,6 +38,10 @@ setup-bench: $(VENV)/.bench-installed
 
 faithfulness: setup-bench
 	$(PY) benchmarks/bench_faithfulness.py --write docs/faithfulness.md
+
+# the docs' report screenshots (headless Chromium), committed: docs/_static/report-*.png
+screenshots: setup-test
+	$(PY) docs/make_screenshots.py
 
 demo: setup-demo
 	$(PY) -m skbilrp demo --output skbilrp-demo

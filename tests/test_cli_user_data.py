@@ -190,6 +190,11 @@ def test_text_table_report_embeds_the_kernel_and_the_labels(sentences_tsv, text_
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["image", "text"])
 def test_report_opens_in_a_browser_and_shows_the_clicked_similarity(kind, request, tmp_path):
+    out, _ = request.getfixturevalue(f"{kind}_report")
+    check_in_browser(out, tmp_path)
+
+
+def check_in_browser(out, tmp_path) -> None:
     """Headless Chromium (the set-up of tests/test_report_browser.py): no page errors, and
     clicking an entry shows its similarity and names its samples."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
@@ -200,7 +205,6 @@ def test_report_opens_in_a_browser_and_shows_the_clicked_similarity(kind, reques
     chromium, driver_path = shutil.which("chromium") or shutil.which("google-chrome"), shutil.which("chromedriver")
     if chromium is None or driver_path is None:
         pytest.skip("no headless browser: apt-get install chromium chromium-driver")
-    out, _ = request.getfixturevalue(f"{kind}_report")
     data = report_data(out)
     options = webdriver.ChromeOptions()
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000",
@@ -221,7 +225,7 @@ def test_report_opens_in_a_browser_and_shows_the_clicked_similarity(kind, reques
         title = browser.find_element(By.ID, "pair-title").text
         for side, index in (("rows", entry["i"]), ("cols", entry["j"])):
             assert data["sample_names"][side].get(str(index), "") in title  # file names; texts show themselves
-        if kind == "text":
+        if data["kind"] == "text":
             assert data["samples"]["rows"][str(entry["i"])] in browser.find_element(By.ID, "pair-content").text
     finally:
         browser.quit()

@@ -290,7 +290,11 @@ def test_huge_size_is_refused_before_any_work(model, two_pngs, tmp_path, no_work
     assert 0 < suggested < 100000
     assert estimate(suggested) <= 4 * 2**30 < estimate(suggested + 1)
     assert estimate(100000) > 1000 * 2**30
-    # the default size fits and goes on to the work
+    # the default size fits and goes on to the work (with weights that load: a bad weights file is
+    # refused before any image is read, like every other check)
+    if model == "vgg16":
+        torch.save(_vgg_features(), tmp_path / "good.pth")
+        weights = ["--weights", str(tmp_path / "good.pth")]
     with pytest.raises(_WorkStarted):
         main(["explain", *two_pngs, "--model", model, *weights, "--size", "224"])
 

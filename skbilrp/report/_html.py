@@ -32,7 +32,7 @@ section.card { background:var(--card); border:1px solid var(--line); border-radi
 #heatmap-marks { position:absolute; left:0; top:0; pointer-events:none; overflow:visible; }
 #heatmap-marks .entry-mark { pointer-events:auto; cursor:pointer; }
 #heatmap-marks .entry-mark:hover { stroke:#000; stroke-width:2; }
-#heatmap-marks .selected { stroke:#ff0; stroke-width:2.5; }
+#heatmap-marks .selected { stroke:#e4002b; stroke-width:3; }  /* red: no viridis cell has it */
 .legend { display:flex; align-items:center; gap:8px; margin-top:6px; font-size:12px; color:var(--muted); flex-wrap:wrap; }
 .legend canvas { width:160px; height:10px; border:1px solid var(--line); }
 .dot { display:inline-block; width:10px; height:10px; border-radius:50%; border:1.5px solid #fff; box-shadow:0 0 0 1px #888; vertical-align:middle; }

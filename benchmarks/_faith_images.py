@@ -174,11 +174,9 @@ def evenly(items: list, limit: Optional[int]) -> list:
     return [items[i] for i in np.linspace(0, len(items) - 1, limit).astype(int)]
 
 
-def imagenet_run(which: str, side: int, patch: int, steps: int, perturbations: list[str],
-                 n_faces: int = 100, max_crops: Optional[int] = None) -> ModelRun:
-    """MobileNetV2 or EfficientNet-Lite0 (ImageNet weights, preset rules) on the image pairs.
-
-    ``max_crops`` keeps that many of the sample-image crop pairs (a quick check)."""
+def imagenet_model(which: str) -> tuple[str, torch.nn.Module, dict]:
+    """Title, model and methods (BiLRP with the preset rules, HP, saliency product, random)
+    of "mobilenet_v2" or "efficientnet_lite0"."""
     from skbilrp.evaluation import BiLRPMethod
     from skbilrp.models import efficientnet_lite0, efficientnet_lite0_rules, mobilenet_v2, mobilenet_v2_rules
 
@@ -188,18 +186,26 @@ def imagenet_run(which: str, side: int, patch: int, steps: int, perturbations: l
                                "EfficientNet-Lite0 (ImageNet weights, `efficientnet_lite0_rules`)"),
     }[which]
     model = make()
+    return title, model, _image_methods({"bilrp": BiLRPMethod(rules(model))}, 64)
+
+
+def imagenet_run(which: str, side: int, patch: int, steps: int, perturbations: list[str],
+                 n_faces: int = 100, max_crops: Optional[int] = None) -> ModelRun:
+    """MobileNetV2 or EfficientNet-Lite0 (ImageNet weights, preset rules) on the image pairs.
+
+    ``max_crops`` keeps that many of the sample-image crop pairs (a quick check)."""
+    title, model, methods = imagenet_model(which)
     pairs, kinds = image_pairs(side, n_faces)
     crops = evenly([k for k, kind in enumerate(kinds) if kind != "faces"], max_crops)
     keep = crops + [k for k, kind in enumerate(kinds) if kind == "faces"]
     pairs, kinds = [pairs[k] for k in keep], [kinds[k] for k in keep]
     counts = {k: kinds.count(k) for k in dict.fromkeys(kinds)}
     n_crops = len(pairs) - counts.get("faces", 0)
-    detail = (f"{len(pairs)} pairs of {side}×{side} images: {n_crops} crop pairs, three per scikit-image / "
-              f"scikit-learn sample image (a shifted and zoomed crop, the same mirrored, a strong zoom "
-              f"on the centre), and {counts.get('faces', 0)} pairs of two different faces of "
+    detail = (f"{len(pairs)} pairs of {side}×{side} images: {n_crops} crop pairs of the scikit-image / "
+              f"scikit-learn sample images (three kinds per image: a shifted and zoomed crop, the same mirrored, "
+              f"a strong zoom on the centre), and {counts.get('faces', 0)} pairs of two different faces of "
               f"`skimage.data.lfw_subset()`; {patch}-px patches ({(side // patch) ** 2} groups per image).")
-    return run_model(title, detail, model, _image_methods({"bilrp": BiLRPMethod(rules(model))}, 64),
-                     pairs, patch, steps, perturbations)
+    return run_model(title, detail, model, methods, pairs, patch, steps, perturbations)
 
 
 def digits_runs(steps: int, perturbations: list[str], n_per_class: int = 10, patch: int = 2) -> list[ModelRun]:

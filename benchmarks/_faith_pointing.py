@@ -90,21 +90,12 @@ def _collage_detail(n: int, side: int, patch: int, source: str) -> str:
 
 def imagenet_pointing(which: str, n_pairs: int, side: int = 96, patch: int = 16, seed: int = 0) -> PointingRun:
     """MobileNetV2 or EfficientNet-Lite0 (preset rules) on collages of photos and faces."""
-    from _faith_images import _image_methods
-
-    from skbilrp.evaluation import BiLRPMethod
-    from skbilrp.models import efficientnet_lite0, efficientnet_lite0_rules, mobilenet_v2, mobilenet_v2_rules
+    from _faith_images import imagenet_model
 
     start = time.perf_counter()
-    make, rules, title = {
-        "mobilenet_v2": (mobilenet_v2, mobilenet_v2_rules, "MobileNetV2 (ImageNet weights, `mobilenet_v2_rules`)"),
-        "efficientnet_lite0": (efficientnet_lite0, efficientnet_lite0_rules,
-                               "EfficientNet-Lite0 (ImageNet weights, `efficientnet_lite0_rules`)"),
-    }[which]
-    model = make()
+    title, model, methods = imagenet_model(which)
     pics, n_samples, n_faces = photos()
     pairs = make_collage_pairs(pics, n_pairs, side, flip=FLIP, rescale=RESCALE, random_state=seed)
-    methods = _image_methods({"bilrp": BiLRPMethod(rules(model))}, 64)
     res = pointing_game(model, pairs, methods, pooling=patch)
     detail = _collage_detail(n_pairs, side, patch, f"photos drawn from {n_samples} scikit-image / scikit-learn "
                              f"sample images and {n_faces} faces of `skimage.data.lfw_subset()`")

@@ -287,9 +287,13 @@ every number below comes from `benchmarks/bench_faithfulness.py` in one run.
   only in the path. "vs line" (main): the area between the curve and the straight
   line from the unperturbed similarity to the fully perturbed one, divided by the
   distance between the two (`flipping_endpoint_area`; trapezoid rule over the
-  perturbed fraction in [0, 1]): 0 for a straight line, negative below it (best
-  -(1 - 1/{steps})/2: a drop to the end point at once), positive above it, so a curve
-  that rises above its start counts against the ordering. "AUC" (kept for
+  perturbed fraction in [0, 1]): 0 for a straight line, negative below it, positive
+  above it, so a curve that rises above its start counts against the ordering. With
+  the end below the start the best value is -(1 - 1/{steps})/2 (a drop to the end
+  point at once); where fully perturbed inputs look *more* alike than the intact ones
+  (end above start: the sentence encoders, some image pairs) a dip below the start
+  scores lower still and the division by a small start-to-end distance magnifies the
+  values, so read the pair-by-pair counts there. "AUC" (kept for
   continuity): the area under the curve divided by the unperturbed similarity. For one
   pair both are increasing functions of the same area, so the pair-by-pair counts and
   sign tests are the same for both; the means weigh the pairs differently.

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from skbilrp.evaluation import (
+    FaithfulnessResults,
     BiLRPMethod,
     BiLRPTextMethod,
     HessianProductMethod,
@@ -213,3 +214,16 @@ def test_endpoint_area_orders_curves_like_the_auc_for_shared_end_points():
     endpoint = np.array([flipping_endpoint_area(c) for c in curves])
     auc = np.array([flipping_auc(c) for c in curves])
     assert np.array_equal(np.argsort(endpoint), np.argsort(auc))
+
+
+def test_flipping_table_reports_the_endpoint_score_next_to_the_auc():
+    curves = {"pairwise": {"a": np.array([[2.0, 0.5, 0.5], [1.0, 0.5, 0.0]]),
+                           "b": np.array([[2.0, 1.25, 0.5], [1.0, 1.5, 0.0]])}}
+    auc = {mode: {m: np.array([flipping_auc(c) for c in cs]) for m, cs in per.items()} for mode, per in curves.items()}
+    res = FaithfulnessResults(["a", "b"], ["pairwise"], np.linspace(0, 1, 3), curves, auc)
+    # a: -0.25 (drops at once) and 0 (straight); b: 0 (straight) and +0.5 (rises above its start)
+    np.testing.assert_allclose(res.endpoint("pairwise", "a"), [-0.25, 0.0], atol=16 * EPS)
+    np.testing.assert_allclose(res.endpoint("pairwise", "b"), [0.0, 0.5], atol=16 * EPS)
+    table = res.to_markdown("a")
+    assert "| pairwise vs line | pairwise AUC | a lower (pairwise) |" in table
+    assert "| b | +0.250 ± 0.250 |" in table and "2/2" in table

@@ -417,8 +417,13 @@ def flipping_endpoint_area(curve: np.ndarray) -> float:
     perturbed fraction ``t`` in [0, 1]; the score is ``∫ (curve - line) dt / |y0 - y1|``
     (trapezoidal rule). 0 for a straight line; positive when the curve lies above
     the line (the similarity holds up or rises above its start: the ranking found
-    little of what the model uses); negative below it. The best value, a drop to
-    ``y1`` at the first point, is ``-(1 - 1/steps) / 2``.
+    little of what the model uses); negative below it. Where the end lies below the
+    start, the best value (a drop to ``y1`` at the first point, never below it) is
+    ``-(1 - 1/steps) / 2``. Where the fully perturbed inputs are *more* alike than the
+    intact ones (``y1 > y0``, e.g. unit-normalised embeddings), the line climbs, a
+    curve that first dips below its start scores lower still, and the division by
+    ``|y0 - y1|`` magnifies every value when the end nears the start: compare
+    methods pair by pair (sign tests) there rather than by the mean.
 
     Parameters
     ----------

@@ -109,6 +109,26 @@ def test_random_relevance_scores_chance_within_a_hoeffding_bound():
     assert np.all(np.abs(res.share["corresponding"]["random"] - c) <= tolerance)
 
 
+def _tiles(x: torch.Tensor) -> torch.Tensor:
+    """Tiles of one collage ``(C, side, side)`` as ``(C, grid², tile, tile)``, row-major."""
+    return x.unfold(1, TILE, TILE).unfold(2, TILE, TILE).reshape(x.shape[0], GRID * GRID, TILE, TILE)
+
+
+def test_second_collage_holds_the_same_tiles_elsewhere():
+    photos = list(np.random.default_rng(8).uniform(size=(5, 3, 9, 13)))
+    pairs = make_collage_pairs(photos, 4, SIDE, GRID, random_state=9)
+    for n in range(len(pairs)):
+        a, b = _tiles(pairs.X[n]), _tiles(pairs.X2[n])
+        assert sorted(pairs.photos_a[n]) == sorted(pairs.photos_b[n])
+        assert not np.any(pairs.photos_a[n] == pairs.photos_b[n])  # a derangement
+        for t, photo in enumerate(pairs.photos_a[n]):
+            np.testing.assert_array_equal(a[:, t], b[:, list(pairs.photos_b[n]).index(photo)])
+    with pytest.raises(ValueError, match="distinct photos"):
+        make_collage_pairs(photos[:3], 1, SIDE, GRID)
+    with pytest.raises(ValueError, match="rescale"):
+        make_collage_pairs(photos, 1, SIDE, GRID, rescale=(0.5, 1.5))
+
+
 def test_groups_straddling_two_tiles_are_refused():
     rows = np.repeat(np.arange(SIDE), SIDE).reshape(SIDE, SIDE)  # one group per pixel row: across both tiles
     with pytest.raises(ValueError, match="hold pixels of two tiles"):

@@ -139,9 +139,12 @@ class PointingResults:
     def sign_test(self, column: str, method: str, other: str) -> float:
         """One-sided sign-test p-value of "``method`` has the higher share more often".
 
-        Pairs with equal shares are left out; 1.0 when all are equal.
+        Pairs with equal shares, or where either share is NaN (no positive
+        relevance), are left out; 1.0 when no pair is left.
         """
-        return _sign_test_greater(self.share[column][method], self.share[column][other])
+        a, b = self.share[column][method], self.share[column][other]
+        both = np.isfinite(a) & np.isfinite(b)
+        return _sign_test_greater(a[both], b[both])
 
     def to_markdown(self, reference: Union[None, str, Sequence[str]] = None) -> str:
         """A markdown table: mean ± s.e. share per method (rows) and mask (columns).

@@ -36,8 +36,9 @@ setup-demo: $(VENV)/.demo-installed
 setup-test: $(VENV)/.test-installed
 setup-bench: $(VENV)/.bench-installed
 
+# the whole results page in one command; FAITH_ARGS="--pairs 6 --write /tmp/f.md" for a quick check
 faithfulness: setup-bench
-	$(PY) benchmarks/bench_faithfulness.py --write docs/faithfulness.md
+	$(PY) benchmarks/bench_faithfulness.py --write docs/faithfulness.md $(FAITH_ARGS)
 
 # the docs' report screenshots (headless Chromium), committed: docs/_static/report-*.png
 screenshots: setup-test

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -63,8 +63,11 @@ def _crop(img: np.ndarray, top: float, left: float, size: float, flip: bool, sid
     return np.ascontiguousarray(patch.transpose(2, 0, 1), dtype=np.float32)
 
 
-def image_pairs(side: int, n_faces: int = 30, seed: int = 0) -> tuple[list, list[str]]:
+def image_pairs(side: int, n_faces: int = 100, seed: int = 0) -> tuple[list, list[str]]:
     """Three crop pairs per sample image and ``n_faces`` pairs of two different faces.
+
+    The face pairs are distinct unordered pairs of the 100 faces of
+    ``skimage.data.lfw_subset()`` (a face may occur in several pairs).
 
     Returns
     -------
@@ -89,7 +92,8 @@ def image_pairs(side: int, n_faces: int = 30, seed: int = 0) -> tuple[list, list
             pairs.append((a, b))
             kinds.append(kind)
     faces = data.lfw_subset()[:100]  # the first 100 are faces, the rest are not
-    for i, j in rng.permutation(100)[: 2 * n_faces].reshape(n_faces, 2):
+    couples = np.array([(i, j) for i in range(len(faces)) for j in range(i + 1, len(faces))])
+    for i, j in couples[rng.choice(len(couples), size=n_faces, replace=False)]:
         pairs.append((_crop(_rgb(faces[i]), 0, 0, 1, False, side), _crop(_rgb(faces[j]), 0, 0, 1, False, side)))
         kinds.append("faces")
     return pairs, kinds
@@ -163,9 +167,16 @@ def _image_methods(bilrp: dict, hp_batch: int) -> dict:
             "saliency_outer": SaliencyOuterProductMethod(), "random": RandomMethod(0)}
 
 
-def imagenet_run(which: str, side: int, patch: int, steps: int, perturbations: list[str],
-                 n_faces: int = 30) -> ModelRun:
-    """MobileNetV2 or EfficientNet-Lite0 (ImageNet weights, preset rules) on the image pairs."""
+def evenly(items: list, limit: Optional[int]) -> list:
+    """At most ``limit`` of ``items``, spread evenly over the list (all for None)."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, limit).astype(int)]
+
+
+def imagenet_model(which: str) -> tuple[str, torch.nn.Module, dict]:
+    """Title, model and methods (BiLRP with the preset rules, HP, saliency product, random)
+    of "mobilenet_v2" or "efficientnet_lite0"."""
     from skbilrp.evaluation import BiLRPMethod
     from skbilrp.models import efficientnet_lite0, efficientnet_lite0_rules, mobilenet_v2, mobilenet_v2_rules
 
@@ -175,15 +186,26 @@ def imagenet_run(which: str, side: int, patch: int, steps: int, perturbations: l
                                "EfficientNet-Lite0 (ImageNet weights, `efficientnet_lite0_rules`)"),
     }[which]
     model = make()
+    return title, model, _image_methods({"bilrp": BiLRPMethod(rules(model))}, 64)
+
+
+def imagenet_run(which: str, side: int, patch: int, steps: int, perturbations: list[str],
+                 n_faces: int = 100, max_crops: Optional[int] = None) -> ModelRun:
+    """MobileNetV2 or EfficientNet-Lite0 (ImageNet weights, preset rules) on the image pairs.
+
+    ``max_crops`` keeps that many of the sample-image crop pairs (a quick check)."""
+    title, model, methods = imagenet_model(which)
     pairs, kinds = image_pairs(side, n_faces)
+    crops = evenly([k for k, kind in enumerate(kinds) if kind != "faces"], max_crops)
+    keep = crops + [k for k, kind in enumerate(kinds) if kind == "faces"]
+    pairs, kinds = [pairs[k] for k in keep], [kinds[k] for k in keep]
     counts = {k: kinds.count(k) for k in dict.fromkeys(kinds)}
-    n_images = counts["shift"]
-    detail = (f"{len(pairs)} pairs of {side}×{side} images: three per scikit-image / scikit-learn sample "
-              f"image ({n_images} images: a shifted and zoomed crop, the same mirrored, a strong zoom "
-              f"on the centre), and {counts['faces']} pairs of two different faces of "
+    n_crops = len(pairs) - counts.get("faces", 0)
+    detail = (f"{len(pairs)} pairs of {side}×{side} images: {n_crops} crop pairs of the scikit-image / "
+              f"scikit-learn sample images (three kinds per image: a shifted and zoomed crop, the same mirrored, "
+              f"a strong zoom on the centre), and {counts.get('faces', 0)} pairs of two different faces of "
               f"`skimage.data.lfw_subset()`; {patch}-px patches ({(side // patch) ** 2} groups per image).")
-    return run_model(title, detail, model, _image_methods({"bilrp": BiLRPMethod(rules(model))}, 64),
-                     pairs, patch, steps, perturbations)
+    return run_model(title, detail, model, methods, pairs, patch, steps, perturbations)
 
 
 def digits_runs(steps: int, perturbations: list[str], n_per_class: int = 10, patch: int = 2) -> list[ModelRun]:

@@ -16,8 +16,14 @@ keeps both cores busy):
   against Hessian×Product, integrated Jacobians, the saliency outer product and random.
 - ground truth (``_faith_groundtruth``): models whose true pair interactions are known
   by construction; precision@k of every method.
+- pointing game (``_faith_pointing``): collage pairs of the same four photos (tiles
+  permuted, mirrored, zoomed) on both ImageNet models and the digits models, and
+  sentence pairs sharing one content word on both sentence encoders; the share of
+  positive pair relevance on the known correspondence.
 
-Takes about 15 minutes on a 2-core CPU.
+The full run (every section at 100 pairs or more) takes about an hour on a 2-core
+CPU; ``--pairs 6`` runs every section on a handful of pairs for a quick check and
+``--sections NAME ...`` runs some sections only.
 """
 
 from __future__ import annotations
@@ -36,9 +42,15 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _faith_images as images  # noqa: E402
+import _faith_pointing as pointing  # noqa: E402
 
 #: longest first, so that two workers finish close together
-SECTIONS = ("text_minilm", "efficientnet_lite0", "mobilenet_v2", "text_mpnet", "groundtruth", "digits")
+SECTIONS = ("text_mpnet", "pointing_text_mpnet", "efficientnet_lite0", "mobilenet_v2", "pointing_efficientnet_lite0",
+            "text_minilm", "pointing_mobilenet_v2", "pointing_text_minilm", "groundtruth", "pointing_digits", "digits")
+
+#: the order of the pointing-game subsections on the page: images, then text
+POINTING_ORDER = ("pointing_mobilenet_v2", "pointing_efficientnet_lite0", "pointing_digits", "pointing_text_minilm",
+                  "pointing_text_mpnet")
 
 
 def _init_worker(threads: int) -> None:
@@ -48,9 +60,11 @@ def _init_worker(threads: int) -> None:
 def _run_section(name: str, args: argparse.Namespace) -> tuple[str, Any, float]:
     """One section, in a worker: (name, its result, seconds)."""
     start = time.perf_counter()
-    if name in ("efficientnet_lite0", "mobilenet_v2"):
-        result: Any = [images.imagenet_run(name, args.side, args.patch, args.steps, args.perturbations,
-                                           args.faces)]
+    if name.startswith("pointing_"):
+        result: Any = pointing.run(name, args)
+    elif name in ("efficientnet_lite0", "mobilenet_v2"):
+        result = [images.imagenet_run(name, args.side, args.patch, args.steps, args.perturbations, args.faces,
+                                      args.pairs)]
     elif name == "digits":
         result = images.digits_runs(args.steps, args.perturbations, args.digit_pairs_per_class)
     elif name.startswith("text_"):
@@ -109,12 +123,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--perturbations", nargs="+", choices=("mean", "blur"), default=["mean", "blur"])
     parser.add_argument("--side", type=int, default=96, help="ImageNet inputs, pixels")
     parser.add_argument("--patch", type=int, default=16, help="ImageNet patches, pixels")
-    parser.add_argument("--faces", type=int, default=30, help="LFW face pairs per ImageNet model")
+    parser.add_argument("--faces", type=int, default=100, help="LFW face pairs per ImageNet model")
     parser.add_argument("--digit-pairs-per-class", type=int, default=10)
     parser.add_argument("--text-pairs", type=int, default=None, help="sentence pairs (default: all)")
-    parser.add_argument("--mpnet-pairs", type=int, default=12, help="sentence pairs for all-mpnet-base-v2")
+    parser.add_argument("--mpnet-pairs", type=int, default=100, help="sentence pairs for all-mpnet-base-v2")
     parser.add_argument("--ij-steps", type=int, default=None, help="integrated Jacobians path steps")
     parser.add_argument("--truth-pairs", type=int, default=100, help="pairs per ground-truth task")
+    parser.add_argument("--pointing-pairs", type=int, default=100, help="pairs per pointing-game model")
+    parser.add_argument("--pairs", type=int, default=None,
+                        help="quick check: at most this many pairs in every section (overrides the counts above)")
     parser.add_argument("--workers", type=int, default=2, help="sections run in parallel processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--write", metavar="PATH", help="also write the results page (markdown)")
@@ -123,9 +140,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cap_pairs(args: argparse.Namespace, n: int) -> None:
+    """Every section's pair count at most ``n`` (the ImageNet crop pairs through ``args.pairs``)."""
+    args.faces = min(args.faces, n)
+    args.text_pairs = n if args.text_pairs is None else min(args.text_pairs, n)
+    args.mpnet_pairs = min(args.mpnet_pairs, n)
+    args.pointing_pairs = min(args.pointing_pairs, n)
+    args.truth_pairs = min(args.truth_pairs, n)
+    args.digit_pairs_per_class = max(1, min(args.digit_pairs_per_class, n // 10))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Run the sections, print them, optionally write the page (``--write``)."""
     args = _parser().parse_args(argv)
+    if args.pairs is not None:
+        _cap_pairs(args, args.pairs)
     if args.render_from:
         with open(args.render_from, "rb") as fh:
             done, total, run_args = pickle.load(fh)
@@ -165,52 +194,67 @@ def render(args: argparse.Namespace, done: dict, total: float) -> str:
     summary = "\n".join(line for run in image_runs + text_runs
                         for line in images.summary_lines(run, _references(run)))
     truth_md = done["groundtruth"][0][0] if "groundtruth" in done else "(not run)"
+    point_runs = [run for name in POINTING_ORDER if name in done for run in done[name][0]]
+    point_md = "\n\n".join(pointing.markdown(run) for run in point_runs) or "(not run)"
+    summary += "".join("\n" + line for run in point_runs for line in pointing.summary_lines(run))
     comparison = cp_vs_attnlrp(image_runs + text_runs)
     times = ", ".join(f"{name} {seconds:.0f} s" for name, (_, seconds) in done.items())
     return TEMPLATE.format(
-        steps=args.steps, images=image_md, summary=summary, text=text_md, truth=truth_md,
-        comparison=comparison, notes=NOTES, total=total, times=times, workers=args.workers,
-        threads=args.threads, torch=torch.__version__, python=platform.python_version(), cmd=_command(args))
+        steps=args.steps, images=image_md, summary=summary, text=text_md, truth=truth_md, pointing=point_md,
+        comparison=comparison, verdicts="\n".join(verdicts(image_runs + text_runs, point_runs)), notes=NOTES,
+        total=total, times=times, workers=args.workers, threads=args.threads, torch=torch.__version__,
+        python=platform.python_version(), cmd=_command(args))
+
+
+def _listing(items: list[tuple[str, str, float]]) -> str:
+    return ", ".join(f"{m} ({count}, p={p:.2g})" for m, count, p in items)
+
+
+def _verdict(where: str, ref: str, tests: dict[str, tuple[int, float, float]], n: int, better: str,
+             worse: str) -> str:
+    """One line: the methods ``ref`` beats, loses to, or cannot be told from (one-sided sign tests at 0.05).
+
+    ``tests[method] = (pairs where ref is better, p that ref is better, p that the method is better)``.
+    """
+    wins, losses, ties = [], [], []
+    for m, (count, p_ref, p_other) in tests.items():
+        (wins if p_ref < 0.05 else losses if p_other < 0.05 else ties).append((m, f"{count}/{n}", p_ref))
+    clauses = [f"{better} than {_listing(wins)}" if wins else "",
+               f"{worse} than {_listing(losses)}" if losses else "",
+               f"no significant difference with {', '.join(m for m, _, _ in ties)}" if ties else ""]
+    return f"- {where}, `{ref}`: " + "; ".join(c for c in clauses if c) + "."
+
+
+def verdicts(flip_runs: list, point_runs: list) -> list[str]:
+    """Where each BiLRP variant wins and where it does not, read off the sign tests of the page."""
+    lines = []
+    for run in flip_runs:
+        for perturbation, res in run.results.items():
+            n = len(res.auc[res.modes[0]][res.methods[0]])
+            for mode in res.modes:
+                for ref in _references(run):
+                    tests = {m: (res.wins(mode, ref, m), res.sign_test(mode, ref, m), res.sign_test(mode, m, ref))
+                             for m in res.methods if m != ref}
+                    lines.append(_verdict(f"{run.title.split(' (')[0]}, {mode} flipping, {perturbation}", ref,
+                                          tests, n, "lower area on significantly more pairs",
+                                          "higher area on significantly more pairs"))
+    for run in point_runs:
+        res, col = run.results, run.results.columns[0]
+        for ref in pointing.references(run):
+            tests = {m: (res.wins(col, ref, m), res.sign_test(col, ref, m), res.sign_test(col, m, ref))
+                     for m in res.methods if m != ref}
+            lines.append(_verdict(f"{run.title.split(' (')[0]}, pointing game", ref, tests, res.n_pairs,
+                                  f"higher {col} share on significantly more pairs",
+                                  f"lower {col} share on significantly more pairs"))
+    return lines
 
 
 NOTES = """\
-Read with the tables above (the run recorded on this page; the sign tests are the
-robust part: the mean areas of pairwise flipping carry a few outlier pairs).
-
-- **CNNs (MobileNetV2, EfficientNet-Lite0, digits CNN): BiLRP with the presets is the
-  most faithful method.** It has the lower area than HP, the saliency outer product and
-  random on most pairs in every protocol and perturbation (sign tests p < 0.05). On
-  MobileNetV2's pairwise flipping its *mean* area is not the lowest although it is
-  lower than HP's on 70 and 80 of 108 pairs: a few pairs (flat textures, two different
-  faces) end far above their start when both images are flattened, and their areas
-  dominate the means. The image presets (`mobilenet_v2_rules`,
-  `efficientnet_lite0_rules`, `digits_cnn_rules`) therefore stay as they are.
-- **Pairwise flipping is a poor judge of models whose flattened inputs look alike.**
-  On the digits ViT and on both sentence encoders (unit-normalised embeddings, so the
-  dot product is a cosine), perturbing matched patches or tokens *in both inputs*
-  makes the two inputs more alike: the curves climb above their start, and orderings
-  that perturb unrelated parts (random, the rank-1 saliency product) score best. We
-  report it, but read the marginal protocol (one input intact) for these models.
-- **Text, marginal flipping: BiLRP beats every baseline, integrated Jacobians included.**
-  On all-MiniLM-L6-v2 (161 pairs) both BiLRP variants have the lower area than HP on
-  about 150 pairs, than the saliency product and random on all 161, and than
-  integrated Jacobians on 110–126 (p < 1e-4), with both perturbations; IJ is the
-  strongest baseline, as expected of a method that integrates the exact second-order
-  structure along a path (and it costs about six times BiLRP's time here, with 8 path intervals). On
-  all-mpnet-base-v2 only 12 pairs fit the time budget; CP-LRP is again first in the
-  marginal protocol, but 12 pairs can only show large effects.
-- **CP-LRP or AttnLRP: the default stays `attention="cp"`.** On text, CP-LRP is as good
-  or better: lower on 103 of 161 MiniLM pairs under masking (p = 2.6e-5) and 88 of 161
-  under deletion (p = 0.045), and on 10–11 of 12 MPNet pairs (p ≤ 0.02), in the
-  marginal protocol. On the digits ViT AttnLRP is better (lower on about 80 of 100
-  pairs, p < 1e-8, marginal): for vision transformers pass `attention="attnlrp"`. This
-  matches the mixed evidence in the literature (AttnLRP ahead on some models, CP-LRP
-  matching leave-one-out on others).
-- **Ground truth.** Where the true interactions are known, BiLRP and HP rank them
-  identically (both networks are bias-free and ReLU, where LRP-0 *is* HP), far ahead of
-  the saliency product, which cannot say which part of one input matches which part
-  of the other, and of random. The check shows that the pair explanations find real
-  interactions; it cannot separate BiLRP from HP by construction."""
+*Interpretation to be written from the numbers of the full run.* The lines above are
+generated from the sign tests of this page. The prose reading of the previous run (30
+face pairs, 12 MPNet pairs, no pointing game, areas only under the curve) does not
+apply to these tables and is withdrawn until the full run (`make faithfulness`) has
+been read."""
 
 TEMPLATE = """\
 # Faithfulness of similarity explanations
@@ -220,8 +264,9 @@ pixel-flipping idea, we remove evidence in the order an explanation ranks it and
 watch the similarity ``y = <phi(x), phi(x')>`` fall. The faster it falls, the more
 faithful the ranking. A second check needs no perturbation at all: on models whose
 true pair interactions are known by construction, how many of an explanation's top
-pairs are true. Implemented in `skbilrp.evaluation`; every number below comes from
-`benchmarks/bench_faithfulness.py` in one run.
+pairs are true; and the pointing game asks the same of real photos and sentences, built
+so that the parts that correspond are known. Implemented in `skbilrp.evaluation`;
+every number below comes from `benchmarks/bench_faithfulness.py` in one run.
 
 ## Protocol
 
@@ -238,9 +283,21 @@ pairs are true. Implemented in `skbilrp.evaluation`; every number below comes fr
   The same explanations are scored with both.
 - **Kernel**: the linear kernel (dot product of the features). With the cosine, two
   fully perturbed (flat) inputs look alike again and the curve climbs back up.
-- **Score**: area under the curve divided by the unperturbed similarity (trapezoid
-  rule over the perturbed fraction in [0, 1]). Every ordering starts and ends at the
-  same inputs, so orderings differ only in the path. **Lower is more faithful.**
+- **Scores**: every ordering starts and ends at the same inputs, so orderings differ
+  only in the path. "vs line" (main): the area between the curve and the straight
+  line from the unperturbed similarity to the fully perturbed one, divided by the
+  distance between the two (`flipping_endpoint_area`; trapezoid rule over the
+  perturbed fraction in [0, 1]): 0 for a straight line, negative below it, positive
+  above it, so a curve that rises above its start counts against the ordering. With
+  the end below the start the best value is -(1 - 1/{steps})/2 (a drop to the end
+  point at once); where fully perturbed inputs look *more* alike than the intact ones
+  (end above start: the sentence encoders, some image pairs) a dip below the start
+  scores lower still and the division by a small start-to-end distance magnifies the
+  values, so read the pair-by-pair counts there. "AUC" (kept for
+  continuity): the area under the curve divided by the unperturbed similarity. For one
+  pair both are increasing functions of the same area, so the pair-by-pair counts and
+  sign tests are the same for both; the means weigh the pairs differently.
+  **Lower is more faithful.**
 - **Image methods**: `bilrp` = BiLRP with the model's preset rules (`bilrp_cp` /
   `bilrp_attnlrp`: with `attention="cp"` / `"attnlrp"`); `hp` = Hessian×Product
   (gradient × input of every feature, from plain autodiff; equal to BiLRP with LRP-0
@@ -272,6 +329,24 @@ pairs are true. Implemented in `skbilrp.evaluation`; every number below comes fr
 
 {truth}
 
+## Pointing game
+
+Pairs built so that the parts that correspond are known
+(`skbilrp.evaluation.pointing_game`, `text_pointing_game`). Images: two collages of the
+same four photos in a 2 × 2 grid, the second with the tiles permuted so that none
+keeps its place (and mirrored or zoomed); the truth is the tile correspondence, and no
+patch straddles two tiles. Text: two sentences of different topics that share exactly
+one content word, at different places; the truth is that word's token pairs (special
+tokens left out). Score: the share of the explanation's positive pair relevance that
+lies on true pairs (1 = all of it; "chance" = the share of true cells, what a
+relevance blind to the content gets on average). "mirrored share": the share on tiles
+at the same grid position, which a model that matches places rather than content
+would favour. Mean ± s.e. over pairs; "higher" columns: on how many pairs that BiLRP
+variant's share is strictly higher, with the one-sided sign-test p-value (ties left
+out). Time: each method's explanations of all pairs, one torch thread.
+
+{pointing}
+
 ## Summary
 
 {summary}
@@ -284,6 +359,11 @@ Both attention rules on the same pairs (sign tests both ways; ties left out).
 
 ## What the numbers say
 
+Generated from the sign tests above (one-sided, 0.05; flipping: the lower area,
+pointing game: the higher share on the true pairs):
+
+{verdicts}
+
 {notes}
 
 Measured in {total:.0f} s wall time on a 2-core CPU ({workers} worker processes, torch
@@ -295,6 +375,10 @@ From the repository root, `make faithfulness` (it installs the test set-up plus
 all-mpnet-base-v2's five wheels, then runs):
 
     {cmd}
+
+A quick check of the whole pipeline on a few pairs, or of one section, without
+touching this page: `make faithfulness FAITH_ARGS="--pairs 6 --write /tmp/faithfulness.md"`
+or `--sections pointing_digits`.
 """
 
 

@@ -10,6 +10,12 @@
 ``groundtruth``
     precision@k of pair explanations on tasks whose true interactions are known
     (:func:`precision_at_k`, :func:`score_methods`, the patch-glyph task).
+``pointing``
+    the second-order pointing game on collage pairs whose tile correspondence is
+    known (:func:`pointing_game`, :func:`make_collage_pairs`, :func:`pointing_share`).
+``text_pointing``
+    its text analogue, sentence pairs sharing exactly one content word
+    (:func:`text_pointing_game`, :func:`make_shared_word_pairs`).
 """
 
 from .flipping import *  # noqa: F401,F403
@@ -17,8 +23,13 @@ from .flipping import __all__ as _flipping_all
 from .groundtruth import *  # noqa: F401,F403
 from .groundtruth import __all__ as _groundtruth_all
 from .integrated_jacobians import *  # noqa: F401,F403
+from .pointing import *  # noqa: F401,F403
+from .pointing import __all__ as _pointing_all
 from .integrated_jacobians import __all__ as _ij_all
 from .text import *  # noqa: F401,F403
 from .text import __all__ as _text_all
+from .text_pointing import *  # noqa: F401,F403
+from .text_pointing import __all__ as _text_pointing_all
 
-__all__ = list(_flipping_all) + list(_ij_all) + list(_text_all) + list(_groundtruth_all)
+__all__ = (list(_flipping_all) + list(_ij_all) + list(_text_all) + list(_groundtruth_all) + list(_pointing_all)
+           + list(_text_pointing_all))

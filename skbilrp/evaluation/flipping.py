@@ -24,9 +24,19 @@ Perturbed groups are replaced by a *baseline* image computed once per input:
     keeps the colour and rough shading, so it creates fewer artificial edges.
 
 Every ordering starts from the same input and ends at the same fully perturbed
-input, so orderings differ only in the path between: :func:`flipping_auc` is the area
-under the curve divided by the unperturbed similarity (lower = the explanation found
-the evidence the model uses sooner = more faithful).
+input, so orderings differ only in the path between. Two scores, lower = the
+explanation found the evidence the model uses sooner = more faithful:
+
+:func:`flipping_endpoint_area` (main)
+    the area between the curve and the straight line from its start to its end (the
+    fully perturbed similarity), divided by the distance between the two: 0 for a
+    straight line, negative below it, positive above it, so a curve that climbs
+    above its start counts against the ranking.
+:func:`flipping_auc`
+    the area under the curve divided by the unperturbed similarity (kept for
+    continuity). For one pair both scores are increasing functions of the same area
+    with the same end points for every ordering, so pair-by-pair comparisons (which
+    method is lower) agree; the means weigh the pairs differently.
 
 The explanation methods compared by :func:`evaluate` are small callables (see
 :class:`ExplanationMethod`): :class:`BiLRPMethod`, :class:`HessianProductMethod`,
@@ -64,6 +74,7 @@ __all__ = [
     "explain_pairs",
     "flipping_curve",
     "flipping_auc",
+    "flipping_endpoint_area",
     "evaluate",
     "FaithfulnessResults",
 ]
@@ -398,6 +409,56 @@ def flipping_auc(curve: np.ndarray) -> float:
     return float(np.sum(0.5 * (y[1:] + y[:-1])) / (y.size - 1))
 
 
+def flipping_endpoint_area(curve: np.ndarray) -> float:
+    """Area between a flipping curve and the line from its start to its fully perturbed end.
+
+    With ``y0 = curve[0]`` (unperturbed) and ``y1 = curve[-1]`` (everything
+    perturbed, the same for every ordering) the line is ``y0 + (y1 - y0) t`` over the
+    perturbed fraction ``t`` in [0, 1]; the score is ``∫ (curve - line) dt / |y0 - y1|``
+    (trapezoidal rule). 0 for a straight line; positive when the curve lies above
+    the line (the similarity holds up or rises above its start: the ranking found
+    little of what the model uses); negative below it. Where the end lies below the
+    start, the best value (a drop to ``y1`` at the first point, never below it) is
+    ``-(1 - 1/steps) / 2``. Where the fully perturbed inputs are *more* alike than the
+    intact ones (``y1 > y0``, e.g. unit-normalised embeddings), the line climbs, a
+    curve that first dips below its start scores lower still, and the division by
+    ``|y0 - y1|`` magnifies every value when the end nears the start: compare
+    methods pair by pair (sign tests) there rather than by the mean.
+
+    Parameters
+    ----------
+    curve : ndarray of shape (steps + 1,)
+        From :func:`flipping_curve`.
+
+    Returns
+    -------
+    float
+        NaN when ``y0 == y1`` (no difference to normalise by).
+
+    Raises
+    ------
+    ValueError
+        If the curve has fewer than two points.
+
+    Examples
+    --------
+    >>> flipping_endpoint_area(np.array([1.0, 0.5, 0.0]))  # the straight line
+    0.0
+    >>> flipping_endpoint_area(np.array([1.0, 0.0, 0.0]))  # drops at once
+    -0.25
+    >>> flipping_endpoint_area(np.array([1.0, 1.5, 0.0]))  # rises above its start
+    0.5
+    """
+    curve = np.asarray(curve, dtype=np.float64)
+    if curve.ndim != 1 or curve.size < 2:
+        raise ValueError(f"curve must be 1-d with at least two points, got shape {curve.shape}.")
+    y0, y1 = curve[0], curve[-1]
+    if y0 == y1:
+        return float("nan")
+    gap = curve - np.linspace(y0, y1, curve.size)
+    return float(np.sum(0.5 * (gap[1:] + gap[:-1])) / (curve.size - 1) / abs(y0 - y1))
+
+
 # -------------------------------------------------------------------------- evaluation
 
 
@@ -428,9 +489,15 @@ class FaithfulnessResults:
 
     def mean_auc(self, mode: FlippingMode, method: str) -> tuple[float, float]:
         """Mean area over pairs and its standard error."""
-        values = self.auc[mode][method]
-        sem = float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else float("nan")
-        return float(values.mean()), sem
+        return _mean_sem(self.auc[mode][method])
+
+    def endpoint(self, mode: FlippingMode, method: str) -> np.ndarray:
+        """:func:`flipping_endpoint_area` of every pair's curve, ``(n_pairs,)``."""
+        return np.array([flipping_endpoint_area(c) for c in self.curves[mode][method]])
+
+    def mean_endpoint(self, mode: FlippingMode, method: str) -> tuple[float, float]:
+        """Mean :func:`flipping_endpoint_area` over pairs (NaNs left out) and its standard error."""
+        return _mean_sem(self.endpoint(mode, method))
 
     def wins(self, mode: FlippingMode, method: str, other: str) -> int:
         """On how many pairs ``method`` has a strictly lower area than ``other``."""
@@ -446,29 +513,42 @@ class FaithfulnessResults:
         return float(stats.binomtest(self.wins(mode, method, other), n, 0.5, alternative="greater").pvalue) if n else 1.0
 
     def to_markdown(self, reference: Union[None, str, Sequence[str]] = None) -> str:
-        """A markdown table: mean ± s.e. AUC per method (rows) and mode (columns).
+        """A markdown table: mean ± s.e. scores per method (rows) and mode (columns).
+
+        Per mode, the area relative to the straight line to the fully perturbed end
+        (:func:`flipping_endpoint_area`, "vs line") and the old normalised area
+        (:func:`flipping_auc`, "AUC").
 
         Parameters
         ----------
         reference : str or sequence of str, optional
             Methods; adds, per reference and mode, on how many pairs the reference has
-            the lower area than each other method, with the one-sided sign-test p-value.
+            the lower area than each other method, with the one-sided sign-test p-value
+            (the same for both scores: per pair they order the methods alike).
         """
         refs = [] if reference is None else [reference] if isinstance(reference, str) else list(reference)
         n = len(next(iter(self.auc[self.modes[0]].values())))
-        head = ["method"] + [f"{mode} AUC" for mode in self.modes]
+        head = ["method"] + [f"{mode} vs line" for mode in self.modes] + [f"{mode} AUC" for mode in self.modes]
         head += [f"{ref} lower ({mode})" for ref in refs for mode in self.modes]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for method in self.methods:
-            cells = [method]
-            for mode in self.modes:
-                mean, sem = self.mean_auc(mode, method)
-                cells.append(f"{mean:.3f} ± {sem:.3f}")
+            cells = [method] + ["{:+.3f} ± {:.3f}".format(*self.mean_endpoint(mode, method)) for mode in self.modes]
+            cells += ["{:.3f} ± {:.3f}".format(*self.mean_auc(mode, method)) for mode in self.modes]
             cells += ["—" if method == ref else
                       f"{self.wins(mode, ref, method)}/{n} (p={self.sign_test(mode, ref, method):.2g})"
                       for ref in refs for mode in self.modes]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
+
+
+def _mean_sem(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error over the finite values."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return float("nan"), float("nan")
+    sem = float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else float("nan")
+    return float(values.mean()), sem
 
 
 def _stack_pairs(pairs: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -329,7 +329,7 @@ def make_collage_pairs(photos: Sequence[np.ndarray], n_pairs: int, side: int, gr
 
 
 def group_tiles(pooling: PoolingSpec, sample_shape: tuple, grid: int, channel_axis: Optional[int] = 0) -> np.ndarray:
-    """Tile (row-major, ``0 .. grid² - 1``) of every group of ``pooling``.
+    """Tile (row-major, from ``0`` to ``grid² - 1``) of every group of ``pooling``.
 
     Parameters
     ----------

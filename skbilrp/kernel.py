@@ -307,18 +307,24 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         self : DeepKernel
         """
         self._check_kernel_params()
+        X = self._fit_encoders(X)
+        self.X_fit_ = X
+        self._fitted_with = self._fit_dependent_params()
+        self._reset_explanations()
+        self._model_keys: dict[str, str] = {}  # fingerprints for `memory`, made on first use
+        self._uncached: set[str] = set()  # kinds of results `memory` cannot key
+        self.features_fit_ = self._features(X)
+        return self
+
+    def _fit_encoders(self, X: Any) -> np.ndarray:
+        """Build the encoder from the parameters, validate the training samples with it
+        and copy the model; returns the validated samples."""
         encoder = self._new_encoder()
         X = encoder.validate(X, reset=True, owner=self)
         for name, value in encoder.load().items():  # model_, and input_shape_ or tokenizer_, max_length_
             setattr(self, name, value)
         self._encoder = encoder
-        self.X_fit_ = X
-        self._fitted_with = self._fit_dependent_params()
-        self._reset_explanations()
-        self._model_key: Optional[str] = None  # fingerprint for `memory`, made on first use
-        self._uncached: set[str] = set()  # kinds of results `memory` cannot key
-        self.features_fit_ = self._features(X)
-        return self
+        return X
 
     def _check_fitted(self) -> None:
         check_is_fitted(self)
@@ -399,11 +405,12 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         if depends is None:
             return None
         try:
-            if getattr(self, "_model_key", None) is None:
-                self._model_key = fingerprint(type(encoder.model_).__qualname__, encoder.model_)
+            if encoder.modality not in self._model_keys:
+                self._model_keys[encoder.modality] = fingerprint(type(encoder.model_).__qualname__, encoder.model_)
             if getattr(self, "_unwritable_warned", None) is None:
                 self._unwritable_warned: set = set()  # one warning per estimator for an unwritable cache
-            return SampleStore(root / kind / fingerprint(self._model_key, *depends), self._cache_location(),
+            return SampleStore(root / kind / fingerprint(self._model_keys[encoder.modality], *depends),
+                               self._cache_location(),
                                self._unwritable_warned)
         except Unkeyable as err:
             if kind in self._uncached:

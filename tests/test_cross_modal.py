@@ -9,6 +9,7 @@ sums; the same kernel entries fitted from either side.
 
 from __future__ import annotations
 
+import pickle
 from types import SimpleNamespace
 
 import numpy as np
@@ -106,6 +107,9 @@ def test_both_directions_give_transposed_kernels(fitted, images):
     assert k_images_texts.shape == (4, 3)
     assert_round_off_equal(k_texts_images, k_images_texts.T, np.float64)
     assert_round_off_equal(fitted.on_texts.fit_transform(TEXTS), fitted.on_texts.transform(TEXTS), np.float64)
+    # both encoders pickle (their explainers are rebuilt on demand)
+    copy = pickle.loads(pickle.dumps(fitted.on_texts))
+    np.testing.assert_array_equal(copy.transform(images), k_images_texts)
 
 
 # ----------------------------------------------------------------- explanations

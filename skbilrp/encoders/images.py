@@ -13,7 +13,6 @@ import functools
 import inspect
 import math
 import warnings
-from collections.abc import Callable
 from typing import Any, Optional, Union
 
 import numpy as np

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..explainer import Explainer
-from ..models.sentence import SentenceEncoder, minilm, sentence_encoder
+from ..models.sentence import minilm, sentence_encoder
 from ..relevance import SampleRelevance
 from ..rules import RuleSpec
 from ..token_pairs import token_pooling

@@ -18,10 +18,9 @@ import os
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
-import torch
 from torch import nn
 
-from .encoders import Encoder, ImageEncoder, TextEncoder
+from .encoders import ImageEncoder, TextEncoder, modality
 from .kernel import DeepKernel, KernelName, OutputName
 from .pairs import DEFAULT_MAX_MEMORY
 from .pooling import PoolingSpec
@@ -29,51 +28,6 @@ from .rules import RuleSpec
 from .token_pairs import TextPairExplanations
 
 __all__ = ["CrossModalKernel", "modality"]
-
-
-def modality(X: Any) -> str:
-    """Which modality a batch of samples is: ``"texts"`` or ``"images"``.
-
-    Strings are texts (a batch holding strings is taken for texts, so that a missing
-    text is named by the text checks); numbers, arrays and tensors are images.
-
-    Parameters
-    ----------
-    X : sequence of str, array-like, tensor, pandas Series or DataFrame
-
-    Returns
-    -------
-    {"texts", "images"}
-
-    Raises
-    ------
-    ValueError
-        If ``X`` holds both strings and arrays (images), naming a position of each.
-    """
-    if isinstance(X, (str, bytes)):
-        return "texts"  # the text checks refuse a lone string with the fix
-    if isinstance(X, torch.Tensor):
-        return "images"
-    if hasattr(X, "columns") and hasattr(X, "dtypes"):  # a DataFrame: texts if its columns hold objects
-        return "texts" if all(getattr(d, "kind", "O") in "OUS" for d in X.dtypes) else "images"
-    kind = getattr(getattr(X, "dtype", None), "kind", "O")
-    if kind in "US":
-        return "texts"
-    if kind != "O":
-        return "images"
-    try:
-        items = list(X)
-    except TypeError:
-        return "images"  # array checks name what it is
-    texts = [i for i, v in enumerate(items) if isinstance(v, str)]
-    arrays = [i for i, v in enumerate(items) if np.ndim(v) > 0 or isinstance(v, torch.Tensor)]
-    if texts and arrays:
-        raise ValueError(
-            f"X mixes texts (e.g. at position {texts[0]}) and images or arrays (e.g. at position {arrays[0]}); "
-            "a CrossModalKernel takes one modality per call: pass the texts and the images separately "
-            "(fit on one, transform or explain the other)."
-        )
-    return "texts" if texts else "images"
 
 
 class CrossModalKernel(DeepKernel):
@@ -221,7 +175,7 @@ class CrossModalKernel(DeepKernel):
                               self.batch_size, owner_name=name)
         texts = TextEncoder(self.text_model, self.tokenizer, self.rules, self.attention, self.max_length,
                             self.batch_size, owner_name=name)
-        self._sides = {"images": images, "texts": texts}
+        self._sides = {"images": images, "texts": texts}  # several sides: the samples say which (modality)
         self.fit_modality_ = modality(X)
         X = self._sides[self.fit_modality_].validate(X, reset=True)
         loaded = images.load()
@@ -238,15 +192,6 @@ class CrossModalKernel(DeepKernel):
         dims = {side: encoder.feature_dim() for side, encoder in self._sides.items()}
         if None not in dims.values() and dims["images"] != dims["texts"]:
             raise ValueError(_dims_message(dims["images"], dims["texts"]))
-
-    def _encoders(self) -> list[Encoder]:
-        return list(getattr(self, "_sides", {}).values())
-
-    def _encoder_of(self, x: np.ndarray) -> Encoder:
-        return self._sides["texts" if x.dtype == object else "images"]
-
-    def _validate_samples(self, X: Any, reset: bool = False) -> np.ndarray:
-        return self._sides[modality(X)].validate(X, reset=reset)
 
     def features(self, X: Any) -> np.ndarray:
         """Embeddings of texts or images by their tower, float64 of shape (n, h).

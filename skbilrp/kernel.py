@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .cache import SampleStore, Unkeyable, fingerprint
-from .encoders import Encoder, ImageEncoder
+from .encoders import Encoder, ImageEncoder, modality
 from .encoders.base import check_finite, check_positive_int
 from .pairs import DEFAULT_MAX_MEMORY, PairExplanations, pair_relevance
 from .pooling import Pooling, PoolingSpec
@@ -323,7 +323,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         X = encoder.validate(X, reset=True, owner=self)
         for name, value in encoder.load().items():  # model_, and input_shape_ or tokenizer_, max_length_
             setattr(self, name, value)
-        self._encoder = encoder
+        self._sides = {encoder.modality: encoder}
         return X
 
     def _check_fitted(self) -> None:
@@ -368,17 +368,25 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             encoder.reconfigure(**settings)
 
     def _encoders(self) -> list[Encoder]:
-        """Every encoder of the fitted estimator (one per modality)."""
-        return [self._encoder] if getattr(self, "_encoder", None) is not None else []
+        """Every encoder of the fitted estimator, one per modality (none before fit)."""
+        return list(getattr(self, "_sides", {}).values())
 
     def _encoder_of(self, x: np.ndarray) -> Encoder:
-        """The encoder of validated samples ``x`` (a one-modality kernel has one)."""
-        return self._encoder
+        """The encoder of validated samples ``x``."""
+        return next(encoder for encoder in self._sides.values() if encoder.holds(x))
 
     def _validate_samples(self, X: Any, reset: bool = False) -> np.ndarray:
-        """The samples of ``X`` as the encoder validates them (float64 ``(n, *input_shape_)``
-        for images, a 1-D object array for texts)."""
-        return self._encoder.validate(X, reset=reset, owner=self)
+        """The samples of ``X`` as their encoder validates them (float64 ``(n, *input_shape_)``
+        for images, a 1-D object array for texts).
+
+        With one encoder, scikit-learn's input bookkeeping (``n_features_in_``, feature
+        names) is this estimator's; with several, ``X`` says which encoder
+        (:func:`~skbilrp.encoders.modality`), and samples of the two differ in width.
+        """
+        if len(self._sides) == 1:
+            (encoder,) = self._sides.values()
+            return encoder.validate(X, reset=reset, owner=self)
+        return self._sides[modality(X)].validate(X, reset=reset)
 
     # --------------------------------------------------------------- features
 
@@ -498,7 +506,7 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
     def _pooling(self) -> Pooling:
         """The groups of one training sample (images)."""
-        return self._encoder.pooling_for(tuple(self.input_shape_))
+        return self._encoder_of(self.X_fit_).pooling_for(tuple(self.input_shape_))
 
     def _sample_parts(self, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(relevance (h, p), features (h,))`` of each validated sample, for the cache."""

@@ -181,7 +181,7 @@ class TextKernel(DeepKernel):
         self._check_fitted()
         if isinstance(text, str):
             return self.tokens([text])[0]
-        return self._encoder.tokens(list(text))
+        return self._sides["texts"].tokens(list(text))
 
     def words(self, text: Union[str, Sequence[str]]) -> Any:
         """The words of a text (which tokens make up each), as explanations merge them.
@@ -197,14 +197,15 @@ class TextKernel(DeepKernel):
         self._check_fitted()
         if isinstance(text, str):
             return self.words([text])[0]
-        return self._encoder.words(list(text))
+        return self._sides["texts"].words(list(text))
 
     @property
     def explainer_(self) -> Explainer:
         """The :class:`~skbilrp.Explainer` of the encoder (built on first use)."""
         self._check_fitted()
-        self._encoder.verbose = bool(self.verbose)
-        return self._encoder.explainer
+        encoder = self._sides["texts"]
+        encoder.verbose = bool(self.verbose)
+        return encoder.explainer
 
     def explain_pairs(self, X: Sequence[str], Y: Optional[Sequence[str]] = None,
                       pairs: Optional[Sequence[tuple[int, int]]] = None, words: bool = False) -> TextPairExplanations:

@@ -5,8 +5,8 @@
 :class:`~skbilrp.CrossModalKernel` over one of each.
 """
 
-from .base import Encoder
+from .base import Encoder, modality
 from .images import ImageEncoder
 from .texts import TextEncoder
 
-__all__ = ["Encoder", "ImageEncoder", "TextEncoder"]
+__all__ = ["Encoder", "ImageEncoder", "TextEncoder", "modality"]

@@ -21,7 +21,7 @@ from torch import nn
 from ..explainer import Explainer
 from ..relevance import SampleRelevance
 
-__all__ = ["Encoder"]
+__all__ = ["Encoder", "modality"]
 
 #: a per-sample result: ``(relevance (h, p), features (h,))``
 Part = tuple[np.ndarray, np.ndarray]
@@ -56,6 +56,10 @@ class Encoder(ABC):
         (``n_features_in_``, feature names), or None for an encoder that is one of
         several sides of an estimator.
         """
+
+    @abstractmethod
+    def holds(self, x: np.ndarray) -> bool:
+        """Whether validated samples ``x`` are of this encoder's modality."""
 
     @abstractmethod
     def load(self) -> dict:
@@ -122,6 +126,51 @@ class Encoder(ABC):
 
 
 # ----------------------------------------------------------------------- helpers
+
+
+def modality(X: Any) -> str:
+    """Which modality a batch of samples is: ``"texts"`` or ``"images"``.
+
+    Strings are texts (a batch holding strings is taken for texts, so that a missing
+    text is named by the text checks); numbers, arrays and tensors are images.
+
+    Parameters
+    ----------
+    X : sequence of str, array-like, tensor, pandas Series or DataFrame
+
+    Returns
+    -------
+    {"texts", "images"}
+
+    Raises
+    ------
+    ValueError
+        If ``X`` holds both strings and arrays (images), naming a position of each.
+    """
+    if isinstance(X, (str, bytes)):
+        return "texts"  # the text checks refuse a lone string with the fix
+    if isinstance(X, torch.Tensor):
+        return "images"
+    if hasattr(X, "columns") and hasattr(X, "dtypes"):  # a DataFrame: texts if its columns hold objects
+        return "texts" if all(getattr(d, "kind", "O") in "OUS" for d in X.dtypes) else "images"
+    kind = getattr(getattr(X, "dtype", None), "kind", "O")
+    if kind in "US":
+        return "texts"
+    if kind != "O":
+        return "images"
+    try:
+        items = list(X)
+    except TypeError:
+        return "images"  # array checks name what it is
+    texts = [i for i, v in enumerate(items) if isinstance(v, str)]
+    arrays = [i for i, v in enumerate(items) if np.ndim(v) > 0 or isinstance(v, torch.Tensor)]
+    if texts and arrays:
+        raise ValueError(
+            f"X mixes texts (e.g. at position {texts[0]}) and images or arrays (e.g. at position {arrays[0]}); "
+            "a kernel on both (CrossModalKernel) takes one modality per call: pass the texts and the "
+            "images separately (fit on one, transform or explain the other)."
+        )
+    return "texts" if texts else "images"
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:

@@ -128,6 +128,9 @@ class ImageEncoder(Encoder):
         _check_representable(X, model_dtype(self.model if self.model_ is None else self.model_))
         return X.reshape((X.shape[0],) + tuple(shape))
 
+    def holds(self, x: np.ndarray) -> bool:
+        return x.dtype != object
+
     def load(self) -> dict:
         if self.input_shape_ is not None:  # a patch size or label array that fits the samples
             make_pooling(self.pooling, self.input_shape_)

@@ -117,6 +117,9 @@ class TextEncoder(Encoder):
         out[:] = texts
         return out
 
+    def holds(self, x: np.ndarray) -> bool:
+        return x.dtype == object
+
     def load(self) -> dict:
         source = self.model if self.model is not None else minilm()[0]
         self.model_ = sentence_encoder(source, self.tokenizer)

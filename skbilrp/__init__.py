@@ -11,6 +11,7 @@ from .audits import (
     explain_decision,
     explain_neighbors,
 )
+from .cross_modal import CrossModalKernel
 from .explainer import Explainer, bilrp
 from .kernel import DeepKernel
 from .pairs import PairExplanation, PairExplanations
@@ -24,6 +25,7 @@ __all__ = [
     "Explainer",
     "DeepKernel",
     "TextKernel",
+    "CrossModalKernel",
     "TextPairExplanation",
     "TextPairExplanations",
     "explain_neighbors",

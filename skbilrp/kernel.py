@@ -5,7 +5,10 @@
 take with ``kernel="precomputed"`` / ``metric="precomputed"``, and explains any of
 those entries on pairs of input groups with :meth:`DeepKernel.explain_pairs`.
 
-Features come from a plain batched forward of a frozen copy of the user's model;
+The estimator is written once over an encoder (:mod:`skbilrp.encoders`), which says
+what a sample is: :class:`~skbilrp.encoders.ImageEncoder` here,
+:class:`~skbilrp.encoders.TextEncoder` for :class:`~skbilrp.TextKernel`. Features come
+from a plain batched forward of the encoder's frozen copy of the user's model;
 per-sample relevance (the expensive part) is computed only when explanations are
 asked for, once per sample, and reused for every pair a sample takes part in.
 Both can be cached on disk per sample (``memory``) so that long jobs resume.
@@ -13,9 +16,6 @@ Both can be cached on disk per sample (``memory``) so that long jobs resume.
 
 from __future__ import annotations
 
-import copy
-import functools
-import inspect
 import math
 import os
 import warnings
@@ -29,17 +29,18 @@ import torch
 from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.exceptions import NotFittedError
-from sklearn.utils.validation import check_is_fitted, check_memory, validate_data
+from sklearn.utils.validation import check_is_fitted, check_memory
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._checks import check_model_weights, check_same_shape
 from .cache import SampleStore, Unkeyable, fingerprint
-from .explainer import Explainer
+from .encoders import Encoder, ImageEncoder, modality
+from .encoders.base import check_finite, check_positive_int
 from .pairs import DEFAULT_MAX_MEMORY, PairExplanations, pair_relevance
-from .pooling import Pooling, PoolingSpec, check_pooling, make_pooling
+from .pooling import Pooling, PoolingSpec
 from .relevance import SampleRelevance
 from .rules import RuleSpec
+from .token_pairs import TextPairExplanations
 
 __all__ = ["DeepKernel", "features_kernel", "self_similarity", "kernel_to_distance"]
 
@@ -106,169 +107,17 @@ def kernel_to_distance(k: np.ndarray, diag_a: np.ndarray, diag_b: np.ndarray) ->
     return np.sqrt(np.maximum(sq, 0.0))
 
 
-# ------------------------------------------------------------------ per-batch work
+# ------------------------------------------------------------------ execution
 
-
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.is_floating_point():
-            return t.dtype
-    return torch.get_default_dtype()
-
-
-def _explanation_dtype(model: nn.Module) -> Optional[torch.dtype]:
-    """Compute dtype of explanations: float32 for a half-precision model, else its own.
-
-    LRP divides by stabilised pre-activations; in float16 / bfloat16 those ratios lose
-    most of their digits (relative errors of 3e-4 to 9e-2 were measured on small
-    CNNs), so relevance is computed on a float32 copy while features and kernel values
-    come from the model as given.
-    """
-    return torch.float32 if _model_dtype(model) in (torch.float16, torch.bfloat16) else None
-
-
-def _frozen_copy(model: nn.Module, device: torch.device) -> nn.Module:
-    """A copy in eval mode without gradients; the user's model is never touched."""
-    frozen = copy.deepcopy(model).eval().to(device)
-    for p in frozen.parameters():
-        p.requires_grad_(False)
-    return frozen
-
-
-#: module types whose forward differs between training and eval mode
-_MODE_DEPENDENT = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm,
-                   nn.modules.instancenorm._InstanceNorm, nn.RReLU, nn.MultiheadAttention)
-
-
-@functools.lru_cache(maxsize=None)
-def _forward_reads_training(cls: type) -> bool:
-    """Whether a module class's own forward reads ``self.training`` (custom dropout, ...)."""
-    forward = cls.forward
-    if forward is nn.Module.forward or getattr(forward, "__module__", "").startswith("torch."):
-        return False
-    try:
-        return "self.training" in inspect.getsource(forward)
-    except (OSError, TypeError):
-        return False
-
-
-def _warn_if_training(model: nn.Module) -> None:
-    """One warning when the model is in training mode and that changes what it computes."""
-    differing = [name or type(model).__name__ for name, m in model.named_modules()
-                 if m.training and (isinstance(m, _MODE_DEPENDENT) or _forward_reads_training(type(m)))]
-    if differing:
-        shown = ", ".join(repr(d) for d in differing[:3]) + (", ..." if len(differing) > 3 else "")
-        warnings.warn(
-            f"The model is in training mode, and {len(differing)} of its modules ({shown}) "
-            "compute differently in eval mode (dropout, batch statistics). DeepKernel uses an "
-            "eval-mode copy for the kernel and its explanations; call model.eval() before "
-            "fit to silence this warning.",
-            UserWarning, stacklevel=3,
-        )
-
-
-def _check_representable(x: np.ndarray, dtype: torch.dtype) -> None:
-    """Refuse samples that overflow the model's dtype (they would give NaN features)."""
-    if not dtype.is_floating_point:
-        return
-    limit = torch.finfo(dtype).max
-    peak = np.abs(x.reshape(len(x), -1)).max(axis=1) if x.size else np.zeros(len(x))
-    bad = np.flatnonzero(peak > limit)
-    if bad.size:
-        raise ValueError(
-            f"Samples {_index_list(bad)} hold values up to {peak[bad].max():.3g}, beyond the "
-            f"largest {dtype} ({limit:.3g}) the model computes in; rescale X (e.g. to the "
-            "range the model was trained on)."
-        )
-
-
-def _check_finite(values: np.ndarray, what: str, hint: str) -> None:
-    """Name the samples whose ``values`` (features or relevance) are NaN or infinite."""
-    bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
-    if bad.size:
-        raise ValueError(f"The {what} of samples {_index_list(bad)} are not finite (NaN or inf); {hint}")
-
-
-def _index_list(indices: np.ndarray, shown: int = 5) -> str:
-    listed = ", ".join(str(int(i)) for i in indices[:shown])
-    return f"[{listed}{', ...' if len(indices) > shown else ''}] ({len(indices)} in all)"
-
-
-class _FeatureTask:
-    """Feature vectors of a chunk of samples: a plain batched forward, no relevance."""
-
-    def __init__(self, model: nn.Module, batch_size: int, device: torch.device, hint: str = "") -> None:
-        self.model = model
-        self.batch_size = batch_size
-        self.device = device
-        self.hint = hint  # appended when the model rejects the batch
-
-    @torch.no_grad()
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray]:
-        dtype = _model_dtype(self.model)
-        parts = []
-        for start in range(0, len(x), self.batch_size):
-            batch = torch.tensor(x[start:start + self.batch_size], dtype=dtype, device=self.device)
-            try:
-                out = self.model(batch)
-            except (RuntimeError, ValueError, IndexError, TypeError) as err:
-                raise ValueError(
-                    f"The model rejected a batch of shape {tuple(batch.shape)}: {err}{self.hint}"
-                ) from err
-            if not isinstance(out, torch.Tensor) or out.dim() < 2 or out.shape[0] != batch.shape[0]:
-                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ValueError(
-                    f"The model must map a batch (N, ...) to features (N, ...), got {got} for "
-                    f"{batch.shape[0]} samples; wrap it in a module returning one feature tensor."
-                )
-            parts.append(out.flatten(1).to("cpu", torch.float64).numpy())
-        return (np.concatenate(parts),)
-
-
-class _RelevanceTask:
-    """Per-sample BiLRP relevance ``(N, h, p)`` and features ``(N, h)`` of a chunk.
-
-    Builds its :class:`~skbilrp.Explainer` on first use; the explainer is left out of
-    the pickled state, so each joblib worker rebuilds it from the (picklable) model.
-    """
-
-    def __init__(self, model: nn.Module, rules: RuleSpec, pooling: PoolingSpec, batch_size: int,
-                 attention: str = "cp") -> None:
-        self.model = model
-        self.rules = rules
-        self.pooling = pooling
-        self.batch_size = batch_size
-        self.attention = attention
-        self._explainer: Optional[Explainer] = None
-
-    @property
-    def explainer(self) -> Explainer:
-        if self._explainer is None:
-            model = self.model  # explanations run on the model's device
-            self._explainer = Explainer(model, rules=self.rules, pooling=self.pooling,
-                                        batch_size=self.batch_size, dtype=_explanation_dtype(model),
-                                        attention=self.attention)
-        return self._explainer
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_explainer"] = None
-        return state
-
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rel = self.explainer.relevance(x)
-        return rel.relevance.cpu().numpy(), rel.features.cpu().numpy()
-
-
-def _chunks(n: int, batch_size: int, n_tasks: int) -> list[tuple[int, int]]:
+def _chunks(n: int, chunk_size: int, n_tasks: int) -> list[tuple[int, int]]:
     """Contiguous chunks made of whole batches, so every model call sees the same
     batches whatever the number of workers (results do not depend on ``n_jobs``)."""
-    n_batches = math.ceil(n / batch_size)
+    n_batches = math.ceil(n / chunk_size)
     cuts = np.linspace(0, n_batches, min(n_tasks, n_batches) + 1).round().astype(int)
-    return [(int(a) * batch_size, min(n, int(b) * batch_size)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+    return [(int(a) * chunk_size, min(n, int(b) * chunk_size)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
-def _map_chunks(task: Callable[[np.ndarray], tuple], x: np.ndarray, batch_size: int,
+def _map_chunks(task: Callable[[np.ndarray], tuple], x: np.ndarray, chunk_size: int,
                 n_jobs: Optional[int], verbose: bool, desc: str) -> Iterator[tuple[int, int, tuple]]:
     """Run ``task`` over chunks of ``x``, in order, yielding ``(start, stop, result)``.
 
@@ -276,8 +125,8 @@ def _map_chunks(task: Callable[[np.ndarray], tuple], x: np.ndarray, batch_size: 
     ``joblib.parallel_backend`` such as dask); in-process otherwise.
     """
     workers = effective_n_jobs(n_jobs)
-    n_tasks = math.ceil(len(x) / batch_size) if workers == 1 else workers * _TASKS_PER_WORKER
-    chunks = _chunks(len(x), batch_size, n_tasks)
+    n_tasks = math.ceil(len(x) / chunk_size) if workers == 1 else workers * _TASKS_PER_WORKER
+    chunks = _chunks(len(x), chunk_size, n_tasks)
     if workers == 1 or len(chunks) == 1:
         results: Any = (task(x[a:b]) for a, b in chunks)
     else:
@@ -426,36 +275,21 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
     # ------------------------------------------------------------------ fitting
 
-    def _check_kernel_params(self, positive_ints: tuple[str, ...]) -> None:
-        """The checks every kernel estimator shares: kernel, output and positive ints."""
+    def _check_kernel_params(self, positive_ints: tuple[str, ...] = ("batch_size", "max_memory")) -> None:
+        """The checks every kernel estimator shares: kernel, output, attention and positive ints."""
         if self.kernel not in ("linear", "cosine"):
             raise ValueError(f"kernel must be 'linear' or 'cosine', got {self.kernel!r}.")
         if self.output not in ("kernel", "distance"):
             raise ValueError(f"output must be 'kernel' or 'distance', got {self.output!r}.")
         for name in positive_ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}.")
-
-    def _check_params(self) -> None:
-        if not isinstance(self.model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(self.model).__name__}.")
-        check_model_weights(self.model)
-        check_pooling(self.pooling)
-        self._check_kernel_params(("batch_size", "max_memory"))
+            check_positive_int(name, getattr(self, name))
         if self.attention not in ("cp", "attnlrp"):
             raise ValueError(f"attention must be 'cp' or 'attnlrp', got {self.attention!r}.")
-        if self.input_shape is not None:
-            shape = tuple(self.input_shape) if isinstance(self.input_shape, (tuple, list)) else None
-            if not shape or not all(isinstance(s, (int, np.integer)) and s > 0 for s in shape):
-                raise ValueError(
-                    f"input_shape must be a tuple of positive ints (one sample, e.g. (1, 8, 8)), "
-                    f"got {self.input_shape!r}."
-                )
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"device {self.device!r} is not a torch device: {err}") from err
+
+    def _new_encoder(self) -> Encoder:
+        """The encoder of the samples, built from the parameters (it checks its own)."""
+        return ImageEncoder(self.model, self.input_shape, self.rules, self.pooling, self.attention,
+                            self.batch_size, self.device, owner_name=type(self).__name__)
 
     def fit(self, X: Any, y: Any = None) -> "DeepKernel":
         """Copy the model, validate and store the training samples and their features.
@@ -472,24 +306,32 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         -------
         self : DeepKernel
         """
-        self._check_params()
-        X = self._validate_samples(X, reset=True)
-        make_pooling(self.pooling, self.input_shape_)  # a patch size or label array that fits the samples
-        _warn_if_training(self.model)
-        self.model_ = _frozen_copy(self.model, torch.device(self.device))
+        self._check_kernel_params()
+        X = self._fit_encoders(X)
         self.X_fit_ = X
         self._fitted_with = self._fit_dependent_params()
         self._reset_explanations()
-        self._model_key: Optional[str] = None  # fingerprint for `memory`, made on first use
+        self._model_keys: dict[str, str] = {}  # fingerprints for `memory`, made on first use
         self._uncached: set[str] = set()  # kinds of results `memory` cannot key
         self.features_fit_ = self._features(X)
         return self
+
+    def _fit_encoders(self, X: Any) -> np.ndarray:
+        """Build the encoder from the parameters, validate the training samples with it
+        and copy the model; returns the validated samples."""
+        encoder = self._new_encoder()
+        X = encoder.validate(X, reset=True, owner=self)
+        for name, value in encoder.load().items():  # model_, and input_shape_ or tokenizer_, max_length_
+            setattr(self, name, value)
+        self._sides = {encoder.modality: encoder}
+        return X
 
     def _check_fitted(self) -> None:
         check_is_fitted(self)
         self._check_params_unchanged()
 
     # parameters that the fitted state depends on, and those the explanations depend on
+    # (the latter are the encoder's settings of the same names)
     _FIT_PARAMS = ("model", "input_shape")
     _EXPLAIN_PARAMS = ("rules", "pooling", "attention", "batch_size")
 
@@ -518,71 +360,65 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             self._fitted_with = self._fit_dependent_params()
 
     def _reset_explanations(self) -> None:
-        """Forget the explainer and the cached relevance of the training samples."""
-        self._relevance_task = None
-        self._fit_relevance = {}
+        """Forget the explainers and the cached relevance and labels of the training samples."""
+        self._fit_relevance: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._fit_labels: Optional[dict] = None
+        settings = {name: getattr(self, name) for name in self._EXPLAIN_PARAMS}
+        for encoder in self._encoders():
+            encoder.reconfigure(**settings)
 
-    def _validate_samples(self, X: Any, reset: bool) -> np.ndarray:
-        """sklearn validation of ``X``, returned as float64 of shape ``(n, *input_shape_)``."""
-        if isinstance(X, torch.Tensor):
-            X = X.detach().cpu().numpy()
-        if isinstance(X, (list, tuple)) and len(X):  # a list of samples, e.g. images
-            check_same_shape(X)
-            if (X[0].ndim if hasattr(X[0], "ndim") else np.ndim(X[0])) > 1:  # images: one batch (n, *sample_shape)
-                X = np.stack([x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x) for x in X])
-        sample_shape = None
-        if hasattr(X, "ndim") and hasattr(X, "shape") and X.ndim > 2:
-            X = np.asarray(X)
-            sample_shape = tuple(X.shape[1:])
-            expected = self.input_shape_ if not reset else (
-                tuple(self.input_shape) if self.input_shape is not None else sample_shape)
-            if sample_shape != expected:
-                raise ValueError(
-                    f"X has samples of shape {sample_shape}, but DeepKernel expects samples of "
-                    f"shape {expected} (flat rows of {math.prod(expected)} values are accepted too)."
-                )
-            X = X.reshape(X.shape[0], math.prod(sample_shape))  # -1 fails on 0 samples
-        X = validate_data(self, X, reset=reset, dtype=np.float64, ensure_min_samples=1)
-        if reset:
-            if self.input_shape is not None:
-                shape = tuple(int(s) for s in self.input_shape)
-                if X.shape[1] != math.prod(shape):
-                    raise ValueError(
-                        f"X has {X.shape[1]} features per sample, but input_shape={shape} needs "
-                        f"{math.prod(shape)}; fix input_shape or pass X of shape (n, *input_shape)."
-                    )
-            else:
-                shape = sample_shape or (X.shape[1],)
-            self.input_shape_ = shape
-        _check_representable(X, _model_dtype(self.model if reset else self.model_))
-        return X.reshape((X.shape[0],) + tuple(self.input_shape_))
+    def _encoders(self) -> list[Encoder]:
+        """Every encoder of the fitted estimator, one per modality (none before fit)."""
+        return list(getattr(self, "_sides", {}).values())
+
+    def _encoder_of(self, x: np.ndarray) -> Encoder:
+        """The encoder of validated samples ``x``."""
+        return next(encoder for encoder in self._sides.values() if encoder.holds(x))
+
+    def _validate_samples(self, X: Any, reset: bool = False) -> np.ndarray:
+        """The samples of ``X`` as their encoder validates them (float64 ``(n, *input_shape_)``
+        for images, a 1-D object array for texts).
+
+        With one encoder, scikit-learn's input bookkeeping (``n_features_in_``, feature
+        names) is this estimator's; with several, ``X`` says which encoder
+        (:func:`~skbilrp.encoders.modality`), and samples of the two differ in width.
+        """
+        if len(self._sides) == 1:
+            (encoder,) = self._sides.values()
+            return encoder.validate(X, reset=reset, owner=self)
+        return self._sides[modality(X)].validate(X, reset=reset)
 
     # --------------------------------------------------------------- features
 
     def _cache_location(self) -> Optional[Path]:
         """The directory ``memory`` names (nothing is created here: a read-only one still serves reads)."""
-        if self.memory is None:
+        memory = getattr(self, "memory", None)  # estimators without the parameter cache nothing
+        if memory is None:
             return None
-        if isinstance(self.memory, (str, os.PathLike)):  # check_memory would create <dir>/joblib
-            return Path(self.memory)
-        location = check_memory(self.memory).location
+        if isinstance(memory, (str, os.PathLike)):  # check_memory would create <dir>/joblib
+            return Path(memory)
+        location = check_memory(memory).location
         return None if location is None else Path(location)
 
     def _cache_root(self) -> Optional[Path]:
         location = self._cache_location()
         return None if location is None else location / "skbilrp_deepkernel"
 
-    def _store(self, kind: str, *depends: Any) -> Optional[SampleStore]:
+    def _store(self, encoder: Encoder, kind: str) -> Optional[SampleStore]:
         """The cache of one kind of result, or None (no ``memory``, or nothing to key it by)."""
         root = self._cache_root()
         if root is None:
             return None
+        depends = encoder.cache_key(kind)
+        if depends is None:
+            return None
         try:
-            if getattr(self, "_model_key", None) is None:
-                self._model_key = fingerprint(type(self.model_).__qualname__, self.model_)
+            if encoder.modality not in self._model_keys:
+                self._model_keys[encoder.modality] = fingerprint(type(encoder.model_).__qualname__, encoder.model_)
             if getattr(self, "_unwritable_warned", None) is None:
                 self._unwritable_warned: set = set()  # one warning per estimator for an unwritable cache
-            return SampleStore(root / kind / fingerprint(self._model_key, *depends), self._cache_location(),
+            return SampleStore(root / kind / fingerprint(self._model_keys[encoder.modality], *depends),
+                               self._cache_location(),
                                self._unwritable_warned)
         except Unkeyable as err:
             if kind in self._uncached:
@@ -594,34 +430,32 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
                 "functions) to cache them.", UserWarning, stacklevel=3)
             return None
 
-    def _run(self, task: Callable[[np.ndarray], tuple], x: np.ndarray, store: Optional[SampleStore],
-             desc: str) -> tuple[np.ndarray, ...]:
+    def _run(self, encoder: Encoder, task: Callable[[np.ndarray], tuple], x: np.ndarray,
+             store: Optional[SampleStore], desc: str) -> list[tuple]:
         """Per-sample results of ``task`` on ``x``, taken from ``store`` where present."""
+        n_jobs = getattr(self, "n_jobs", None)  # estimators without the parameter run in-process
+        chunk = encoder.chunk_size(int(self.batch_size), len(x))
         if store is None:
-            parts = [r for _, _, r in _map_chunks(task, x, self.batch_size, self.n_jobs, self.verbose, desc)]
-            return tuple(np.concatenate(c) for c in zip(*parts))
+            return [tuple(r[offset] for r in result)
+                    for a, b, result in _map_chunks(task, x, chunk, n_jobs, self.verbose, desc)
+                    for offset in range(b - a)]
         keys = [store.key(s) for s in x]
         per_sample: list[Optional[tuple]] = [store.load(k) for k in keys]
         todo = np.array([i for i, hit in enumerate(per_sample) if hit is None], dtype=np.int64)
         if len(todo):
-            for a, b, result in _map_chunks(task, x[todo], self.batch_size, self.n_jobs, self.verbose, desc):
+            for a, b, result in _map_chunks(task, x[todo], chunk, n_jobs, self.verbose, desc):
                 for offset, i in enumerate(todo[a:b]):
                     per_sample[i] = tuple(r[offset] for r in result)
                     store.save(keys[i], per_sample[i])  # saved as chunks arrive: jobs resume
         store.warn_unreadable()
-        return tuple(np.stack(c) for c in zip(*per_sample))
+        return per_sample
 
     def _features(self, x: np.ndarray) -> np.ndarray:
-        hint = ""
-        if self.input_shape is None and len(self.input_shape_) == 1:
-            hint = (f". X was given flat ({self.input_shape_[0]} values per sample) and input_shape "
-                    "is not set: pass DeepKernel(..., input_shape=<shape of one sample, e.g. (1, 8, 8)>) "
-                    "or X of shape (n_samples, *sample_shape).")
-        task = _FeatureTask(self.model_, int(self.batch_size), torch.device(self.device), hint)
-        store = self._store("features", str(_model_dtype(self.model_)))
-        (features,) = self._run(task, x, store, "features")
-        _check_finite(features, "features", "the model overflowed or produced NaN on them; check "
-                      "their scale and the model's numerics (e.g. a float16 model on large inputs).")
+        encoder = self._encoder_of(x)
+        parts = self._run(encoder, encoder.feature_task(), x, self._store(encoder, "features"), "features")
+        features = np.stack([f for (f,) in parts])
+        check_finite(features, "features", "the model overflowed or produced NaN on them; check "
+                     "their scale and the model's numerics (e.g. a float16 model on large inputs).")
         return features
 
     def features(self, X: Any) -> np.ndarray:
@@ -670,26 +504,21 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
 
     # ------------------------------------------------------------- relevance
 
-    def _relevance_runner(self) -> _RelevanceTask:
-        if getattr(self, "_relevance_task", None) is None:
-            self._relevance_task = _RelevanceTask(self.model_, self.rules, self.pooling, int(self.batch_size),
-                                                  self.attention)
-        return self._relevance_task
-
     def _pooling(self) -> Pooling:
-        return self._relevance_runner().explainer.computer.pooling_for(tuple(self.input_shape_))
+        """The groups of one training sample (images)."""
+        return self._encoder_of(self.X_fit_).pooling_for(tuple(self.input_shape_))
+
+    def _sample_parts(self, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(relevance (h, p), features (h,))`` of each validated sample, for the cache."""
+        encoder = self._encoder_of(x)
+        task = encoder.relevance_task(self.verbose)  # builds the explainer the cache key names
+        parts = self._run(encoder, task, x, self._store(encoder, "relevance"), "relevance")
+        check_finite([r for r, _ in parts], "relevance", "a rule divided by a near-zero denominator or "
+                     "the model overflowed; try rules='epsilon' or check the inputs' scale.")
+        return parts
 
     def _relevance(self, x: np.ndarray) -> SampleRelevance:
-        runner = self._relevance_runner()
-        ex = runner.explainer  # built here, before any worker thread could race to build it
-        store = None
-        if self._cache_root() is not None:
-            store = self._store("relevance", sorted(ex.network.rules.items()), self.pooling,
-                                tuple(self.input_shape_), ex.method, str(_model_dtype(self.model_)), self.attention)
-        rel, feats = self._run(runner, x, store, "relevance")
-        _check_finite(rel, "relevance", "a rule divided by a near-zero denominator or the model "
-                      "overflowed; try rules='epsilon' or check the inputs' scale.")
-        return SampleRelevance(torch.from_numpy(rel), torch.from_numpy(feats), self._pooling())
+        return self._encoder_of(x).stack(self._sample_parts(x), x.shape[1:])
 
     def sample_relevance(self, X: Any) -> SampleRelevance:
         """Per-sample pooled relevance ``A(x) P`` of new samples, ``(n, h, p)``.
@@ -727,18 +556,17 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
         if missing:
             for i, part in zip(missing, self._sample_parts(self.X_fit_[missing])):
                 self._fit_relevance[int(i)] = part
-        return self._stack([self._fit_relevance[int(i)] for i in idx])
+        return self._encoder_of(self.X_fit_).stack([self._fit_relevance[int(i)] for i in idx],
+                                                    self.X_fit_.shape[1:])
 
-    def _sample_parts(self, X: Any) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``(relevance (h, p), features (h,))`` of each validated sample, for the cache."""
-        new = self._relevance(X)
-        return [(new.relevance[k].numpy(), new.features[k].numpy()) for k in range(len(new))]
-
-    def _stack(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> SampleRelevance:
-        """Join cached per-sample parts into one :class:`SampleRelevance`."""
-        rel = np.stack([r for r, _ in parts])
-        feats = np.stack([f for _, f in parts])
-        return SampleRelevance(torch.from_numpy(rel), torch.from_numpy(feats), self._pooling())
+    def _labels(self, x: Optional[np.ndarray]) -> Optional[dict]:
+        """Group labels (tokens, words) of validated samples, or of the training samples
+        (``x`` None, kept); None for samples whose groups are positions (images)."""
+        if x is not None:
+            return self._encoder_of(x).labels(x)
+        if self._fit_labels is None:
+            self._fit_labels = self._encoder_of(self.X_fit_).labels(self.X_fit_) or {}
+        return self._fit_labels or None
 
     def explain_pairs(self, X: Any, Y: Any = None,
                       pairs: Optional[Sequence[tuple[int, int]]] = None) -> PairExplanations:
@@ -785,14 +613,28 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             b = a
         else:
             b = self._relevance(xb[cols])
-        method = self._relevance_runner().explainer.method
+        method = self._encoder_of(xa).method
         if pairs is None:
-            return pair_relevance(a, b, self.kernel, method=method, max_memory=self.max_memory)
-        row_pos = {int(r): k for k, r in enumerate(rows)}
-        col_pos = {int(c): k for k, c in enumerate(cols)}
-        local = [(row_pos[i], col_pos[j]) for i, j in pairs]
-        return pair_relevance(a, b, self.kernel, local, method=method, max_memory=self.max_memory,
-                              labels=pairs)
+            expl = pair_relevance(a, b, self.kernel, method=method, max_memory=self.max_memory)
+        else:
+            row_pos = {int(r): k for k, r in enumerate(rows)}
+            col_pos = {int(c): k for k, c in enumerate(cols)}
+            local = [(row_pos[i], col_pos[j]) for i, j in pairs]
+            expl = pair_relevance(a, b, self.kernel, local, method=method, max_memory=self.max_memory,
+                                  labels=pairs)
+        return _labelled(expl, self._labels(xa), self._labels(xb))
+
+
+def _labelled(expl: PairExplanations, labels_a: Optional[dict], labels_b: Optional[dict]) -> PairExplanations:
+    """Explanations with the group labels of the sides that have them (tokens, words);
+    as they are when neither side has any (patches × patches)."""
+    if labels_a is None and labels_b is None:
+        return expl
+    sides = {}
+    for side, labels in (("a", labels_a), ("b", labels_b)):
+        sides[f"tokens_{side}"] = None if labels is None else labels["tokens"]
+        sides[f"words_{side}"] = None if labels is None else labels["words"]
+    return expl._as(TextPairExplanations, special_a=None, special_b=None, level="tokens", **sides)
 
 
 def _same_param(a: Any, b: Any) -> bool:

@@ -643,7 +643,8 @@ def pair_relevance(a: SampleRelevance, b: SampleRelevance, kernel: Kernel = "lin
     if kernel not in ("linear", "cosine"):
         raise ValueError(f"kernel must be 'linear' or 'cosine', got {kernel!r}.")
     if a.features.shape[1] != b.features.shape[1]:
-        raise ValueError("Both batches must come from the same feature map.")
+        raise ValueError(f"Both batches must come from the same feature map (or two maps into one space), "
+                         f"got features of {a.features.shape[1]} and {b.features.shape[1]} dimensions.")
     factors = _Factors.of(a, b, kernel)
     if pairs is None:
         ia, ib = np.arange(len(a)), np.arange(len(b))

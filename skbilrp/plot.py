@@ -1,4 +1,4 @@
-"""Pictures of BiLRP explanations: linked patches, token maps, marginals, kernels.
+"""Pictures of BiLRP explanations: linked patches, token maps, patch × word maps, marginals, kernels.
 
 matplotlib is an optional extra (``pip install "skbilrp[plot]"``); it is imported
 inside the functions, so ``import skbilrp.plot`` works without it. Every function
@@ -30,6 +30,7 @@ __all__ = [
     "as_image",
     "plot_pair",
     "plot_tokens",
+    "plot_image_text",
     "plot_marginals",
     "plot_kernel",
     "plot_decision",
@@ -388,6 +389,115 @@ def plot_tokens(explanation: PairExplanation, tokens_a: Union[Sequence[str], Wor
     ax.set_title(_summary(explanation) if title is None else title)
     return fig
 
+
+def _image_and_text_sides(explanation: Any) -> tuple[np.ndarray, Pooling, list, list]:
+    """``(relevance (patches, words), image pooling, labels, special flags)`` of an
+    image × text explanation, whichever side the image is on."""
+    rel = _pair_relevance(explanation)
+    tokens_a, tokens_b = getattr(explanation, "tokens_a", None), getattr(explanation, "tokens_b", None)
+    if (tokens_a is None) == (tokens_b is None):
+        raise ValueError(
+            "plot_image_text needs the explanation of an image × text entry (one side with tokens, the other "
+            "an image), e.g. CrossModalKernel(...).explain_pairs(images, texts).pair(i, j); use plot_pair "
+            "for two images and plot_tokens for two texts."
+        )
+    if tokens_a is None:
+        pooling, labels, special = explanation.pooling_a, tokens_b, getattr(explanation, "special_b", None)
+    else:
+        rel, pooling, labels, special = rel.T, explanation.pooling_b, tokens_a, getattr(explanation, "special_a", None)
+    special = list(special) if special is not None else [False] * len(labels)
+    return rel, pooling, [str(t) for t in labels], special
+
+
+def plot_image_text(explanation: PairExplanation, image: Any, n_maps: int = 4, n_links: int = 20,
+                    show_special: bool = False, cmap: str = "bwr", alpha: float = 0.6, linewidth: float = 2.0,
+                    title: Optional[str] = None) -> Any:
+    """Patch × word relevance of an image and a text: links, and one heatmap per word.
+
+    The top panel shows the image and the words of the text in a column beside it,
+    with curves from the patches to the words of the ``n_links`` strongest pairs (red
+    positive, blue negative). Below, one heatmap per word: that word's column of the
+    relevance spread over its patches, drawn over the image (symmetric colour scale
+    shared by all maps).
+
+    Parameters
+    ----------
+    explanation : TextPairExplanation
+        One image × text entry (either side the image), e.g.
+        ``CrossModalKernel.explain_pairs(images, texts, words=True).pair(i, j)``;
+        token-level entries are drawn per token.
+    image : array-like or torch.Tensor
+        The image, ``(H, W)``, ``(H, W, 3)`` or ``(C, H, W)`` in [0, 1]; its
+        resolution may differ from the pooling's positions.
+    n_maps : int, default=4
+        Heatmaps drawn: the words with the largest total ``|relevance|``, in text order.
+    n_links : int, default=20
+        Links drawn between patches and words.
+    show_special : bool, default=False
+        Whether special tokens (``[CLS]``, ``[SEP]``) may get links and maps.
+    cmap : str, default="bwr"
+    alpha : float, default=0.6
+        Opacity of the heatmaps over the image.
+    linewidth : float, default=2.0
+    title : str, optional
+        Default: the similarity and the conservation error.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The links are ``PathPatch`` artists with ``gid ==`` :data:`LINK_GID`.
+
+    Raises
+    ------
+    ValueError
+        If the explanation is not of an image and a text, or the image pooling is not 2-D.
+
+    Examples
+    --------
+    >>> E = kern.explain_pairs(images[:1], ["a cat on a mat"], words=True)  # doctest: +SKIP
+    >>> fig = plot_image_text(E.pair(0, 0), images[0])                     # doctest: +SKIP
+    """
+    plt = _pyplot()
+    rel, pooling, labels, special = _image_and_text_sides(explanation)
+    img = as_image(image)
+    shown = [w for w in range(len(labels)) if show_special or not special[w]]
+    weight = np.abs(rel).sum(axis=0)
+    maps = sorted(sorted(shown, key=lambda w: -weight[w])[: max(0, int(n_maps))])
+    n_cols = max(1, len(maps))
+    fig = plt.figure(figsize=(max(6.0, 2.2 * n_cols), 6.0), layout="constrained")
+    grid = fig.add_gridspec(2, n_cols, height_ratios=[1.3, 1.0])
+    ax = fig.add_subplot(grid[0, :])
+    height = float(img.shape[0])
+    ext = _image_extent(img.shape, 0.0, height)
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0.0, vmax=1.0, extent=ext, interpolation="nearest")
+    s = height / img.shape[0]
+    centers = group_centers(pooling, img.shape[:2]) * s + np.array([ext[0] + 0.5 * s, 0.0])
+    x_words = ext[1] + 0.6 * height
+    y_words = (np.arange(len(labels)) + 0.5) * height / max(1, len(labels)) - 0.5 * s
+    ends = np.stack([np.full(len(labels), x_words), y_words], axis=1)
+    masked = np.zeros_like(rel)
+    masked[:, shown] = rel[:, shown]
+    links = _strongest(masked, n_links)
+    _draw_links(ax, links, centers, ends, lambda p, q: [((p[0] + q[0]) / 2, p[1]), ((p[0] + q[0]) / 2, q[1])],
+                linewidth, 1.0)
+    for w, (label, y) in enumerate(zip(labels, y_words)):
+        ax.text(x_words + 0.02 * height, y, label, va="center", ha="left",
+                color=SPECIAL_COLOR if special[w] else None)
+    ax.set_xlim(ext[0], x_words + 0.6 * height)
+    ax.set_ylim(ext[2], ext[3])
+    ax.set_axis_off()
+    ax.set_title(_summary(explanation) if title is None else title)
+    vmax = _symmetric_limit(rel[:, maps]) if maps else 1.0
+    for k, w in enumerate(maps):
+        sub = fig.add_subplot(grid[1, k])
+        sub.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0.0, vmax=1.0, extent=ext, interpolation="nearest")
+        im = sub.imshow(pooling.to_positions(rel[:, w]), cmap=cmap, vmin=-vmax, vmax=vmax, alpha=alpha,
+                        extent=ext, interpolation="nearest")
+        sub.set_title(labels[w])
+        sub.set_axis_off()
+    if maps:
+        fig.colorbar(im, ax=fig.axes[1:], label="relevance", shrink=0.8)
+    return fig
 
 def plot_marginals(explanation: PairExplanation, image_a: Any = None, image_b: Any = None,
                    ax: Any = None, cmap: str = "bwr", titles: Sequence[str] = ("first input", "second input")) -> Any:

@@ -299,15 +299,15 @@ def test_read_only_empty_cache_warns_once_and_computes(tmp_path, read_only):
 
 
 def test_read_only_cache_that_holds_the_fit_still_serves_it(tmp_path, read_only, monkeypatch):
-    from skbilrp import kernel as kernel_module
+    from skbilrp.encoders import images as image_encoder
 
     X = _images(5)
     folder = tmp_path / "cache"
     DeepKernel(_phi(), pooling=4, memory=str(folder)).fit(X)  # stores the features of X
     read_only(folder)
     calls = []
-    real_call = kernel_module._FeatureTask.__call__
-    monkeypatch.setattr(kernel_module._FeatureTask, "__call__", lambda self, x: calls.append(len(x)) or real_call(self, x))
+    real_call = image_encoder._FeatureTask.__call__
+    monkeypatch.setattr(image_encoder._FeatureTask, "__call__", lambda self, x: calls.append(len(x)) or real_call(self, x))
     kern = DeepKernel(_phi(), pooling=4, memory=str(folder))
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")

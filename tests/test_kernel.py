@@ -20,7 +20,8 @@ from sklearn.exceptions import NotFittedError
 from torch import nn
 
 from skbilrp import bilrp
-from skbilrp.kernel import DeepKernel, _RelevanceTask
+from skbilrp.encoders.images import _RelevanceTask
+from skbilrp.kernel import DeepKernel
 
 D_IN, H = 6, 5
 

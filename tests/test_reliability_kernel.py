@@ -22,7 +22,8 @@ from torch import nn
 
 import skbilrp
 from skbilrp import Explainer
-from skbilrp.kernel import DeepKernel, _RelevanceTask
+from skbilrp.encoders.images import _RelevanceTask
+from skbilrp.kernel import DeepKernel
 from skbilrp.models import digits_cnn, load_digits_images
 
 
@@ -71,7 +72,8 @@ def test_cache_key_covers_plain_attributes_of_the_model(x6, tmp_path):
 _SECOND_PROCESS = textwrap.dedent("""
     import sys, numpy as np, torch
     from torch import nn
-    from skbilrp.kernel import DeepKernel, _RelevanceTask
+    from skbilrp.encoders.images import _RelevanceTask
+    from skbilrp.kernel import DeepKernel
     from skbilrp.rules import ZBox, Zero
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 3, 3, bias=False), nn.ReLU(), nn.Flatten()).double()

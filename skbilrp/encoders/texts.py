@@ -124,7 +124,8 @@ class TextEncoder(Encoder):
     def load(self) -> dict:
         source = self.model if self.model is not None else minilm()[0]
         # an unchanged model keeps its copy, and the graphs exported for it
-        self.model_ = reused_copy(self.model, lambda: sentence_encoder(source, self.tokenizer), self.tokenizer)
+        self.model_ = reused_copy(self.model, lambda: sentence_encoder(source, self.tokenizer),
+                                  self.tokenizer)
         self.tokenizer_ = self.model_.tokenizer
         if self.tokenizer_ is None:
             raise ValueError("The model has no tokenizer to split texts with; pass tokenizer= (a "

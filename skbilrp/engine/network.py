@@ -67,8 +67,9 @@ _PLAIN = (bool, int, float, str, type(None))
 
 
 def _settings(module: nn.Module) -> tuple:
-    return tuple((k, v) for k, v in vars(module).items()
-                 if type(v) in _PLAIN or type(v) is tuple and all(type(e) in _PLAIN for e in v))
+    # not ``training``: every copy is put in eval mode (and encode() switches the user's model)
+    return tuple((k, v) for k, v in vars(module).items() if k != "training" and (
+        type(v) in _PLAIN or type(v) is tuple and all(type(e) in _PLAIN for e in v)))
 
 
 def reused_copy(source: Any, build: Callable[[], nn.Module], *key: Any) -> nn.Module:

@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_array, validate_data
 from torch import nn
 
 from .._checks import check_model_weights, check_same_shape
+from ..engine.network import reused_copy
 from ..explainer import Explainer
 from ..pooling import Pooling, PoolingSpec, check_pooling, make_pooling
 from ..relevance import SampleRelevance
@@ -135,7 +136,8 @@ class ImageEncoder(Encoder):
         if self.input_shape_ is not None:  # a patch size or label array that fits the samples
             make_pooling(self.pooling, self.input_shape_)
         _warn_if_training(self.model)
-        self.model_ = _frozen_copy(self.model, torch.device(self.device))
+        device = torch.device(self.device)  # an unchanged model keeps its copy, and the graphs exported for it
+        self.model_ = reused_copy(self.model, lambda: _frozen_copy(self.model, device), device)
         self._forget_explainer()
         return {"model_": self.model_, "input_shape_": self.input_shape_}
 

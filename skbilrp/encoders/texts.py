@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engine.network import reused_copy
 from ..explainer import Explainer
 from ..models.sentence import minilm, sentence_encoder
 from ..relevance import SampleRelevance
@@ -122,7 +123,9 @@ class TextEncoder(Encoder):
 
     def load(self) -> dict:
         source = self.model if self.model is not None else minilm()[0]
-        self.model_ = sentence_encoder(source, self.tokenizer)
+        # an unchanged model keeps its copy, and the graphs exported for it
+        self.model_ = reused_copy(self.model, lambda: sentence_encoder(source, self.tokenizer),
+                                  self.tokenizer)
         self.tokenizer_ = self.model_.tokenizer
         if self.tokenizer_ is None:
             raise ValueError("The model has no tokenizer to split texts with; pass tokenizer= (a "

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 import threading
 import weakref
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import fx, nn
@@ -32,7 +33,7 @@ from .ops.refused import RANDOM, Random
 from .ops.weighted import Weighted
 from .trace import Traced, UnsupportedModelError, export, module_of
 
-__all__ = ["ExportedNetwork", "ExportedRecording", "clear_cache", "prepared"]
+__all__ = ["ExportedNetwork", "ExportedRecording", "clear_cache", "prepared", "reused_copy"]
 
 #: ops through which a gate factor may pass on its way to the product it scales (a
 #: dynamic export keeps the full slice of ``g[:, :, None, None]``, a static one drops it)
@@ -52,12 +53,48 @@ def _is_size(node: fx.Node) -> bool:
 
 def fingerprint(model: nn.Module) -> tuple:
     """What changes when the model's weights or structure change: the identity, version
-    counter, storage, dtype and shape of every parameter and buffer, and the identity of
-    every module. In-place updates (``load_state_dict``, optimiser steps, ``.data =``,
-    ``.to(device)``) change it; plain (non-tensor) attributes are not part of it."""
+    counter, storage, dtype and shape of every parameter and buffer, the identity of
+    every module and its plain settings (numbers, strings, flags: a pooling mode, an
+    epsilon). In-place updates (``load_state_dict``, optimiser steps, ``.data =``,
+    ``.to(device)``) change it; other attributes (a config object) are not part of it."""
     tensors = tuple((name, id(t), _version(t), t.data_ptr(), t.dtype, t.device, tuple(t.shape))
                     for name, t in itertools.chain(model.named_parameters(), model.named_buffers()))
-    return tensors, tuple((name, id(m)) for name, m in model.named_modules())
+    return tensors, tuple((name, id(m), _settings(m)) for name, m in model.named_modules())
+
+
+#: attribute values that are a module's plain settings
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _settings(module: nn.Module) -> tuple:
+    # not ``training``: every copy is put in eval mode (and encode() switches the user's model)
+    return tuple((k, v) for k, v in vars(module).items() if k != "training" and (
+        type(v) in _PLAIN or type(v) is tuple and all(type(e) in _PLAIN for e in v)))
+
+
+def reused_copy(source: Any, build: Callable[[], nn.Module], *key: Any) -> nn.Module:
+    """``build()``, a frozen copy of ``source`` for a kernel's ``fit``, or the copy made
+    last time for the same ``source`` object and ``key`` (compared by identity; devices by
+    value) while ``source`` is unchanged (:func:`fingerprint`): a refit then reuses the
+    copy, and with it the graphs exported for it. Kept weakly (an entry goes with its
+    source) until :func:`clear_cache`. A source that is no module (a path: what it names
+    on disk can change; None) or a path as key is copied every time."""
+    if not isinstance(source, nn.Module) or any(isinstance(k, (str, os.PathLike)) for k in key):
+        return build()
+    stamp = fingerprint(source)
+    with _LOCK:
+        entries = _COPIES.setdefault(source, [])
+        for i, (old_key, old_stamp, copy_) in enumerate(entries):
+            if len(old_key) == len(key) and all(a is b or isinstance(a, torch.device) and a == b
+                                                for a, b in zip(old_key, key)):
+                if old_stamp == stamp:
+                    return copy_
+                del entries[i]
+                break
+    copy_ = build()
+    with _LOCK:
+        _COPIES.setdefault(source, []).append((key, stamp, copy_))
+    return copy_
 
 
 def _version(t: torch.Tensor) -> int:
@@ -154,6 +191,8 @@ class _Prepared:
 #: user model (weakly: an entry dies with the model) -> {dtype: _Prepared}
 _PREPARED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
+#: user model (weakly) -> [(key, fingerprint, frozen copy)] made by reused_copy
+_COPIES: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
 
 
 def prepared(model: nn.Module, dtype: Optional[torch.dtype] = None) -> _Prepared:
@@ -172,9 +211,11 @@ def prepared(model: nn.Module, dtype: Optional[torch.dtype] = None) -> _Prepared
 
 def clear_cache() -> None:
     """Forget every prepared model (frozen copies and exported graphs); the next
-    network on a model copies and exports it again. Networks already built keep theirs."""
+    network on a model, and the next fit of a kernel (:func:`reused_copy`), copies and
+    exports it again. Networks and fitted kernels already built keep theirs."""
     with _LOCK:
         _PREPARED.clear()
+        _COPIES.clear()
 
 
 class _Program:

@@ -6,7 +6,8 @@ prepared``). Checked here:
 
 * exports are counted (a spy on ``torch.export.export``): texts of ten lengths and batch
   sizes through one TextKernel, images in batches of 1, 7 and 32 through one DeepKernel,
-  ``bilrp`` twice, a new Explainer, ``set_params`` of the rules: one export per model;
+  ``bilrp`` twice, a new Explainer, ``set_params`` of the rules, refits of an unchanged
+  model: one export per model;
 * the shared symbolic graph gives the results of a fresh export for the shape at hand
   (today's behaviour) on a CNN, a MobileNetV2, a BERT with masks and a ViT: features and
   relevance within 16 eps times the magnitude of what is summed;
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 import skbilrp.engine.network as engine_network
+from conftest import assert_round_off_equal
 from skbilrp import DeepKernel, Explainer, bilrp
 from skbilrp.engine import ExportedNetwork
 from skbilrp.models import digits_vit, mobilenet_v2
@@ -95,6 +97,8 @@ def test_text_kernel_exports_once_for_ten_lengths_and_batch_sizes():
             texts = [" ".join(words[:j]) for j in range(1, k + 1)]
             e = kern.explain_pairs(texts)
             assert e.relevance.shape[:2] == (k, 2)
+        kern.set_params(batch_size=3).fit(["a bird", "the cat"])  # a refit keeps the copy and its graph
+        assert kern.explain_pairs(["a cat sat on the mat"]).relevance.shape[:2] == (1, 2)
     assert calls == [True], f"{len(calls)} exports"
 
 
@@ -266,3 +270,30 @@ def test_a_model_without_a_symbolic_export_is_exported_per_shape():
             with torch.no_grad():
                 torch.testing.assert_close(net.record(x).features, model(x))
     assert calls == [False, False]  # batches of 2 and 3; the second batch of 2 reuses its graph
+
+
+def test_refits_of_an_unchanged_model_export_nothing_more():
+    """A refit (new training data, unrelated parameters) keeps the frozen copy of an
+    unchanged model and with it its graph; a changed model is copied and exported again."""
+    rng = np.random.default_rng(1)
+    X = rng.random((12, 1, 8, 8)).astype(np.float32)
+    model = _cnn(3)
+    kern = DeepKernel(model, input_shape=(1, 8, 8), pooling=2)
+    with counted_exports() as calls:
+        first = kern.fit(X[:4]).explain_pairs(X[4:6]).relevance
+        copy = kern.model_
+        kern.set_params(batch_size=3).fit(X[:5]).explain_pairs(X[4:6])
+        again = kern.fit(X[:4]).explain_pairs(X[4:6]).relevance
+        assert kern.model_ is copy and len(calls) == 1
+        with torch.no_grad():
+            model[0].bias.add_(1.0)  # the user's model changes: a new copy, a new export
+        changed = kern.fit(X[:4]).explain_pairs(X[4:6]).relevance
+        assert kern.model_ is not copy and len(calls) == 2
+        copy = kern.model_
+        model[1].inplace = True  # a plain setting of a module counts as a change too
+        assert kern.fit(X[:4]).model_ is not copy
+        copy = kern.model_
+        engine_network.clear_cache()  # what to call after changing anything else
+        assert kern.fit(X[:4]).model_ is not copy
+    assert_round_off_equal(again, first, torch.float32, entry_axes=2)  # batches of 3, not 16: same up to round-off
+    assert not np.allclose(changed, first)

@@ -117,7 +117,7 @@ class Weighted(RelevanceOp):
             flow = materialize(flow)
             out = self._apply_flow(flow, w_rho, conf)
             if state.share is not None:
-                out = out + self._apply_flow(flow * state.sign, extra["w_abs"], conf) * state.share
+                out.addcmul_(self._apply_flow(flow * state.sign, extra["w_abs"], conf), state.share)
                 if state.orphan is not None:
                     out = out + state.orphan * cells.coverage(out, self.channels_first)
             elif self.rule.bias == "flat" and has_bias:

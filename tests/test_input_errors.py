@@ -95,6 +95,7 @@ class Sin(nn.Module):
     (Exp(), "aten.exp.default"),  # in the table as a refusal: it is not a ratio-rule activation
     (Sin(), "aten.sin.default"),  # not in the table
     (nn.LSTM(8, 8), "aten.lstm.input"),
+    (nn.GRU(8, 8), "aten.gru.input"),
 ])
 def test_unsupported_op_names_op_module_path_and_hook(module, op):
     model = nn.Sequential(nn.Linear(4, 8), nn.Sequential(nn.ReLU(), module))

@@ -235,3 +235,46 @@ def test_cp_lrp_is_gradient_times_input_of_the_detach_trick_model(explained):
     # CLIP: "hi" is padded and its padding gets nothing; SigLIP: its padding is explained input
     assert bool(mask[1].all()) == (encoder.transformer.kind == "siglip")
     assert encoder.transformer.kind == "siglip" or not lrp0.relevance[1][:, ~mask[1].bool()].any()
+
+
+# ------------------------------------------------------------- as a SentenceTransformer
+
+
+def _sentence_transformer(family, tokenizers, folder):
+    """A SentenceTransformer over the two-tower model saved in ``folder`` (with its
+    processor, as sentence-transformers loads one), then Normalize on the embedding."""
+    st = pytest.importorskip("sentence_transformers")
+    try:
+        from sentence_transformers.sentence_transformer.modules import Normalize, Transformer
+    except ImportError:  # sentence-transformers before 6
+        pytest.skip("sentence-transformers 6 runs CLIP and SigLIP through its Transformer module")
+    tokenizer = tokenizers[family]
+    _model(family, tokenizer).save_pretrained(folder)
+    if family == "clip":
+        images = transformers.CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
+        transformers.CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    else:
+        images = transformers.SiglipImageProcessor(size={"height": 8, "width": 8})
+        transformers.SiglipProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    # in eval mode, as encode leaves it (encode switches the model, not skbilrp)
+    return st.SentenceTransformer(modules=[Transformer(str(folder)), Normalize()], device="cpu").double().eval()
+
+
+def test_a_sentence_transformer_over_clip_is_explained_as_its_encode(tokenizers, tmp_path):
+    st = _sentence_transformer("clip", tokenizers, tmp_path)
+    before = _snapshot(st)
+    kern = TextKernel(model=st, kernel="linear").fit(COLS)
+    alone = np.concatenate([st.encode([t], convert_to_numpy=True) for t in ROWS + COLS])
+    features = kern.features(ROWS + COLS)
+    np.testing.assert_allclose(features, alone, rtol=0, atol=TOL * np.abs(alone).max())
+    expl = kern.explain_pairs(ROWS)
+    np.testing.assert_allclose(expl.similarity, alone[:2] @ alone[2:].T, rtol=0, atol=TOL)
+    # Normalize ran as the head: unit embeddings, and relevance conserves through it
+    assert np.abs(expl.conservation_error).max() < 1e-8 * np.abs(expl.similarity).max()
+    _assert_unchanged(before, st)
+
+
+def test_a_sentence_transformer_over_siglip_is_refused_with_what_to_do(tokenizers, tmp_path):
+    st = _sentence_transformer("siglip", tokenizers, tmp_path)
+    with pytest.raises(TypeError, match=r"depends on its batch\). Explain the SiglipModel itself"):
+        TextKernel(model=st).fit(COLS)

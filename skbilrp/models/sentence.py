@@ -46,7 +46,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .towers import TextTower, is_text_tower, text_tower
+from .towers import TextTower, is_text_tower, text_tower, tower_kind
 
 __all__ = [
     "SentenceEncoder",
@@ -337,6 +337,8 @@ class SentenceEncoder(nn.Module):
 
         modules = list(model)
         names = [type(m).__name__ for m in modules]
+        if modules and isinstance(modules[0], Transformer) and is_text_tower(modules[0].auto_model):
+            return cls._from_dual_encoder_module(model, modules, **kwargs)
         if len(modules) < 2 or not isinstance(modules[0], Transformer) or not isinstance(modules[1], Pooling):
             raise TypeError(
                 f"SentenceEncoder explains SentenceTransformers made of a Transformer, a Pooling and "
@@ -361,6 +363,40 @@ class SentenceEncoder(nn.Module):
         pooling = modules[1]
         head: list[nn.Module] = [TokenPooling(pooling.pooling_mode, pooling.include_prompt)]
         head += modules[2:]
+        if getattr(model, "truncate_dim", None) is not None:
+            head.append(Truncate(model.truncate_dim))
+        prompt = model.prompts.get(model.default_prompt_name) if model.default_prompt_name is not None else None
+        return cls(first.auto_model, first.tokenizer, head, max_seq_length=first.max_seq_length,
+                   prompt=prompt or "", **kwargs)
+
+    @classmethod
+    def _from_dual_encoder_module(cls, model: nn.Module, modules: list, **kwargs: Any) -> "SentenceEncoder":
+        """A SentenceTransformer over a CLIP or SigLIP model: its ``Transformer`` module
+        runs ``get_text_features`` on texts (and ``get_image_features`` on images, not
+        explained here); the modules after it map the sentence embedding."""
+        first = modules[0]
+        if tower_kind(first.auto_model) == "siglip":
+            # SigLIP is trained on texts padded to max_length, attending to the padding and
+            # pooling the last position; encode pads per batch and masks, so its embedding of a
+            # text depends on the batch: there is no one function to explain
+            raise TypeError(
+                "This SentenceTransformer runs a SigLIP model, whose text embedding sentence-transformers' encode "
+                "makes from per-batch padding (it pools the last position, padding for the shorter texts, so a "
+                "text's embedding depends on its batch). Explain the SiglipModel itself: "
+                "TextKernel(model=st[0].auto_model, tokenizer=st[0].tokenizer) pads to max_length as SigLIP is "
+                "trained.")
+        text = getattr(first, "modality_config", {}).get("text", {})
+        if text.get("method") != "get_text_features":
+            raise TypeError(
+                f"The Transformer module over a {type(first.auto_model).__name__} embeds texts with {text}; "
+                "SentenceEncoder explains the text side that get_text_features computes.")
+        processing = {k: v for k, v in (getattr(first, "processing_kwargs", None) or {}).items()
+                      if k in ("common", "text") and v}
+        if processing:
+            raise TypeError(
+                f"The Transformer module tokenizes with processing_kwargs={processing}, which SentenceEncoder "
+                "does not apply; set them on the tokenizer instead.")
+        head: list[nn.Module] = list(modules[1:])
         if getattr(model, "truncate_dim", None) is not None:
             head.append(Truncate(model.truncate_dim))
         prompt = model.prompts.get(model.default_prompt_name) if model.default_prompt_name is not None else None

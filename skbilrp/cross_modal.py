@@ -22,6 +22,7 @@ from torch import nn
 
 from .encoders import ImageEncoder, TextEncoder, modality
 from .kernel import DeepKernel, KernelName, OutputName
+from .models.towers import _family, image_tower
 from .pairs import DEFAULT_MAX_MEMORY
 from .pooling import PoolingSpec
 from .rules import RuleSpec
@@ -48,11 +49,18 @@ class CrossModalKernel(DeepKernel):
     ----------
     image_model : torch.nn.Module
         Image tower ``phi``: a batch ``(N, *input_shape)`` to embeddings ``(N, h)``
-        (e.g. ``skbilrp.models.zero_shot_imagenet()``, or the image tower of a
-        dual encoder with its projection). Copied in :meth:`fit`, never modified.
+        (e.g. ``skbilrp.models.zero_shot_imagenet()``). A Hugging Face dual encoder
+        (``CLIPModel``, ``SiglipModel``, or their vision models with the projection or
+        pooling head) is taken as is: its image side is
+        :func:`skbilrp.models.image_tower` of it, exactly ``get_image_features`` of the
+        ``pixel_values`` its image processor makes. Copied in :meth:`fit`, never modified.
     text_model : None, SentenceTransformer, Hugging Face model, SentenceEncoder, str or path, default=None
         Text tower ``psi`` mapping texts into the same ``h``-dimensional space, as
-        :class:`~skbilrp.TextKernel` takes it; None: all-MiniLM-L6-v2 (offline).
+        :class:`~skbilrp.TextKernel` takes it; None: all-MiniLM-L6-v2 (offline). A
+        ``CLIPModel`` or ``SiglipModel`` gives its text side, ``get_text_features``
+        (see :func:`skbilrp.models.text_tower`), so that one dual encoder passed as both
+        ``image_model`` and ``text_model`` (with its ``tokenizer``) is the model's own
+        similarity.
     kernel : {"linear", "cosine"}, default="cosine"
         Dot product of the embeddings, or of the unit-normalised embeddings. A dual
         encoder's learned temperature (CLIP's ``logit_scale``) is a constant factor
@@ -86,7 +94,7 @@ class CrossModalKernel(DeepKernel):
     Attributes
     ----------
     image_model_ : torch.nn.Module
-        The frozen copy of ``image_model``.
+        The frozen copy of ``image_model`` (of its image tower for a dual encoder).
     text_model_ : SentenceEncoder
         The frozen text encoder.
     tokenizer_ : transformers tokenizer
@@ -171,7 +179,7 @@ class CrossModalKernel(DeepKernel):
 
     def _fit_encoders(self, X: Any) -> np.ndarray:
         name = type(self).__name__
-        images = ImageEncoder(self.image_model, self.input_shape, self.rules, self.pooling, self.attention,
+        images = ImageEncoder(_image_side(self.image_model), self.input_shape, self.rules, self.pooling, self.attention,
                               self.batch_size, owner_name=name)
         texts = TextEncoder(self.text_model, self.tokenizer, self.rules, self.attention, self.max_length,
                             self.batch_size, owner_name=name)
@@ -245,6 +253,12 @@ class CrossModalKernel(DeepKernel):
         """
         expl = super().explain_pairs(X, Y, pairs)
         return expl.words() if words and isinstance(expl, TextPairExplanations) else expl
+
+
+def _image_side(model: Any) -> Any:
+    """The image tower of a Hugging Face dual encoder (a view sharing its weights, which
+    the encoder copies), or the model as given."""
+    return image_tower(model) if isinstance(model, nn.Module) and _family(model) is not None else model
 
 
 def _other(side: str) -> str:

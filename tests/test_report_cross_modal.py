@@ -103,6 +103,24 @@ def test_fitted_on_images_the_texts_are_rows(towers, images, tmp_path):
     assert data["cross"]["image_side"] == "cols" and data["row_names"] == PROMPTS
 
 
+def test_a_zero_shot_pipeline_names_the_columns_by_class(towers, images, tmp_path):
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+
+    classes = np.array(["cat", "coffee", "finance"])
+    pipe = make_pipeline(CrossModalKernel(**towers, output="distance"),
+                         KNeighborsClassifier(n_neighbors=1, metric="precomputed")).fit(PROMPTS, classes)
+    write_report(tmp_path / "p.html", pipe, images, queries=1, n_neighbors=1, max_entries=2, verbose=False)
+    data = report_data(tmp_path / "p.html")
+    kern = pipe[0]
+    assert data["kind"] == "cross" and data["cross"]["text_bands"] is None  # the classes label the columns
+    assert [data["col_names"][c] for c in data["col_class"]] == list(classes)
+    q = data["queries"][0]
+    assert classes[q["neighbours"][0]] == pipe.predict(images[[q["row"]]])[0]  # the zero-shot top-1
+    K = kern.set_params(output="kernel").transform(images)
+    assert all(abs(e["k"] - K[e["i"], e["j"]]) <= 1e-6 for e in data["entries"])
+
+
 def test_rows_of_the_fitted_modality_are_refused(on_prompts, tmp_path):
     kern = on_prompts[0]
     with pytest.raises(ValueError, match=r"fitted on texts, so X must hold the images \(got no X\)"):

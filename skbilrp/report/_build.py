@@ -368,17 +368,24 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
     queries, the conservation errors, and the dataset audit (per-group relevance maps
     and suspicious regions). Everything is inline: no network access, no external file.
 
+    A :class:`~skbilrp.CrossModalKernel` fitted on prompts is shown with the images
+    ``X`` as rows and the prompts as columns (labelled with their texts): each entry's
+    pair view draws the image with one patch heatmap per word, and the queries'
+    neighbours are their zero-shot top prompts; fitted on images, the texts ``X`` are
+    the rows. It has no dataset audit (the page says why).
+
     Parameters
     ----------
     path : str or path-like
         The HTML file to write.
     estimator : DeepKernel or Pipeline
-        A fitted :class:`~skbilrp.DeepKernel` (or :class:`~skbilrp.TextKernel`), or a
-        fitted Pipeline with one (e.g. ``make_pipeline(DeepKernel(...), SVC(kernel="precomputed"))``).
+        A fitted :class:`~skbilrp.DeepKernel` (or :class:`~skbilrp.TextKernel`, or
+        :class:`~skbilrp.CrossModalKernel`), or a fitted Pipeline with one (e.g. ``make_pipeline(DeepKernel(...), SVC(kernel="precomputed"))``).
         With ``output="distance"`` the heatmap still shows the kernel.
     X : array-like, optional
         Rows of the kernel, as the estimator takes them; default the kernel's training
-        samples (``X_fit_``).
+        samples (``X_fit_``). Required for a cross-modal kernel: the modality it was
+        not fitted on.
     y : array-like of shape (n_rows,), optional
         Labels of ``X`` (of the training samples when ``X`` is None): rows are sorted by
         them and the entries sampled per class block.
@@ -425,6 +432,9 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
     ValueError, PermissionError
         Before any work, if ``path`` is a folder or cannot be written (see
         :func:`skbilrp._checks.check_output_path`).
+    ValueError
+        If the kernel is cross-modal and ``X`` is missing or of the modality it was
+        fitted on.
     """
     from .._checks import check_output_path
     from ._html import render

@@ -144,10 +144,10 @@ document.title = D.title;
 $("title").textContent = D.title;
 $("summary").textContent = (CX ? "Cross-modal kernel K(" + CX.rows + ", " + (CX.cols === "texts" ? "prompts" : "images") + ") of " : "Kernel K(X, X_fit) of ") + D.n_rows + " x " + D.n_cols + " entries (" + D.kernel +
   ", explained with " + (D.method || "BiLRP") + "); " + D.entries.length + " entries precomputed; " +
-  "computed in " + D.seconds + " s. Rows sorted by class, then columns.";
+  "computed in " + D.seconds + " s." + (CX && CX.text_bands ? " The " + (CX.text_bands === "cols" ? "columns" : "rows") + " are the texts, in the order given." : " Rows sorted by class, then columns.");
 $("heatmap-axes").textContent = "Rows: the " + D.n_rows + (CX ? " " + CX.rows + " X" : D.same ? " training samples" : " samples X") +
   "; columns: the " + D.n_cols + (CX ? " " + colWord() + "s (X_fit_)" : " training samples (X_fit_)") +
-  (D.row_names.length > 1 || D.col_names.length > 1 ? "; both sorted by class (labels on the axes)." : ".");
+  (CX && CX.text_bands ? "; the texts label their axis." : D.row_names.length > 1 || D.col_names.length > 1 ? "; both sorted by class (labels on the axes)." : ".");
 var capUl = $("capped");
 if (!D.capped.length) capUl.appendChild(el("li", null, "nothing: every entry of the kernel is shown and explained."));
 D.capped.forEach(function (c) { capUl.appendChild(el("li", null, c)); });
@@ -381,7 +381,7 @@ function drawCross(e) {  // the image with one patch heatmap per word over it, a
   fig.appendChild(el("div", {"class": "small", id: "pair-text"}, "text: " + (D.samples[txtSide][String(ti)] || "")));
   var vmax = absMax(e.rel), maps = el("div", {"class": "maps", id: "word-maps"});
   var own = el("figure"), image = sampleCanvas(imgSide, ii, 120);
-  if (image) { own.appendChild(image); own.appendChild(el("figcaption", null, "image " + ii)); maps.appendChild(own); }
+  if (image) { own.appendChild(image); own.appendChild(el("figcaption", null, "image " + ii + named(imgSide, ii))); maps.appendChild(own); }
   e.tok.forEach(function (word, w) {
     var column = e.rel.map(function (r) { return r[w]; }), hm = groupMap(geo, column, vmax, 120);
     if (!hm) return;

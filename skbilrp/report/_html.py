@@ -345,13 +345,14 @@ function drawTokens(e) {
 function absMax(rows) { var m = 0; rows.forEach(function (r) { r.forEach(function (v) { m = Math.max(m, Math.abs(v)); }); }); return m; }
 function groupMap(geo, values, vmax, size) {  // one value per group, painted over its positions (null: no 2-D layout)
   var cv = el("canvas");
+  if (!geo) return null;
   if (geo.grid) paint(cv, geo.grid[0], geo.grid[1], function (r, c) { return bwr(values[r * geo.grid[1] + c], vmax); });
   else if (geo.labels) paint(cv, geo.h, geo.w, function (r, c) { return bwr(values[geo.labels[r * geo.w + c]], vmax); });
   else return null;
   var k = size / Math.max(cv.width, cv.height); cv.style.width = cv.width * k + "px"; cv.style.height = cv.height * k + "px";
   return cv;
 }
-function gname(geo, g) { if (geo.grid) return "patch (" + Math.floor(g / geo.grid[1]) + ", " + (g % geo.grid[1]) + ")"; if (geo.labels && geo.labels.length === geo.h * geo.w) { var k = geo.labels.indexOf(g); if (k >= 0 && geo.labels.every(function (v, n) { return v === n; })) return "pixel (" + Math.floor(k / geo.w) + ", " + (k % geo.w) + ")"; } return "group " + g; }
+function gname(geo, g) { if (!geo) return "group " + g; if (geo.grid) return "patch (" + Math.floor(g / geo.grid[1]) + ", " + (g % geo.grid[1]) + ")"; if (geo.labels && geo.labels.length === geo.h * geo.w) { var k = geo.labels.indexOf(g); if (k >= 0 && geo.labels.every(function (v, n) { return v === n; })) return "pixel (" + Math.floor(k / geo.w) + ", " + (k % geo.w) + ")"; } return "group " + g; }
 function matrixTable(rowLabels, colLabels, rel, vmax, id) {  // labelled rows x columns of relevance, coloured
   var t = el("table", {"class": "tokens", id: id}), hr = el("tr"); hr.appendChild(el("th"));
   colLabels.forEach(function (tok) { var th = el("th", {"class": "col"}); th.appendChild(el("div", null, tok)); hr.appendChild(th); });

@@ -147,7 +147,8 @@ def main(kinds: list) -> None:
         built = {}
         if "images" in kinds:
             built["images"] = report(["--images", photo_folder(tmp), "--size", "160", "--patch", "32", "--test-size",
-                                      "4", "--n-queries", "4", "--neighbors", "3", "--max-entries", "60"], "i.html", tmp)
+                                      "4", "--n-queries", "4", "--neighbors", "3", "--max-entries", "60"],
+                                     "i.html", tmp)
         if "texts" in kinds:
             built["texts"] = report(["--texts", sentence_table(tmp), "--text-column", "text", "--label-column", "topic",
                                      "--test-size", "10", "--n-queries", "4", "--neighbors", "3", "--max-entries",

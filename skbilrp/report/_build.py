@@ -380,7 +380,8 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
         The HTML file to write.
     estimator : DeepKernel or Pipeline
         A fitted :class:`~skbilrp.DeepKernel` (or :class:`~skbilrp.TextKernel`, or
-        :class:`~skbilrp.CrossModalKernel`), or a fitted Pipeline with one (e.g. ``make_pipeline(DeepKernel(...), SVC(kernel="precomputed"))``).
+        :class:`~skbilrp.CrossModalKernel`), or a fitted Pipeline with one (e.g.
+        ``make_pipeline(DeepKernel(...), SVC(kernel="precomputed"))``).
         With ``output="distance"`` the heatmap still shows the kernel.
     X : array-like, optional
         Rows of the kernel, as the estimator takes them; default the kernel's training

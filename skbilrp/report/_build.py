@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from ..kernel import DeepKernel, features_kernel, kernel_to_distance, self_similarity
+from ._cross import check_cross_rows, cross_record, is_cross_modal, text_labels
 
 __all__ = ["write_report", "ReportSummary"]
 
@@ -190,6 +191,23 @@ def _display_image(sample: np.ndarray, absolute: bool) -> Optional[dict]:
     return {"h": int(img.shape[0]), "w": int(img.shape[1]), "c": int(img.shape[2]), "data": _b64(img)}
 
 
+def _embed_images(samples: dict, sides: dict, capped: list, notes: list) -> None:
+    """Put the shown images of each side ``{key: (images, indices)}`` into ``samples[key]``,
+    on one intensity scale: [0, 1] as is when every image lies in it, else each rescaled."""
+    absolute = all(arr.min() >= 0.0 and arr.max() <= 1.0 for arr, _ in sides.values())
+    big = False
+    for key, (arr, idx) in sides.items():
+        for i in idx:
+            img = _display_image(arr[i], absolute)
+            if img is not None:
+                samples[key][str(i)] = img
+                big = big or max(np.shape(arr[i])[-2:]) > MAX_IMAGE_SIDE
+    if big:
+        capped.append(f"images: shown downsampled to at most {MAX_IMAGE_SIDE} pixels per side")
+    if not absolute:
+        notes.append("inputs lie outside [0, 1]: each image is shown rescaled to its own range")
+
+
 def _geometry(pooling: Any) -> Optional[dict]:
     """Group centres (normalised to [0, 1]) and the map from positions to groups."""
     from ..plot import group_centers
@@ -274,6 +292,11 @@ def _audit_payload(audit: Any, estimator: Any, X: Any, y: Any, audit_max_pairs: 
         from ..audits import audit_dataset
 
         kern = _split(estimator)[1]
+        if is_cross_modal(kern):
+            notes.append("no dataset audit: it compares where the similarity between members of one group comes "
+                         "from on both samples of each entry, and a cross-modal entry pairs an image with a text "
+                         "(the entries show each pair's patch heatmap per word instead)")
+            return None
         if getattr(kern, "input_shape_", None) is None:
             # the audit averages relevance maps over fixed input positions; texts have none
             notes.append("no dataset audit: it maps relevance over the positions of fixed-shape inputs, and "
@@ -345,17 +368,25 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
     queries, the conservation errors, and the dataset audit (per-group relevance maps
     and suspicious regions). Everything is inline: no network access, no external file.
 
+    A :class:`~skbilrp.CrossModalKernel` fitted on prompts is shown with the images
+    ``X`` as rows and the prompts as columns (labelled with their texts): each entry's
+    pair view draws the image with one patch heatmap per word, and the queries'
+    neighbours are their zero-shot top prompts; fitted on images, the texts ``X`` are
+    the rows. It has no dataset audit (the page says why).
+
     Parameters
     ----------
     path : str or path-like
         The HTML file to write.
     estimator : DeepKernel or Pipeline
-        A fitted :class:`~skbilrp.DeepKernel` (or :class:`~skbilrp.TextKernel`), or a
-        fitted Pipeline with one (e.g. ``make_pipeline(DeepKernel(...), SVC(kernel="precomputed"))``).
+        A fitted :class:`~skbilrp.DeepKernel` (or :class:`~skbilrp.TextKernel`, or
+        :class:`~skbilrp.CrossModalKernel`), or a fitted Pipeline with one (e.g.
+        ``make_pipeline(DeepKernel(...), SVC(kernel="precomputed"))``).
         With ``output="distance"`` the heatmap still shows the kernel.
     X : array-like, optional
         Rows of the kernel, as the estimator takes them; default the kernel's training
-        samples (``X_fit_``).
+        samples (``X_fit_``). Required for a cross-modal kernel: the modality it was
+        not fitted on.
     y : array-like of shape (n_rows,), optional
         Labels of ``X`` (of the training samples when ``X`` is None): rows are sorted by
         them and the entries sampled per class block.
@@ -402,6 +433,9 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
     ValueError, PermissionError
         Before any work, if ``path`` is a folder or cannot be written (see
         :func:`skbilrp._checks.check_output_path`).
+    ValueError
+        If the kernel is cross-modal and ``X`` is missing or of the modality it was
+        fitted on.
     """
     from .._checks import check_output_path
     from ._html import render
@@ -416,6 +450,8 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
     pre, kern, final = _split(estimator)
     capped: list = []
     notes: list = []
+    cross = is_cross_modal(kern)
+    modalities = check_cross_rows(kern, X) if cross else None
 
     # ---- the kernel
     same = X is None
@@ -427,6 +463,17 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
         y_fit = y if same else _fit_labels(final, n_cols)
     codes_r, names_r = _codes(None if y is None else np.asarray(y), n_rows)
     codes_c, names_c = _codes(None if y_fit is None else np.asarray(y_fit), n_cols)
+    text_bands = None  # the side whose bands are its texts (a cross-modal kernel's prompts)
+    if cross:
+        text_side = "rows" if modalities[0] == "texts" else "cols"
+        given, texts, n = (y, xk, n_rows) if text_side == "rows" else (y_fit, kern.X_fit_, n_cols)
+        labelled = text_labels(texts, n) if given is None else None
+        if labelled is not None:
+            text_bands = text_side
+            if text_side == "rows":
+                codes_r, names_r = labelled
+            else:
+                codes_c, names_c = labelled
     row_order = np.argsort(codes_r, kind="stable")
     col_order = np.argsort(codes_c, kind="stable")
     row_pos, col_pos = np.argsort(row_order), np.argsort(col_order)
@@ -445,8 +492,13 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
 
     # ---- which entries to explain
     query_rows = _pick_queries(queries, codes_r, n_rows)
-    dist = kernel_to_distance(K[query_rows], self_similarity(feats[query_rows], kern.kernel),
-                              self_similarity(kern.features_fit_, kern.kernel)) if query_rows else np.zeros((0, n_cols))
+    if cross:  # zero-shot: the most similar prompts (images), whatever the norms
+        dist = -K[query_rows]
+    elif query_rows:
+        dist = kernel_to_distance(K[query_rows], self_similarity(feats[query_rows], kern.kernel),
+                                  self_similarity(kern.features_fit_, kern.kernel))
+    else:
+        dist = np.zeros((0, n_cols))
     entries: list = []  # (i, j, source, detail)
     taken: set = set()
 
@@ -505,15 +557,17 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
     records: list = []
     kind = "image"
     errors = np.zeros(0)
+    cross_geometry = None
     if entries:
         _log(verbose, f"explaining {len(entries)} kernel entries with BiLRP ...")
-        E = kern.explain_pairs(xk, pairs=[(i, j) for i, j, _, _ in entries])
+        chosen = [(i, j) for i, j, _, _ in entries]
+        E = kern.explain_pairs(xk, pairs=chosen, words=True) if cross else kern.explain_pairs(xk, pairs=chosen)
         data["method"] = E.method
         sums = np.asarray(E.similarity - E.conservation_error, dtype=np.float64)
         kij = np.array([K[i, j] for i, j, _, _ in entries])
         errors = kij - sums
         text = hasattr(E, "tokens_a")
-        kind = "text" if text else "image"
+        kind = "cross" if cross else "text" if text else "image"
         if not text:
             tops = E.top_interactions(n_links)
             ma, mb = E.marginals()
@@ -526,7 +580,11 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
             rec = {"id": k, "i": i, "j": j, "ci": int(codes_r[i]), "cj": int(codes_c[j]), "k": float(kij[k]),
                    "sum": float(sums[k]), "err": float(errors[k]), "src": source, "detail": detail,
                    "cell": [int(cell_row[row_pos[i]]), int(cell_col[col_pos[j]])]}
-            if text:
+            if cross:
+                piece, was_cut = cross_record(E.pair(k), max_tokens)
+                rec.update(piece)
+                n_cut += was_cut
+            elif text:
                 e = E.pair(k)
                 ta, tb = list(e.tokens_a), list(e.tokens_b)
                 rel = np.asarray(e.relevance)
@@ -542,10 +600,17 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
             records.append(rec)
         if n_cut:
             capped.append(f"tokens: {n_cut} entries have texts longer than max_tokens={max_tokens}; their "
-                          "matrices are cut to the first tokens")
-        if not text:
+                          f"matrices are cut to the first {'words' if cross else 'tokens'}")
+        if cross:
+            first = E.pair(0)
+            cross_geometry = _geometry(first.pooling_a if first.tokens_a is None else first.pooling_b)
+        elif not text:
             geo_a, geo_b = _geometry(E.pooling_a), _geometry(E.pooling_b)
             data["geometry"] = [geo_a, geo_b]
+    if cross:
+        kind = "cross"
+        data["cross"] = {"image_side": "rows" if modalities[0] == "images" else "cols", "geometry": cross_geometry,
+                         "text_bands": text_bands, "rows": modalities[0], "cols": modalities[1]}
     data["kind"] = kind
     data["entries"] = records
     data["queries"] = neighbours
@@ -554,7 +619,15 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
     rows_used = sorted({i for i, _, _, _ in entries} | set(query_rows))
     cols_used = sorted({j for _, j, _, _ in entries})
     samples: dict = {"rows": {}, "cols": {}}
-    if kind == "text":
+    if cross:
+        images_side = data["cross"]["image_side"]
+        for key, values, idx in (("rows", xk, rows_used), ("cols", kern.X_fit_, cols_used)):
+            if key == images_side:
+                arr = kern._validate_samples(values, reset=False) if key == "rows" else np.asarray(values)
+                _embed_images(samples, {key: (arr, idx)}, capped, notes)
+            else:
+                samples[key] = {str(i): str(values[i])[:MAX_TEXT_CHARS] for i in idx}
+    elif kind == "text":
         texts_r = list(xk) if not same else list(kern.X_fit_)
         texts_c = list(kern.X_fit_)
         samples["rows"] = {str(i): str(texts_r[i])[:MAX_TEXT_CHARS] for i in rows_used}
@@ -563,18 +636,7 @@ def write_report(path: Union[str, os.PathLike], estimator: Any, X: Any = None, y
         shape = tuple(kern.input_shape_)
         fit = np.asarray(kern.X_fit_, dtype=np.float64).reshape((n_cols,) + shape)
         rows_x = fit if same else kern._validate_samples(xk, reset=False)
-        absolute = bool(min(fit.min(), rows_x.min()) >= 0.0 and max(fit.max(), rows_x.max()) <= 1.0)
-        big = False
-        for key, arr, idx in (("rows", rows_x, rows_used), ("cols", fit, cols_used)):
-            for i in idx:
-                img = _display_image(arr[i], absolute)
-                if img is not None:
-                    samples[key][str(i)] = img
-                    big = big or max(np.shape(arr[i])[-2:]) > MAX_IMAGE_SIDE
-        if big:
-            capped.append(f"images: shown downsampled to at most {MAX_IMAGE_SIDE} pixels per side")
-        if not absolute:
-            notes.append("inputs lie outside [0, 1]: each image is shown rescaled to its own range")
+        _embed_images(samples, {"rows": (rows_x, rows_used), "cols": (fit, cols_used)}, capped, notes)
     data["samples"] = samples
     data["sample_names"] = {side: _names(given, n, idx, what) for side, given, n, idx, what in
                             (("rows", names if not same else names_fit, n_rows, rows_used, "names"),

@@ -65,6 +65,10 @@ button.thumb { cursor:pointer; } button.thumb:hover { border-color:#6b8cff; }
 .tokens th { font-weight:normal; background:none; position:static; }
 .tokens th.col { height:90px; vertical-align:bottom; padding:0; }
 .tokens th.col div { writing-mode:vertical-rl; transform:rotate(180deg); white-space:nowrap; margin:0 auto; }
+#word-maps { margin:4px 0; }
+#word-maps canvas { position:static; border:1px solid #999; }  /* in a flow, not placed as the link figure's */
+#word-maps .overlay { position:relative; }
+#word-maps .overlay canvas.over { position:absolute; left:0; top:0; opacity:0.6; }
 .audit-groups { display:flex; flex-wrap:wrap; gap:12px; }
 .audit-card { border:1px solid var(--line); border-radius:6px; padding:6px; font-size:12px; }
 .audit-card .maps canvas { width:96px; }
@@ -125,20 +129,25 @@ function sampleCanvas(side, idx, size) {  // an input sample as a canvas of abou
   return cv;
 }
 function named(side, i) { var s = (D.sample_names || {})[side] || {}, n = s[String(i)]; return n ? " " + n : ""; }
-function rowName(i) { var n = D.row_names[D.row_class[i]]; return "row " + i + named("rows", i) + (n !== "" ? " (class " + n + ")" : ""); }
-function colName(j) { var n = D.col_names[D.col_class[j]]; return (D.same ? "sample " : "train ") + j + named("cols", j) + (n !== "" ? " (class " + n + ")" : ""); }
-function rowLabel(i) { return D.same ? "sample " + i : "row " + i; }
+// a cross-modal kernel names its sides by modality, and a side whose bands are its texts quotes them
+var CX = D.cross || null, WORD = {images: "image", texts: "text"};
+function band(side, n) { return n === "" ? "" : (CX && CX.text_bands === side ? " \u201c" + n + "\u201d" : " (class " + n + ")"); }
+function rowWord() { return CX ? WORD[CX.rows] : (D.same ? "sample" : "row"); }
+function colWord() { return CX ? (CX.cols === "texts" ? "prompt" : "image") : (D.same ? "sample" : "train"); }
+function rowName(i) { return rowWord() + " " + i + named("rows", i) + band("rows", D.row_names[D.row_class[i]]); }
+function colName(j) { return colWord() + " " + j + named("cols", j) + band("cols", D.col_names[D.col_class[j]]); }
+function rowLabel(i) { return rowWord() + " " + i; }
 function key(i, j) { return i + "," + j; }
 
 // ------------------------------------------------------------ header
 document.title = D.title;
 $("title").textContent = D.title;
-$("summary").textContent = "Kernel K(X, X_fit) of " + D.n_rows + " x " + D.n_cols + " entries (" + D.kernel +
+$("summary").textContent = (CX ? "Cross-modal kernel K(" + CX.rows + ", " + (CX.cols === "texts" ? "prompts" : "images") + ") of " : "Kernel K(X, X_fit) of ") + D.n_rows + " x " + D.n_cols + " entries (" + D.kernel +
   ", explained with " + (D.method || "BiLRP") + "); " + D.entries.length + " entries precomputed; " +
-  "computed in " + D.seconds + " s. Rows sorted by class, then columns.";
-$("heatmap-axes").textContent = "Rows: the " + D.n_rows + (D.same ? " training samples" : " samples X") +
-  "; columns: the " + D.n_cols + " training samples (X_fit_)" +
-  (D.row_names.length > 1 || D.col_names.length > 1 ? "; both sorted by class (labels on the axes)." : ".");
+  "computed in " + D.seconds + " s." + (CX && CX.text_bands ? " The " + (CX.text_bands === "cols" ? "columns" : "rows") + " are the texts, in the order given." : " Rows sorted by class, then columns.");
+$("heatmap-axes").textContent = "Rows: the " + D.n_rows + (CX ? " " + CX.rows + " X" : D.same ? " training samples" : " samples X") +
+  "; columns: the " + D.n_cols + (CX ? " " + colWord() + "s (X_fit_)" : " training samples (X_fit_)") +
+  (CX && CX.text_bands ? "; the texts label their axis." : D.row_names.length > 1 || D.col_names.length > 1 ? "; both sorted by class (labels on the axes)." : ".");
 var capUl = $("capped");
 if (!D.capped.length) capUl.appendChild(el("li", null, "nothing: every entry of the kernel is shown and explained."));
 D.capped.forEach(function (c) { capUl.appendChild(el("li", null, c)); });
@@ -153,9 +162,13 @@ D.entries.forEach(function (e) {
 });
 
 // ------------------------------------------------------------ heatmap
-var HM = D.heatmap, ML = 34, MT = 22;
+var HM = D.heatmap, ML = 34, MT = 22, LABEL_CHARS = 28;
+function short(t) { return t.length > LABEL_CHARS ? t.slice(0, LABEL_CHARS - 1) + "\u2026" : t; }
+function longest(names) { return names.reduce(function (m, n) { return Math.max(m, short(n).length); }, 0); }
+if (CX && CX.text_bands === "cols") MT = 12 + 5 * longest(D.col_names);  // prompts written slanted above
+if (CX && CX.text_bands === "rows") ML = 10 + 6 * longest(D.row_names);
 var wrap = $("heatmap-wrap"), canvas = $("heatmap-canvas"), marks = $("heatmap-marks");
-var side = 560, cw, ch;
+var side = 560 - (ML - 34), cw, ch;  // wide row labels take from the heatmap, not the card
 (function drawHeatmap() {
   var q = bytes(HM.data);
   paint(canvas, HM.rows, HM.cols, function (r, c) { return viridis(q[r * HM.cols + c] / 255); });
@@ -173,12 +186,17 @@ var side = 560, cw, ch;
   D.row_bands.forEach(function (b, k) {
     var y0 = MT + cellOf(HM.row_edges, b[1]) * ch, y1 = MT + (cellOf(HM.row_edges, b[2] - 1) + 1) * ch;
     if (k > 0) g.appendChild(sv("line", {x1: ML, x2: ML + W, y1: y0, y2: y0, stroke: "#fff", "stroke-opacity": 0.55, "stroke-width": 0.8}));
-    if (b[0] !== "") { var t = sv("text", {x: ML - 4, y: (y0 + y1) / 2 + 4, "text-anchor": "end", "font-size": 11, fill: "#333"}); t.textContent = b[0]; g.appendChild(t); }
+    if (b[0] !== "") { var t = sv("text", {x: ML - 4, y: (y0 + y1) / 2 + 4, "text-anchor": "end", "font-size": 11, fill: "#333", "class": "row-label"}); t.textContent = short(b[0]); g.appendChild(t); }
   });
   D.col_bands.forEach(function (b, k) {
     var x0 = ML + cellOf(HM.col_edges, b[1]) * cw, x1 = ML + (cellOf(HM.col_edges, b[2] - 1) + 1) * cw;
     if (k > 0) g.appendChild(sv("line", {x1: x0, x2: x0, y1: MT, y2: MT + Hh, stroke: "#fff", "stroke-opacity": 0.55, "stroke-width": 0.8}));
-    if (b[0] !== "") { var t = sv("text", {x: (x0 + x1) / 2, y: MT - 6, "text-anchor": "middle", "font-size": 11, fill: "#333"}); t.textContent = b[0]; g.appendChild(t); }
+    if (b[0] !== "") {
+      var slant = CX && CX.text_bands === "cols", x = (x0 + x1) / 2;
+      var t = sv("text", {x: x, y: MT - 6, "text-anchor": slant ? "start" : "middle", "font-size": 11, fill: "#333", "class": "col-label",
+        transform: slant ? "rotate(-50 " + x + " " + (MT - 6) + ")" : ""});
+      t.textContent = short(b[0]); g.appendChild(t);
+    }
   });
   marks.appendChild(g);
   var colours = {neighbour: "#ff7f0e", block: "#ffffff", given: "#e377c2"};
@@ -252,7 +270,7 @@ function showEntry(e, others) {
   $("pair-sum").textContent = f4(e.sum);
   var pe = $("pair-error"); pe.textContent = fe(e.err); pe.setAttribute("data-value", String(e.err));
   $("pair-view").setAttribute("data-shown", key(e.i, e.j));
-  if (D.kind === "text") drawTokens(e); else drawLinks(e);
+  if (D.kind === "cross") drawCross(e); else if (D.kind === "text") drawTokens(e); else drawLinks(e);
 }
 
 function drawLinks(e) {
@@ -297,24 +315,14 @@ function drawLinks(e) {
   var mg = $("pair-marginals"); mg.innerHTML = "";
   var vmax = 0; e.ma.concat(e.mb).forEach(function (v) { vmax = Math.max(vmax, Math.abs(v)); });
   [[e.ma, geoA, "rows", e.i, "first-order relevance of " + rowLabel(e.i)], [e.mb, geoB, "cols", e.j, "of " + colName(e.j).split(" (")[0]]].forEach(function (t) {
-    var geo = t[1], f = el("figure"), cv = el("canvas");
-    if (geo.grid) paint(cv, geo.grid[0], geo.grid[1], function (r, c) { return bwr(t[0][r * geo.grid[1] + c], vmax); });
-    else if (geo.labels) paint(cv, geo.h, geo.w, function (r, c) { return bwr(t[0][geo.labels[r * geo.w + c]], vmax); });
-    else return;
-    var k = 120 / Math.max(cv.width, cv.height); cv.style.width = cv.width * k + "px"; cv.style.height = cv.height * k + "px";
+    var geo = t[1], f = el("figure"), cv = groupMap(geo, t[0], vmax, 120);
+    if (!cv) return;
     f.appendChild(cv); f.appendChild(el("figcaption", null, t[4])); mg.appendChild(f);
   });
   var leg = el("figure"); leg.appendChild(el("div", {"class": "small"}, "red raises the similarity, blue lowers it; link opacity and width \u221d |relevance|; marginal scale \u00b1" + fg(vmax)));
   mg.appendChild(leg);
-  var top = $("pair-top"); top.innerHTML = "";
-  var hr = el("tr"); ["", "group of " + rowLabel(e.i), "group of " + colName(e.j).split(" (")[0], "relevance"].forEach(function (h, k) { hr.appendChild(el("th", k ? null : {"class": "l"}, h)); }); top.appendChild(hr);
-  function gname(geo, g) { if (geo.grid) return "patch (" + Math.floor(g / geo.grid[1]) + ", " + (g % geo.grid[1]) + ")"; if (geo.labels && geo.labels.length === geo.h * geo.w) { var k = geo.labels.indexOf(g); if (k >= 0 && geo.labels.every(function (v, n) { return v === n; })) return "pixel (" + Math.floor(k / geo.w) + ", " + (k % geo.w) + ")"; } return "group " + g; }
-  e.links.slice(0, 8).forEach(function (l, k) {
-    var tr = el("tr"); tr.appendChild(el("td", {"class": "l"}, String(k + 1)));
-    tr.appendChild(el("td", null, gname(geoA, l[0]))); tr.appendChild(el("td", null, gname(geoB, l[1])));
-    var td = el("td", null, (l[2] > 0 ? "+" : "") + fg(l[2])); td.style.color = l[2] > 0 ? "#b01515" : "#1f3fb0"; tr.appendChild(td);
-    top.appendChild(tr);
-  });
+  topPairs(e.links, function (g) { return gname(geoA, g); }, function (g) { return gname(geoB, g); },
+    ["group of " + rowLabel(e.i), "group of " + colName(e.j).split(" (")[0]]);
   $("pair-top-caption").textContent = "strongest of the " + e.links.length + " embedded group pairs (of " + (geoA.centers.length * geoB.centers.length) + ")";
 }
 
@@ -325,25 +333,73 @@ function drawTokens(e) {
   texts.appendChild(el("div", null, "A: " + (D.samples.rows[String(e.i)] || "")));
   texts.appendChild(el("div", null, "B: " + (D.samples.cols[String(e.j)] || "")));
   fig.appendChild(texts);
-  var vmax = 0; e.rel.forEach(function (r) { r.forEach(function (v) { vmax = Math.max(vmax, Math.abs(v)); }); });
-  var t = el("table", {"class": "tokens", id: "token-matrix"}), hr = el("tr"); hr.appendChild(el("th"));
-  e.tb.forEach(function (tok) { var th = el("th", {"class": "col"}); th.appendChild(el("div", null, tok)); hr.appendChild(th); });
-  t.appendChild(hr);
-  e.rel.forEach(function (row, a) {
-    var tr = el("tr"); tr.appendChild(el("th", {"class": "l"}, e.ta[a]));
-    row.forEach(function (v, b) { var td = el("td", {title: e.ta[a] + " \u00d7 " + e.tb[b] + ": " + fg(v)}); td.style.background = css(bwr(v, vmax)); tr.appendChild(td); });
-    t.appendChild(tr);
-  });
-  fig.appendChild(t);
+  var vmax = absMax(e.rel);
+  fig.appendChild(matrixTable(e.ta, e.tb, e.rel, vmax, "token-matrix"));
   if (e.ntok[0] > e.ta.length || e.ntok[1] > e.tb.length) fig.appendChild(el("div", {"class": "note"}, "matrix cut to the first " + e.ta.length + " x " + e.tb.length + " of " + e.ntok[0] + " x " + e.ntok[1] + " tokens (max_tokens)"));
   fig.appendChild(el("div", {"class": "small muted"}, "token \u00d7 token relevance; red raises the similarity, blue lowers it; scale \u00b1" + fg(vmax)));
-  var top = $("pair-top"); top.innerHTML = "";
-  e.top.slice(0, 8).forEach(function (l, k) {
-    var tr = el("tr"); tr.appendChild(el("td", {"class": "l"}, String(k + 1)));
-    tr.appendChild(el("td", null, e.ta[l[0]] || ("token " + l[0]))); tr.appendChild(el("td", null, e.tb[l[1]] || ("token " + l[1])));
-    tr.appendChild(el("td", null, (l[2] > 0 ? "+" : "") + fg(l[2]))); top.appendChild(tr);
-  });
+  topPairs(e.top, function (a) { return e.ta[a] || ("token " + a); }, function (b) { return e.tb[b] || ("token " + b); });
   $("pair-top-caption").textContent = "strongest token pairs";
+}
+
+// shared by the pair views: group maps, names, relevance matrices, strongest pairs
+function absMax(rows) { var m = 0; rows.forEach(function (r) { r.forEach(function (v) { m = Math.max(m, Math.abs(v)); }); }); return m; }
+function groupMap(geo, values, vmax, size) {  // one value per group, painted over its positions (null: no 2-D layout)
+  var cv = el("canvas");
+  if (!geo) return null;
+  if (geo.grid) paint(cv, geo.grid[0], geo.grid[1], function (r, c) { return bwr(values[r * geo.grid[1] + c], vmax); });
+  else if (geo.labels) paint(cv, geo.h, geo.w, function (r, c) { return bwr(values[geo.labels[r * geo.w + c]], vmax); });
+  else return null;
+  var k = size / Math.max(cv.width, cv.height); cv.style.width = cv.width * k + "px"; cv.style.height = cv.height * k + "px";
+  return cv;
+}
+function gname(geo, g) { if (!geo) return "group " + g; if (geo.grid) return "patch (" + Math.floor(g / geo.grid[1]) + ", " + (g % geo.grid[1]) + ")"; if (geo.labels && geo.labels.length === geo.h * geo.w) { var k = geo.labels.indexOf(g); if (k >= 0 && geo.labels.every(function (v, n) { return v === n; })) return "pixel (" + Math.floor(k / geo.w) + ", " + (k % geo.w) + ")"; } return "group " + g; }
+function matrixTable(rowLabels, colLabels, rel, vmax, id) {  // labelled rows x columns of relevance, coloured
+  var t = el("table", {"class": "tokens", id: id}), hr = el("tr"); hr.appendChild(el("th"));
+  colLabels.forEach(function (tok) { var th = el("th", {"class": "col"}); th.appendChild(el("div", null, tok)); hr.appendChild(th); });
+  t.appendChild(hr);
+  rel.forEach(function (row, a) {
+    var tr = el("tr"); tr.appendChild(el("th", {"class": "l"}, rowLabels[a]));
+    row.forEach(function (v, b) { var td = el("td", {title: rowLabels[a] + " \u00d7 " + colLabels[b] + ": " + fg(v)}); td.style.background = css(bwr(v, vmax)); tr.appendChild(td); });
+    t.appendChild(tr);
+  });
+  return t;
+}
+function topPairs(list, nameA, nameB, header) {  // [a, b, relevance] rows of #pair-top, strongest first
+  var top = $("pair-top"); top.innerHTML = "";
+  if (header) { var hr = el("tr"); ["", header[0], header[1], "relevance"].forEach(function (h, k) { hr.appendChild(el("th", k ? null : {"class": "l"}, h)); }); top.appendChild(hr); }
+  list.slice(0, 8).forEach(function (l, k) {
+    var tr = el("tr"); tr.appendChild(el("td", {"class": "l"}, String(k + 1)));
+    tr.appendChild(el("td", null, nameA(l[0]))); tr.appendChild(el("td", null, nameB(l[1])));
+    var td = el("td", null, (l[2] > 0 ? "+" : "") + fg(l[2])); td.style.color = l[2] > 0 ? "#b01515" : "#1f3fb0"; tr.appendChild(td);
+    top.appendChild(tr);
+  });
+}
+
+function drawCross(e) {  // the image with one patch heatmap per word over it, and the patch x word matrix
+  var fig = $("pair-figure"), geo = CX.geometry; fig.innerHTML = ""; fig.style.width = ""; fig.style.height = "";
+  var imgSide = CX.image_side, txtSide = imgSide === "rows" ? "cols" : "rows";
+  var ii = imgSide === "rows" ? e.i : e.j, ti = imgSide === "rows" ? e.j : e.i;
+  fig.appendChild(el("div", {"class": "small", id: "pair-text"}, "text: " + (D.samples[txtSide][String(ti)] || "")));
+  var vmax = absMax(e.rel), maps = el("div", {"class": "maps", id: "word-maps"});
+  var own = el("figure"), image = sampleCanvas(imgSide, ii, 120);
+  if (image) { own.appendChild(image); own.appendChild(el("figcaption", null, "image " + ii + named(imgSide, ii))); maps.appendChild(own); }
+  e.tok.forEach(function (word, w) {
+    var column = e.rel.map(function (r) { return r[w]; }), hm = groupMap(geo, column, vmax, 120);
+    if (!hm) return;
+    var f = el("figure", {"data-word": w}), holder = el("div", {"class": "overlay"}), under = sampleCanvas(imgSide, ii, 120);
+    if (under) { holder.appendChild(under); hm.className = "over"; }
+    holder.appendChild(hm); f.appendChild(holder);
+    var sum = column.reduce(function (a, v) { return a + v; }, 0);
+    f.appendChild(el("figcaption", e.spec[w] ? {"class": "note"} : null, word + " (\u03a3 " + fg(sum) + ")"));
+    maps.appendChild(f);
+  });
+  fig.appendChild(maps);
+  if (e.ntok > e.tok.length) fig.appendChild(el("div", {"class": "note"}, "cut to the first " + e.tok.length + " of " + e.ntok + " words (max_tokens)"));
+  fig.appendChild(el("div", {"class": "small muted"}, "patch relevance of each word over the image (italic: special tokens); red raises the similarity, blue lowers it; scale \u00b1" + fg(vmax)));
+  var mg = $("pair-marginals"); mg.innerHTML = "";
+  mg.appendChild(matrixTable(e.rel.map(function (_, g) { return gname(geo, g); }), e.tok, e.rel, vmax, "patch-word-matrix"));
+  topPairs(e.top, function (g) { return gname(geo, g); }, function (w) { return e.tok[w]; }, ["patch", "word"]);
+  $("pair-top-caption").textContent = "strongest patch \u00d7 word pairs";
 }
 
 // ------------------------------------------------------------ entry list
@@ -363,6 +419,10 @@ function entryRow(e, cols) {
 // ------------------------------------------------------------ queries
 (function queries() {
   var box = $("query-list");
+  if (CX) {
+    $("queries-title").textContent = "Nearest " + colWord() + "s of chosen " + rowWord() + "s (zero-shot top-" + ((D.queries[0] || {neighbours: []}).neighbours.length) + ")";
+    $("queries-help").textContent = "Each " + rowWord() + " with the " + colWord() + "s of largest similarity; click one for the explanation of that similarity.";
+  }
   if (!D.queries.length) { box.appendChild(el("p", {"class": "note"}, "no queries")); return; }
   D.queries.forEach(function (q) {
     var row = el("div", {"class": "qrow", "data-query": q.row});
@@ -502,8 +562,8 @@ _BODY = r"""
     </div>
   </section>
 </div>
-<section class="card wide" id="queries"><h2>Nearest neighbours of chosen queries</h2>
-  <div class="small muted">Each query with its nearest training samples by kernel-induced distance; click one for the explanation of that similarity.</div>
+<section class="card wide" id="queries"><h2 id="queries-title">Nearest neighbours of chosen queries</h2>
+  <div class="small muted" id="queries-help">Each query with its nearest training samples by kernel-induced distance; click one for the explanation of that similarity.</div>
   <div id="query-list" class="queries"></div></section>
 <section class="card wide" id="audit"><h2>Dataset audit</h2><div id="audit-body"></div></section>
 <section class="card wide" id="conservation"><h2>Conservation</h2><div id="conservation-body"></div></section>

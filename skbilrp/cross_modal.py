@@ -22,7 +22,7 @@ from torch import nn
 
 from .encoders import ImageEncoder, TextEncoder, modality
 from .kernel import DeepKernel, KernelName, OutputName
-from .models.towers import _family, image_tower
+from .models.towers import image_tower, is_image_tower
 from .pairs import DEFAULT_MAX_MEMORY
 from .pooling import PoolingSpec
 from .rules import RuleSpec
@@ -264,7 +264,7 @@ class CrossModalKernel(DeepKernel):
 def _image_side(model: Any) -> Any:
     """The image tower of a Hugging Face dual encoder (a view sharing its weights, which
     the encoder copies), or the model as given."""
-    return image_tower(model) if isinstance(model, nn.Module) and _family(model) is not None else model
+    return image_tower(model) if is_image_tower(model) else model
 
 
 def _other(side: str) -> str:

@@ -45,7 +45,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-__all__ = ["ImageTower", "image_tower", "TextTower", "text_tower", "is_text_tower"]
+__all__ = ["ImageTower", "image_tower", "is_image_tower", "TextTower", "text_tower", "is_text_tower"]
 
 #: model class -> (kind, path of the text tower in it, path of the projection or None)
 _TOWERS = {
@@ -272,6 +272,11 @@ def _family(model: Any) -> Optional[bool]:
         if names & set(family):
             return projected
     return None
+
+
+def is_image_tower(model: Any) -> bool:
+    """Whether ``model`` is a CLIP or SigLIP model whose image side :func:`image_tower` explains."""
+    return isinstance(model, nn.Module) and _family(model) is not None
 
 
 def image_tower(model: nn.Module) -> ImageTower:

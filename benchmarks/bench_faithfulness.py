@@ -48,9 +48,10 @@ import _faith_pointing as pointing  # noqa: E402
 
 #: longest first, so that two workers finish close together
 SECTIONS = ("text_mpnet", "pointing_text_mpnet", "efficientnet_lite0", "mobilenet_v2", "pointing_efficientnet_lite0",
-            "pointing_cross_modal", "text_minilm", "pointing_mobilenet_v2", "pointing_text_minilm", "groundtruth", "pointing_digits", "digits")
+            "pointing_cross_modal", "text_minilm", "pointing_mobilenet_v2", "pointing_text_minilm", "groundtruth",
+            "pointing_digits", "digits")
 
-#: the order of the pointing-game subsections on the page: images, then text
+#: the order of the pointing-game subsections on the page: images, text, then images × texts
 POINTING_ORDER = ("pointing_mobilenet_v2", "pointing_efficientnet_lite0", "pointing_digits", "pointing_text_minilm",
                   "pointing_text_mpnet", "pointing_cross_modal")
 

@@ -7,6 +7,8 @@
 - text: sentence pairs sharing exactly one content word
   (:func:`skbilrp.evaluation.make_shared_word_pairs`) on all-MiniLM-L6-v2 and
   all-mpnet-base-v2.
+- image × text (``_faith_cross_pointing``): a collage of four photos and a prompt naming
+  one of them, on the shipped zero-shot model (FIxLIP's protocol).
 
 Run one alone (one torch thread)::
 
@@ -155,6 +157,10 @@ def text_pointing(model: str, n_pairs: int, ij_steps: int = 8, seed: int = 0) ->
 def run(name: str, args: Any) -> list[PointingRun]:
     """The benchmark section ``name`` ("pointing_<model>")."""
     which = name[len("pointing_"):]
+    if which == "cross_modal":
+        import _faith_cross_pointing
+
+        return [_faith_cross_pointing.cross_modal_pointing(args.pointing_pairs)]
     if which in ("mobilenet_v2", "efficientnet_lite0"):
         return [imagenet_pointing(which, args.pointing_pairs, args.side, args.patch)]
     if which == "digits":

@@ -20,6 +20,8 @@ keeps both cores busy):
   permuted, mirrored, zoomed) on both ImageNet models and the digits models, and
   sentence pairs sharing one content word on both sentence encoders; the share of
   positive pair relevance on the known correspondence.
+- cross-modal pointing game (``_faith_cross_pointing``): a collage of four photos and a
+  prompt naming one of them, patch × token, on the shipped zero-shot model.
 
 The full run (every section at 100 pairs or more) takes about an hour on a 2-core
 CPU; ``--pairs 6`` runs every section on a handful of pairs for a quick check and
@@ -46,11 +48,12 @@ import _faith_pointing as pointing  # noqa: E402
 
 #: longest first, so that two workers finish close together
 SECTIONS = ("text_mpnet", "pointing_text_mpnet", "efficientnet_lite0", "mobilenet_v2", "pointing_efficientnet_lite0",
-            "text_minilm", "pointing_mobilenet_v2", "pointing_text_minilm", "groundtruth", "pointing_digits", "digits")
+            "pointing_cross_modal", "text_minilm", "pointing_mobilenet_v2", "pointing_text_minilm", "groundtruth",
+            "pointing_digits", "digits")
 
-#: the order of the pointing-game subsections on the page: images, then text
+#: the order of the pointing-game subsections on the page: images, text, then images × texts
 POINTING_ORDER = ("pointing_mobilenet_v2", "pointing_efficientnet_lite0", "pointing_digits", "pointing_text_minilm",
-                  "pointing_text_mpnet")
+                  "pointing_text_mpnet", "pointing_cross_modal")
 
 
 def _init_worker(threads: int) -> None:
@@ -136,7 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--write", metavar="PATH", help="also write the results page (markdown)")
     parser.add_argument("--save-raw", metavar="PATH", help="also pickle every section's results")
-    parser.add_argument("--render-from", metavar="PATH", help="render a --save-raw pickle instead of running")
+    parser.add_argument("--render-from", metavar="PATH", nargs="+",
+                        help="render --save-raw pickles instead of running; several: sections run in separate "
+                             "invocations, merged into one page")
     return parser
 
 
@@ -155,10 +160,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = _parser().parse_args(argv)
     if args.pairs is not None:
         _cap_pairs(args, args.pairs)
+    parts = None
     if args.render_from:
-        with open(args.render_from, "rb") as fh:
-            done, total, run_args = pickle.load(fh)
-        args = argparse.Namespace(**{**vars(run_args), "write": args.write})
+        done, total, run_args, parts = merge_raw(args.render_from)
+        # this invocation's outputs, not the saved run's (its --save-raw would overwrite a part)
+        args = argparse.Namespace(**{**vars(run_args), "write": args.write, "save_raw": args.save_raw})
     else:
         start = time.perf_counter()
         done = run_sections(args)
@@ -166,7 +172,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.save_raw:
         with open(args.save_raw, "wb") as fh:
             pickle.dump((done, total, args), fh)
-    page = render(args, done, total)
+    page = render(args, done, total, parts)
     print(page)
     if args.write:
         with open(args.write, "w", encoding="utf-8") as fh:
@@ -174,8 +180,40 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"wrote {args.write}")
 
 
-def _command(args: argparse.Namespace) -> str:
-    cmd = ".venv/bin/python benchmarks/bench_faithfulness.py --write " + (args.write or "docs/faithfulness.md")
+def merge_raw(paths: list[str]) -> tuple[dict, float, argparse.Namespace, Optional[list[argparse.Namespace]]]:
+    """The ``--save-raw`` pickles of one or more invocations as one run.
+
+    Returns the sections of all parts (a section run in two parts: the later part's),
+    the sum of the parts' wall times, the first part's arguments with every part's
+    sections, and the parts' arguments (None for a single pickle).
+    """
+    done: dict = {}
+    total, parts = 0.0, []
+    for path in paths:
+        with open(path, "rb") as fh:
+            part_done, part_total, part_args = pickle.load(fh)
+        done.update(part_done)
+        total += part_total
+        parts.append(part_args)
+    sections = [name for name in SECTIONS if name in done]
+    args = argparse.Namespace(**{**vars(parts[0]), "sections": sections})
+    return done, total, args, (parts if len(parts) > 1 else None)
+
+
+def _parts_note(parts: Optional[list[argparse.Namespace]]) -> str:
+    """What the page says about a run made in several invocations (nothing for one)."""
+    if not parts:
+        return ""
+    listing = "; ".join(f"({k}) `{_command(part, part=True)}` (sections: {', '.join(part.sections)})"
+                        for k, part in enumerate(parts, 1))
+    return (f" The run was made in {len(parts)} parts, separate invocations with `--save-raw`, merged with "
+            f"`--render-from`; the wall time is the sum of the parts': {listing}.")
+
+
+def _command(args: argparse.Namespace, part: bool = False) -> str:
+    """The command line of a run; of one part of it (``part``): with its ``--save-raw`` instead of ``--write``."""
+    out = f"--save-raw {args.save_raw}" if part else "--write " + (args.write or "docs/faithfulness.md")
+    cmd = ".venv/bin/python benchmarks/bench_faithfulness.py " + out
     defaults = vars(_parser().parse_args([]))
     for key, value in vars(args).items():
         if key not in ("write", "save_raw", "render_from") and value != defaults[key]:
@@ -184,8 +222,10 @@ def _command(args: argparse.Namespace) -> str:
     return cmd
 
 
-def render(args: argparse.Namespace, done: dict, total: float) -> str:
-    """The results page: protocol, tables, comparisons, notes and the command."""
+def render(args: argparse.Namespace, done: dict, total: float,
+           parts: Optional[list[argparse.Namespace]] = None) -> str:
+    """The results page: protocol, tables, comparisons, notes and the command (or the
+    commands of the ``parts`` it was run in)."""
     image_runs = [run for name in ("mobilenet_v2", "efficientnet_lite0", "digits") if name in done
                   for run in done[name][0]]
     text_runs = [run for name in ("text_minilm", "text_mpnet") if name in done for run in done[name][0]]
@@ -203,7 +243,7 @@ def render(args: argparse.Namespace, done: dict, total: float) -> str:
         steps=args.steps, images=image_md, summary=summary, text=text_md, truth=truth_md, pointing=point_md,
         comparison=comparison, verdicts="\n".join(verdicts(image_runs + text_runs, point_runs)), notes=NOTES,
         total=total, times=times, workers=args.workers, threads=args.threads, torch=torch.__version__,
-        python=platform.python_version(), cmd=_command(args))
+        python=platform.python_version(), cmd=_command(args), parts=_parts_note(parts))
 
 
 def _listing(items: list[tuple[str, str, float]]) -> str:
@@ -341,7 +381,14 @@ tokens left out). Score: the share of the explanation's positive pair relevance 
 lies on true pairs (1 = all of it; "chance" = the share of true cells, what a
 relevance blind to the content gets on average). "mirrored share": the share on tiles
 at the same grid position, which a model that matches places rather than content
-would favour. Mean ± s.e. over pairs; "higher" columns: on how many pairs that BiLRP
+would favour. Images × texts (FIxLIP's second-order pointing game,
+`skbilrp.evaluation.cross_pointing_game`): a collage of four photos in a 2 × 2 grid and
+a prompt naming one of them; the truth is every (patch of the named tile, token of the
+prompt) pair, chance the tile's share of the patches (0.25), and a second column
+restricts explanation and truth to the tokens of the name's content words. Methods:
+`bilrp` (`CrossModalKernel.explain_pairs`), `gradxinput_outer` (the outer product of the
+image's and the prompt's gradient × input maps of the similarity, plain autograd) and
+`random`. Mean ± s.e. over pairs; "higher" columns: on how many pairs that BiLRP
 variant's share is strictly higher, with the one-sided sign-test p-value (ties left
 out). Time: each method's explanations of all pairs, one torch thread.
 
@@ -367,7 +414,7 @@ pointing game: the higher share on the true pairs):
 {notes}
 
 Measured in {total:.0f} s wall time on a 2-core CPU ({workers} worker processes, torch
-threads per worker: {threads}; torch {torch}, Python {python}). Sections: {times}.
+threads per worker: {threads}; torch {torch}, Python {python}). Sections: {times}.{parts}
 
 ## Regenerate
 
@@ -378,7 +425,8 @@ all-mpnet-base-v2's five wheels, then runs):
 
 A quick check of the whole pipeline on a few pairs, or of one section, without
 touching this page: `make faithfulness FAITH_ARGS="--pairs 6 --write /tmp/faithfulness.md"`
-or `--sections pointing_digits`.
+or `--sections pointing_digits`. Sections run in separate invocations, each with
+`--save-raw PART.pkl`, make one page with `--render-from PART1.pkl PART2.pkl ...`.
 """
 
 

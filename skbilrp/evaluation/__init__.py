@@ -16,7 +16,13 @@
 ``text_pointing``
     its text analogue, sentence pairs sharing exactly one content word
     (:func:`text_pointing_game`, :func:`make_shared_word_pairs`).
+``cross_pointing``
+    its image × text analogue, a collage of photos and a prompt naming one of them
+    (:func:`cross_pointing_game`, :func:`make_named_collages`).
 """
+
+from .cross_pointing import *  # noqa: F401,F403
+from .cross_pointing import __all__ as _cross_pointing_all
 
 from .flipping import *  # noqa: F401,F403
 from .flipping import __all__ as _flipping_all
@@ -32,4 +38,4 @@ from .text_pointing import *  # noqa: F401,F403
 from .text_pointing import __all__ as _text_pointing_all
 
 __all__ = (list(_flipping_all) + list(_ij_all) + list(_text_all) + list(_groundtruth_all) + list(_pointing_all)
-           + list(_text_pointing_all))
+           + list(_text_pointing_all) + list(_cross_pointing_all))

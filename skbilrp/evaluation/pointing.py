@@ -260,6 +260,18 @@ def _assemble(tiles: list[torch.Tensor], grid: int) -> torch.Tensor:
     return torch.cat(rows, dim=-2)
 
 
+def _collage_photos(photos: Sequence[np.ndarray], side: int, grid: int) -> list[torch.Tensor]:
+    """The photos as float32 tensors, checked for a ``grid × grid`` collage of ``side`` px."""
+    if len(photos) < grid * grid:
+        raise ValueError(f"A {grid}×{grid} collage needs {grid * grid} distinct photos, got {len(photos)}.")
+    if side % grid:
+        raise ValueError(f"side {side} is not a multiple of grid {grid}; tiles must have equal sides.")
+    pics = [torch.as_tensor(np.asarray(p, dtype=np.float32)) for p in photos]
+    if any(p.ndim != 3 or p.shape[0] != pics[0].shape[0] for p in pics):
+        raise ValueError("photos must all have shape (C, H, W) with the same C.")
+    return pics
+
+
 def make_collage_pairs(photos: Sequence[np.ndarray], n_pairs: int, side: int, grid: int = 2,
                        derangement: bool = True, flip: float = 0.0, rescale: Optional[tuple[float, float]] = None,
                        random_state: Union[None, int, np.random.Generator] = None) -> CollagePairs:
@@ -300,17 +312,11 @@ def make_collage_pairs(photos: Sequence[np.ndarray], n_pairs: int, side: int, gr
         different channels, or a ``flip`` / ``rescale`` out of range.
     """
     k = grid * grid
-    if len(photos) < k:
-        raise ValueError(f"A {grid}×{grid} collage needs {k} distinct photos, got {len(photos)}.")
-    if side % grid:
-        raise ValueError(f"side {side} is not a multiple of grid {grid}; tiles must have equal sides.")
     if not 0.0 <= flip <= 1.0:
         raise ValueError(f"flip is a probability in [0, 1], got {flip}.")
     if rescale is not None and not 0.0 < rescale[0] <= rescale[1] <= 1.0:
         raise ValueError(f"rescale must be a range (lo, hi) with 0 < lo <= hi <= 1, got {rescale}.")
-    pics = [torch.as_tensor(np.asarray(p, dtype=np.float32)) for p in photos]
-    if any(p.ndim != 3 or p.shape[0] != pics[0].shape[0] for p in pics):
-        raise ValueError("photos must all have shape (C, H, W) with the same C.")
+    pics = _collage_photos(photos, side, grid)
     rng = np.random.default_rng(random_state)
     tile = side // grid
     X, X2, idx_a, idx_b = [], [], [], []

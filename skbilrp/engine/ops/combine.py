@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from . import InputFlow, RelevanceOp, align, aten, flows_only_through, materialize, relevance_op, safe_divide
-from .weighted import orphan_of
+from . import InputFlow, RelevanceOp, align, aten, flows_only_through, materialize, relevance_op
+from .weighted import bounded_share
 
 
 class BiasLike(RelevanceOp):
@@ -37,15 +37,28 @@ class BiasLike(RelevanceOp):
         # no contribution to pass on, and an infinite factor would poison gradients
         masking = is_masking(c)
         if self.mode == "share":
-            ratio = safe_divide(out, a)
-            shared = flow * (ratio if masking is None else torch.where(masking, torch.zeros_like(ratio), ratio))
-            lone = orphan_of(torch.as_tensor(out - a if masking is None else torch.where(masking, 0.0, out - a)),
-                             torch.as_tensor(a).abs())
-            return shared if lone is None else shared + lone * cells.coverage(_full(flow, out), out.dim() >= 4)
+            ratio, rest = shared_ratio(torch.as_tensor(a), torch.as_tensor(out - a), masking)
+            shared = flow * ratio
+            return shared if rest is None else shared + rest * cells.coverage(_full(flow, out), out.dim() >= 4)
         c = torch.as_tensor(c, dtype=flow.dtype, device=flow.device)
         if masking is not None:
             c = torch.where(masking, torch.zeros_like(c), c)
         return flow + c * cells.coverage(_full(flow, out), out.dim() >= 4)
+
+
+def shared_ratio(a: torch.Tensor, c: torch.Tensor, masking: "torch.Tensor | None" = None) -> tuple:
+    """Under ``bias="share"``, the flow of ``a + c`` is ``ratio`` times the flow of ``a``
+    (``a`` its one contribution, of size ``|a|``, and ``c`` a constant term, the bias),
+    plus ``remainder`` (None where zero) spread as ``"flat"`` does: ``ratio = 1 + share
+    sign(a)`` with the bounded share of :func:`~.weighted.bounded_share` (``c / a`` where
+    ``|c| <= |a|``). Masked entries (``masking``) pass nothing."""
+    if masking is not None:
+        c = torch.where(masking, torch.zeros_like(c), c)
+    share, remainder = bounded_share(c, a.abs())
+    ratio = 1 + share * torch.sign(a)
+    if masking is not None:
+        ratio = torch.where(masking, torch.zeros_like(ratio), ratio)
+    return ratio, remainder
 
 
 def is_masking(c) -> "torch.Tensor | None":
@@ -153,14 +166,16 @@ class BatchNorm(BiasLike):
         if w is not None:
             s = s * w
         t = -mean * s + (b if b is not None else 0)
-        return out, (s.reshape(shape), t.reshape(shape), x, out[0])
+        return out, (s.reshape(shape), t.reshape(shape), x)
 
     def push(self, state, flows, args, kwargs, cells=None):
         flows_only_through(self, flows, 0)
-        s, t, x, y = state
-        if self.mode == "share":
-            return (materialize(flows[0]) * safe_divide(y, x), None, None)
+        s, t, x = state
         scaled = materialize(flows[0]) * s
+        if self.mode == "share":
+            ratio, rest = shared_ratio(s * x, t)
+            shared = scaled * ratio
+            return (shared if rest is None else shared + rest * cells.coverage(shared, True), None, None)
         if self.mode == "absorb":
             return (scaled, None, None)
         return (scaled + t * cells.coverage(scaled, True), None, None)

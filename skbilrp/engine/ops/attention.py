@@ -9,7 +9,7 @@ import math
 import torch
 
 from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op
-from .combine import is_masking, shared_ratio
+from .combine import is_masking, shared_ratio, spread_on_keys
 from .weighted import bounded_share
 
 
@@ -84,24 +84,6 @@ class SoftmaxRule:
         elif self.mode == "flat":
             out = out + spread_on_keys(cells, bias, dim - 1)
         return out
-
-
-def spread_on_keys(cells, const: torch.Tensor, dim: int) -> torch.Tensor:
-    """The flow of a constant on attention logits or probabilities (``const``, keys on
-    axis ``dim``) under ``bias="flat"``: each entry goes to the input position of its
-    key when the keys are the input's token positions (an input ``(N, T, D)`` with its
-    channels on an axis, ``T`` keys), so that a masked key (padding) takes nothing;
-    over the whole input otherwise (images: a key has no single place on the input).
-    Over probes that partition the input the parts sum to ``const`` either way."""
-    probe = cells.probe
-    if cells.channel_axis is None or probe.dim() != 3 or dim == 0:
-        return cells.spread(const)
-    positions = probe.mean(1 + cells.channel_axis % 2)  # (K*N, T): each probe's share of each token
-    if positions.shape[1] != const.shape[dim]:
-        return cells.spread(const)
-    shape = [cells.k, cells.n] + [1] * (const.dim() - 1)
-    shape[1 + dim] = const.shape[dim]
-    return const * positions.reshape(shape)
 
 
 @relevance_op(aten.matmul.default, aten.bmm.default, aten.mm.default, aten.einsum.default)

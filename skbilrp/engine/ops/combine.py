@@ -39,11 +39,39 @@ class BiasLike(RelevanceOp):
         if self.mode == "share":
             ratio, rest = shared_ratio(torch.as_tensor(a), torch.as_tensor(out - a), masking)
             shared = flow * ratio
-            return shared if rest is None else shared + rest * cells.coverage(_full(flow, out), out.dim() >= 4)
+            return shared if rest is None else shared + spread_flat(cells, rest, flow, out)
         c = torch.as_tensor(c, dtype=flow.dtype, device=flow.device)
         if masking is not None:
             c = torch.where(masking, torch.zeros_like(c), c)
-        return flow + c * cells.coverage(_full(flow, out), out.dim() >= 4)
+        return flow + spread_flat(cells, c, flow, out)
+
+
+def spread_flat(cells, const, flow: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The flow of a constant added to a carrying tensor under ``bias="flat"``: over the
+    input region under each unit; on attention logits of a token input (an output of
+    four or more axes, the keys last), at each key's token (:func:`spread_on_keys`), so
+    that padding, which no probe covers, takes none of it."""
+    if out.dim() >= 4 and cells.channel_axis is not None and cells.probe.dim() == 3:
+        return spread_on_keys(cells, torch.as_tensor(const).expand(out.shape), out.dim() - 1)
+    return const * cells.coverage(_full(flow, out), out.dim() >= 4)
+
+
+def spread_on_keys(cells, const: torch.Tensor, dim: int) -> torch.Tensor:
+    """The flow of a constant on attention logits or probabilities (``const``, keys on
+    axis ``dim``) under ``bias="flat"``: each entry goes to the input position of its
+    key when the keys are the input's token positions (an input ``(N, T, D)`` with its
+    channels on an axis, ``T`` keys), so that a masked key (padding) takes nothing;
+    over the whole input otherwise (images: a key has no single place on the input).
+    Over probes that partition the input the parts sum to ``const`` either way."""
+    probe = cells.probe
+    if cells.channel_axis is None or probe.dim() != 3 or dim == 0:
+        return cells.spread(const)
+    positions = probe.mean(1 + cells.channel_axis % 2)  # (K*N, T): each probe's share of each token
+    if positions.shape[1] != const.shape[dim]:
+        return cells.spread(const)
+    shape = [cells.k, cells.n] + [1] * (const.dim() - 1)
+    shape[1 + dim] = const.shape[dim]
+    return const * positions.reshape(shape)
 
 
 def shared_ratio(a: torch.Tensor, c: torch.Tensor, masking: "torch.Tensor | None" = None) -> tuple:

@@ -77,12 +77,11 @@ class CrossModalKernel(DeepKernel):
         LRP rules of both towers (see :class:`~skbilrp.Explainer`). The default, LRP-0
         with the biases' share passed on, conserves the similarity; ``"zero"`` lets
         biases absorb their share (reported as ``conservation_error``). Deep CNNs
-        with folded BatchNorm biases (MobileNetV2, EfficientNet) need their presets:
-        under ``"zero-share"`` a unit whose inputs nearly cancel receives a bias share
-        divided by almost nothing, and float32 relevance of MobileNetV2 reaches 1e10
-        (conserving only up to that magnitude). Pass e.g.
-        ``{**mobilenet_v2_rules(m), rule_targets(): Zero(bias="share")}`` (the image
-        tower's preset, LRP-0 with shared biases on the text tower), as the README does.
+        with folded BatchNorm biases (MobileNetV2, EfficientNet) have presets of
+        their own (z^B on the first conv, LRP-γ on depthwise convs); to use one on the
+        image tower and LRP-0 with shared biases on the text tower, pass e.g.
+        ``{**mobilenet_v2_rules(m), rule_targets(): Zero(bias="share")}``, as the
+        README does.
     pooling : None, int, tuple or array, optional
         Groups of image positions (e.g. ``16`` for 16-pixel patches), see
         :class:`~skbilrp.DeepKernel`. Texts are explained per token.

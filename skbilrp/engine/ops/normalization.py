@@ -5,9 +5,10 @@ is a constant of the forward pass, so the layer is linear in its input,
 Its module's Rule gives the stabiliser and the bias mode (gamma and z^B have no meaning
 here): ``bias="absorb"`` keeps ``b``'s share, ``"flat"`` spreads it over the input
 region under the unit, ``"share"`` follows the contribution sizes
-``|s_k| |delta_jk - 1/n| |x_j|``. Since ``|delta_jk - 1/n| = 1/n + (1 - 2/n) delta_jk``,
-that share costs O(n), not O(n^2): ``b_k / S_k ((1 - 2/n) w_k + mean(w))`` with
-``w = sign(x) ⊙ u`` and ``S_k = (1 - 2/n) |x_k| + mean(|x|)``.
+``|s_k| |delta_jk - 1/n| |x_j|`` (bounded, :func:`~.weighted.bounded_share`). Since
+``|delta_jk - 1/n| = 1/n + (1 - 2/n) delta_jk``, that share costs O(n), not O(n^2):
+``share_k |s_k| ((1 - 2/n) w_k + mean(w))`` with ``w = sign(x) ⊙ u``, the unit's size
+``|s_k| S_k`` and ``S_k = (1 - 2/n) |x_k| + mean(|x|)``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op, safe_divide
 from .refused import Refused
-from .weighted import orphan_of
+from .weighted import bounded_share
 
 
 class Centred(RelevanceOp):
@@ -36,10 +37,10 @@ class Centred(RelevanceOp):
         state = {"inv_std": inv_std, "scale": None if den is y else safe_divide(y, den), "share": None}
         if self.rule.bias == "share" and b is not None:
             n = x.shape[-1]
-            size = (1 - 2 / n) * x.abs() + x.abs().mean(-1, keepdim=True)
-            bias = b if w is None else b * (w != 0)  # a unit of weight 0 has no contributions
-            state["sign"], state["share"] = torch.sign(x), safe_divide(bias.expand_as(size), size)
-            state["orphan"] = orphan_of(bias.expand_as(size), size)
+            scale = inv_std if w is None else (w * inv_std).abs()  # |s_k|
+            size = scale * ((1 - 2 / n) * x.abs() + x.abs().mean(-1, keepdim=True))
+            share, state["remainder"] = bounded_share(b.expand_as(size), size)
+            state["sign"], state["share"] = torch.sign(x), share * scale
         return state
 
     def centred_push(self, flow, state, w):
@@ -56,8 +57,8 @@ class Centred(RelevanceOp):
     def finish(self, out, state, b, channels_first, cells):
         if state["share"] is None and self.rule.bias == "flat" and b is not None:
             out = out + b * cells.coverage(out, channels_first=channels_first)
-        elif state["share"] is not None and state["orphan"] is not None:
-            out = out + state["orphan"].reshape(out.shape[1:]) * cells.coverage(out, channels_first=channels_first)
+        elif state["share"] is not None and state["remainder"] is not None:
+            out = out + state["remainder"].reshape(out.shape[1:]) * cells.coverage(out, channels_first=channels_first)
         return out if state["scale"] is None else out * state["scale"]
 
 

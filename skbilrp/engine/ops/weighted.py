@@ -1,8 +1,10 @@
 """Ops with weights, under their module's Rule (bias modes absorb / share / flat).
 
 ``z = W a + b``: ``u_out = (z / z^rho) ⊙ rho(W) u_in``; ``bias="share"`` adds
-``(z / z^rho) ⊙ rho(b) / (|rho(W)| |a|) ⊙ |rho(W)| (sign(a) ⊙ u_in)``, ``"flat"`` adds
-``(z / z^rho) ⊙ rho(b) ⊙ coverage``; z^B: ``(z / z^B) ⊙ (W (x ⊙ v) - W⁺ (l ⊙ v) - W⁻ (h ⊙ v))``.
+``(z / z^rho) ⊙ (s ⊙ |rho(W)| (sign(a) ⊙ u_in) + r ⊙ coverage)`` with the bounded share
+``s = rho(b) / max(|rho(W)| |a|, |rho(b)|)`` and its remainder ``r = rho(b) - s |rho(W)| |a|``
+(:func:`bounded_share`), ``"flat"`` adds ``(z / z^rho) ⊙ rho(b) ⊙ coverage``;
+z^B: ``(z / z^B) ⊙ (W (x ⊙ v) - W⁺ (l ⊙ v) - W⁻ (h ⊙ v))``.
 """
 
 from __future__ import annotations
@@ -16,13 +18,24 @@ from ...rules import ZBox
 from . import InputFlow, RelevanceOp, aten, flat_apply, flows_only_through, materialize, relevance_op, safe_divide
 
 
-def orphan_of(bias: torch.Tensor, size: torch.Tensor) -> Optional[torch.Tensor]:
-    """Under ``bias="share"``, the bias of units whose inputs contribute nothing (a row of
-    zeros: a class token and position embedding of zero), which has nothing to be shared
-    with; it is spread over the input region under the unit as ``"flat"`` does, so
-    relevance still conserves. None where every unit has contributions."""
-    lone = size == 0
-    return torch.where(lone, bias, torch.zeros_like(bias)) if bool(lone.any()) else None
+def bounded_share(bias: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Under ``bias="share"``, how a unit's bias ``b`` is passed on: ``(share, remainder)``.
+
+    Each input ``j`` of the unit takes ``share * |c_j|`` of it, ``c_j`` its contribution
+    and ``size = sum_j |c_j|``, with ``share = b / max(size, |b|)``: in proportion to the
+    contribution sizes, and at most one-to-one. Without the bound a unit whose inputs
+    nearly cancel or vanish (depthwise convs with folded BatchNorm: ``|b| / size`` up
+    to 4e6 on MobileNetV2) hands each input many times its own contribution, and deep
+    stacks multiply that up to garbage (float32 relevance of 1e17 and more). The
+    remainder ``b - share * size``, non-zero only where ``|b| > size`` (all of ``b`` where
+    the unit has no contributions), is spread over the input region under the unit as
+    ``"flat"`` does, so relevance still conserves. ``remainder`` is None where it is zero
+    everywhere (no flat term to add then)."""
+    share = safe_divide(bias, torch.maximum(size, bias.abs()))
+    over = bias.abs() > size
+    if not bool(over.any()):
+        return share, None
+    return share, torch.where(over, bias - share * size, torch.zeros_like(bias))
 
 
 @dataclass
@@ -31,8 +44,8 @@ class WeightedState:
     bounds: Optional[tuple] = None
     sign: Optional[torch.Tensor] = None
     share: Optional[torch.Tensor] = None
-    #: bias of units with no contribution to share it with (spread as under "flat")
-    orphan: Optional[torch.Tensor] = None
+    #: what the bounded share leaves of the bias (spread as under "flat"): see bounded_share
+    remainder: Optional[torch.Tensor] = None
 
 
 @relevance_op(aten.linear.default, aten.conv1d.default, aten.conv2d.default, aten.conv2d.padding,
@@ -89,8 +102,8 @@ class Weighted(RelevanceOp):
         if "w_abs" in extra:
             size = self._apply(x.abs(), extra["w_abs"], None, conf)
             bias = extra["bias_grid"].expand_as(size)
-            state.sign, state.share = torch.sign(x), safe_divide(bias, size)
-            state.orphan = orphan_of(bias, size)
+            state.sign = torch.sign(x)
+            state.share, state.remainder = bounded_share(bias, size)
         return z, state
 
     def push(self, state: WeightedState, flows: list, args: list, kwargs: dict, cells=None) -> Any:
@@ -118,8 +131,8 @@ class Weighted(RelevanceOp):
             out = self._apply_flow(flow, w_rho, conf)
             if state.share is not None:
                 out.addcmul_(self._apply_flow(flow * state.sign, extra["w_abs"], conf), state.share)
-                if state.orphan is not None:
-                    out = out + state.orphan * cells.coverage(out, self.channels_first)
+                if state.remainder is not None:
+                    out.addcmul_(state.remainder, cells.coverage(out, self.channels_first))
             elif self.rule.bias == "flat" and has_bias:
                 out.addcmul_(extra["bias_grid"], cells.coverage(out, self.channels_first))
         if state.scale is not None:

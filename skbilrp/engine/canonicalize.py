@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import operator
 
+import sympy
 import torch
 from torch import fx
 
 from ..rules import add_rule_target
 from .norms import hold_statistics_constant
 from .ops import aten, lookup
-from .trace import UnsupportedModelError
+from .trace import UnsupportedModelError, _size
 
 __all__ = ["canonicalize", "full_args"]
 
@@ -97,6 +98,38 @@ def _addmm_as_linear(node: fx.Node, constants: dict) -> None:
         w = constants[weight.name].T * alpha
         b = constants[bias.name] * beta
     node.target, node.args, node.kwargs = aten.linear.default, (x, w.contiguous(), b), {}
+    _unfold_rows(node)
+
+
+_VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
+
+
+def _shape(node) -> "tuple | None":
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return tuple(_size(s) for s in val.shape) if isinstance(val, torch.Tensor) else None
+
+
+def _unfold_rows(node: fx.Node) -> None:
+    """``view(x, (-1, d)) → linear → view(·, x.shape[:-1] + (out,))`` (Conv1D folds batch
+    and tokens into rows) is ``linear(x)``: the layer then keeps the batch axis first,
+    which placing a bias on the input (``"flat"``, the excess of a bounded share) needs."""
+    x, users = node.args[0], list(node.users)
+    if not (isinstance(x, fx.Node) and x.target in _VIEWS and isinstance(x.args[0], fx.Node) and users):
+        return
+    src, rows, out = _shape(x.args[0]), _shape(x), _shape(node)
+    if src is None or rows is None or out is None or len(src) < 3 or len(rows) != 2:
+        return
+    if rows[1] != src[-1] or sympy.expand(rows[0] - sympy.Mul(*src[:-1])) != 0:
+        return
+    if not all(u.target in _VIEWS and _shape(u) == src[:-1] + (out[1],) for u in users):
+        return
+    node.args = (x.args[0],) + tuple(node.args[1:])
+    node.meta["val"] = users[0].meta["val"]
+    for u in users:
+        u.replace_all_uses_with(node)
+        node.graph.erase_node(u)
+    if not x.users:
+        node.graph.erase_node(x)
 
 
 def _is_constant(node, constants) -> bool:

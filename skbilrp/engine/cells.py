@@ -83,8 +83,10 @@ class ProbeCells(InputCells):
     def coverage(self, like: torch.Tensor, channels_first: bool) -> torch.Tensor:  # type: ignore[override]
         if like.dim() < 2 or like.shape[1] != self.n:
             raise CellsError(
-                "bias='flat' needs the layer's batch axis first (this layer's output has shape "
-                f"{tuple(like.shape[1:])} for a batch of {self.n}); use bias='share' or 'absorb'.")
+                "placing a bias on the input (bias='flat', and under bias='share' the part of a "
+                "bias larger than its inputs' contributions) needs the layer's batch axis first "
+                f"(this layer's output has shape {tuple(like.shape[1:])} for a batch of {self.n}); "
+                "use bias='absorb' for this layer.")
         meta = torch.empty((self.k * self.n,) + tuple(like.shape[2:]), device="meta")
         cov = super().coverage(meta, channels_first)
         return cov.unflatten(0, (self.k, self.n))

@@ -290,11 +290,54 @@ def verdicts(flip_runs: list, point_runs: list) -> list[str]:
 
 
 NOTES = """\
-*Interpretation to be written from the numbers of the full run.* The lines above are
-generated from the sign tests of this page. The prose reading of the previous run (30
-face pairs, 12 MPNet pairs, no pointing game, areas only under the curve) does not
-apply to these tables and is withdrawn until the full run (`make faithfulness`) has
-been read."""
+**Reading of the run of 2026-12-06** (written by hand from the tables above; a rerun
+regenerates the tables and the generated lines, not this reading — compare before you
+rely on it).
+
+- **Where the answer is known, BiLRP finds it.** Ground truth: on both synthetic
+  models BiLRP ranks the true pairs first (R-precision 0.907 on the tables, 1.000 on
+  the patch glyphs), tied with Hessian×Product, which it equals on these bias-free
+  ReLU networks, and far above the saliency outer product (0.352 / 0.658). Pointing
+  game on real photos: BiLRP puts 0.402 (MobileNetV2) and 0.384 (EfficientNet-Lite0)
+  of its positive relevance on the corresponding tiles, chance 0.25, more than HP
+  (0.333 / 0.336; BiLRP higher on 92/100 and 78/100 pairs), the saliency outer product
+  (0.280 / 0.271) and random, every p < 1e-8. Image × text: 0.428 of BiLRP's positive
+  relevance lies on the named tile (0.491 counting only the name's own tokens), against
+  0.263 for the outer product of the two gradient × input maps and 0.250 for random
+  (BiLRP higher on 89/100 and 90/100 pairs).
+- **Where it does not: the digits models on collages.** Both were trained on single
+  8 × 8 digits; four 4 × 4 digits in one image are outside what they saw, and their
+  similarity of two collages follows places rather than digits: BiLRP's share on the
+  tiles at the same grid position is 0.47–0.48 and on the corresponding tiles 0.175
+  (CNN) and 0.184 (ViT, CP-LRP), below chance and below random; HP, computed by plain
+  autograd, says the same (0.155 / 0.198, same-position share 0.54 / 0.45). AttnLRP on
+  the ViT is nearer chance (0.232). This section does not support BiLRP; read with the
+  mirrored column, it says what these two models match.
+- **Image flipping.** EfficientNet-Lite0: BiLRP has the lower area on significantly
+  more pairs than the other method in 11 of the 12 comparisons (e.g. mean, pairwise:
+  112/178 vs HP, 113/178 vs the saliency outer product, 127/178 vs random); the twelfth,
+  blur pairwise vs the saliency outer product, is 98/178 (p = 0.1). MobileNetV2: BiLRP
+  beats random everywhere (114–132/178) and HP and the saliency outer product under
+  blur, pairwise (126/178, 121/178), but it cannot be told from HP under mean
+  (96/178, p = 0.16; marginal 88/178, p = 0.59). The MobileNetV2 "vs line" means
+  (+1.4 ± 0.9) are carried by a few pairs whose unperturbed and fully perturbed
+  similarities nearly coincide, which the division magnifies; use the counts there.
+  Digits CNN: BiLRP lower than every method in all four protocol × perturbation cells
+  (65–100/100 pairs). Digits ViT: in marginal flipping AttnLRP is best (lower than
+  CP-LRP on 78/100 pairs, than HP on 79/100); in pairwise flipping neither BiLRP variant
+  beats random (CP-LRP lower on 25/100 pairs under mean, AttnLRP 24/100): on this
+  16-patch ViT removing patch pairs in random order lowers the similarity faster.
+- **Text** (both sentence encoders, flipping and the shared-word pointing game): not
+  on this page yet. Those sections of the same run (MPNet's integrated Jacobians alone
+  take about 40 minutes of one core per section) were still running when this page was
+  written; rerun `--sections text_minilm text_mpnet pointing_text_minilm
+  pointing_text_mpnet` (or `make faithfulness`) to add them.
+- **Times** below are not those of a quiet machine: the parts ran beside each other,
+  the test suite and other benchmarks on the two cores (a load of 3–6), so read them
+  as upper bounds and compare methods within a section only. Part 1 ran on the commit
+  before bias sharing was bounded; none of its sections shares a bias (the ImageNet
+  presets place biases `"flat"`, the ground-truth models absorb or have none), so that
+  change leaves its numbers as they are."""
 
 TEMPLATE = """\
 # Faithfulness of similarity explanations

@@ -36,7 +36,7 @@ import pickle
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Optional
 
 import torch
@@ -86,14 +86,27 @@ def run_sections(args: argparse.Namespace, log: Callable[[str], None] = print) -
     import multiprocessing as mp
 
     done = {}
+    start = time.perf_counter()
     with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                              initargs=(args.threads,)) as pool:
         futures = [pool.submit(_run_section, name, args) for name in args.sections]
-        for future in futures:
+        for future in as_completed(futures):
             name, result, seconds = future.result()
             log(f"[{name}] done in {seconds:.0f} s")
             done[name] = (result, seconds)
-    return done
+            # an hour-long run killed late keeps what it finished (render it with --render-from)
+            _save_raw(args, done, time.perf_counter() - start)
+    return {name: done[name] for name in args.sections}
+
+
+def _save_raw(args: argparse.Namespace, done: dict, total: float) -> None:
+    """Pickle the sections done so far (``--save-raw``); written whole, then renamed."""
+    if not args.save_raw:
+        return
+    tmp = args.save_raw + ".tmp"
+    with open(tmp, "wb") as fh:
+        pickle.dump((done, total, args), fh)
+    os.replace(tmp, args.save_raw)
 
 
 def _references(run: images.ModelRun) -> tuple[str, ...]:
@@ -169,9 +182,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         start = time.perf_counter()
         done = run_sections(args)
         total = time.perf_counter() - start
-    if args.save_raw:
-        with open(args.save_raw, "wb") as fh:
-            pickle.dump((done, total, args), fh)
+    _save_raw(args, done, total)
     page = render(args, done, total, parts)
     print(page)
     if args.write:

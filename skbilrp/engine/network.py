@@ -285,6 +285,7 @@ class _Program:
         return bool(seen)
 
     def _live(self) -> set:
+        """The carrying nodes whose relevance reaches the output (the only ones pushed)."""
         out = next(n for n in self.nodes if n.op == "output")
         live = set()
         todo = [a for a in out.all_input_nodes if a in self.carries]
@@ -293,8 +294,19 @@ class _Program:
             if n in live:
                 continue
             live.add(n)
-            todo.extend(a for a in n.all_input_nodes if a in self.carries)
+            todo.extend(a for a in self._passing_inputs(n) if a in self.carries)
         return live
+
+    def _passing_inputs(self, node: fx.Node) -> list:
+        """Input nodes of ``node`` whose relevance it passes on (all but those it ends)."""
+        entry = OPS.get(node.target) if node.op == "call_function" else None
+        ended = entry.ends(self.network) if entry is not None else frozenset()
+        if not ended:
+            return node.all_input_nodes
+        kept: list = []
+        args = [a for i, a in enumerate(node.args) if i not in ended]
+        fx.node.map_arg((args, node.kwargs), kept.append)
+        return kept
 
 
 class ExportedNetwork:

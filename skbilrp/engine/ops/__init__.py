@@ -89,6 +89,13 @@ class RelevanceOp:
         """Whether this op's output carries no relevance in ``network``."""
         return cls.constant
 
+    @classmethod
+    def ends(cls, network: Any) -> frozenset:
+        """Positions of arguments whose relevance this op takes in and passes on to no
+        output in ``network`` (q and k of attention under CP-LRP). The network computes no
+        flow for a node all of whose relevance ends so: it is never pushed."""
+        return frozenset()
+
     def __init__(self, node: fx.Node, network: Any) -> None:
         self.node = node
         self.op = node.target

@@ -172,6 +172,11 @@ class SDPA(RelevanceOp):
         self.attnlrp = network.attention == "attnlrp"
         self.rule = SoftmaxRule(network.bias_mode_for(node))
 
+    @classmethod
+    def ends(cls, network) -> frozenset:
+        # CP-LRP: q and k only shape the probabilities, constants: their flows end here
+        return frozenset({0, 1}) if network.attention == "cp" else frozenset()
+
     def record(self, args, kwargs):
         q, k, v, mask, dropout_p, is_causal = (list(args) + [None] * 6)[:6]
         scale = kwargs.get("scale", args[6] if len(args) > 6 else None)  # keyword-only in the schema
@@ -201,8 +206,7 @@ class SDPA(RelevanceOp):
         flows_only_through(self, flows, 0, 1, 2)
         p, scale, qkv = state
         fq, fk, fv = (materialize(f) for f in flows[:3])
-        if not self.attnlrp:
-            # q and k only shape the probabilities, constants under CP-LRP: their flows end here
+        if not self.attnlrp:  # q and k: see ends (the network computes no flow for them)
             if fv is None:
                 raise self.refuse("no relevance reaches the values", "Explain an input that feeds them")
             return matmul_flow(fv, p, first=False)

@@ -1,0 +1,488 @@
+"""Prototype: push each patch probe only on the window where its flow can be non-zero.
+
+In forward mode the engine pushes one probe per patch through the linearised relevance
+network; each probe costs about one forward pass. In the early layers of a CNN, though,
+a probe's flow is exactly zero outside the receptive-field footprint of its patch. This
+script measures, outside the engine, whether carrying only that window pays:
+
+* a recording of one forward (ReLU masks, max-pool winner indices) in plain torch;
+* the dense push (what the engine does for LRP-0 with biases absorbed): per layer
+  ``conv2d`` without bias on the full map, times the ReLU mask, gather of the max-pool
+  winners; checked once against ``ExportedNetwork(model, "zero", float64)``;
+* the windowed push: each probe carries a square crop of the map and its offset; a 3×3
+  convolution with padding 1 grows the crop by one pixel per side (the ReLU mask crop,
+  zero outside the map, kills what falls off the map), a 2×2 max-pool maps it to the
+  pooled crop by gathering each output's recorded winner (zero where the winner lies
+  outside the crop). Every probe's crop has the same size (crops may hang over the map
+  border), so each layer is one batched ``conv2d``. At a switch layer the crops are
+  scattered into full maps and the rest of the network runs dense; the switch is chosen
+  by timing every plausible one;
+* exactness in float64: the windowed result against the dense one, to 16 × eps times
+  the magnitude of the summed terms (the same push with ``|W|`` and ``|u|``);
+* timing side by side (1 and 2 torch threads, median of the rounds, methods alternated):
+  a plain batched forward of as many images as probes, the dense push, the windowed push.
+
+Cases: VGG-16 to pool5 (random weights) at 224 px with 16-px patches (196 probes) and at
+128 px with 8-px patches (256 probes). Run ``python benchmarks/proto_windowed_probes.py``
+(a few minutes on 2 cores) or ``--quick`` (a smoke run on small inputs). The script
+re-executes itself with passive OpenMP waiting and glibc's malloc tunables, as
+bench_engine.py does (``--as-is`` keeps the environment).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__" and "--as-is" not in sys.argv and "OMP_WAIT_POLICY" not in os.environ:
+    # see bench_engine.py's TUNED_ENV: spinning OpenMP threads and page-faulted frees distort timings
+    os.environ.update(OMP_WAIT_POLICY="PASSIVE",
+                      GLIBC_TUNABLES="glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1000000000000")
+    os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from skbilrp.engine import ExportedNetwork  # noqa: E402
+from skbilrp.layers import Normalize  # noqa: E402
+from skbilrp.models import vgg16  # noqa: E402
+
+TARGET = 0.5  # windowed push per probe ÷ forward per image, VGG-16 224 px, 16-px patches
+EXACT_FACTOR = 16  # allowed error per op: this many eps times the magnitude of the summed terms
+END_FACTOR = 1000  # allowed error end to end (float64): this many eps times max |dense|
+
+
+# ------------------------------------------------------------------ recording
+
+
+@dataclass
+class Conv:
+    """A 3×3 convolution (padding 1) followed by ReLU: its weight and the recorded mask."""
+
+    weight: torch.Tensor  # (C_out, C_in, 3, 3)
+    mask: torch.Tensor  # (1, C_out, H, W): 1 where the pre-activation is > 0
+
+
+@dataclass
+class Pool:
+    """A 2×2 max-pool with stride 2: the recorded winner of each output (flat index)."""
+
+    index: torch.Tensor  # (1, C, H/2, W/2) into the (H, W) input plane
+    in_size: int  # H (= W) of its input
+
+
+@dataclass
+class Recording:
+    scale: torch.Tensor  # (1, 3, H, W): x / std, the input part that carries relevance
+    layers: list  # Conv and Pool, in order
+
+
+@torch.no_grad()
+def record(model: nn.Sequential, x: torch.Tensor) -> Recording:
+    """One forward of ``vgg16(...)`` on one image ``x`` (1, 3, H, W) with plain torch ops."""
+    norm, features = model.normalize, model.features
+    assert isinstance(norm, Normalize)
+    z = (x - norm.mean) / norm.std
+    layers: list = []
+    modules = list(features)
+    for i, m in enumerate(modules):
+        if isinstance(m, nn.Conv2d):
+            assert m.kernel_size == (3, 3) and m.padding == (1, 1) and m.stride == (1, 1)
+            assert isinstance(modules[i + 1], nn.ReLU)
+            z = F.conv2d(z, m.weight, m.bias, padding=1)
+            layers.append(Conv(m.weight.detach(), (z > 0).to(z.dtype)))
+            z = z.clamp(min=0)
+        elif isinstance(m, nn.MaxPool2d):
+            assert m.kernel_size == 2 and m.stride == 2 and m.padding == 0
+            size = z.shape[-1]
+            z, idx = F.max_pool2d(z, 2, 2, return_indices=True)
+            layers.append(Pool(idx, size))
+        else:
+            assert isinstance(m, nn.ReLU), f"unexpected module {m}"
+    # LRP-0 with the Normalize shift absorbed: the input flow is probe ⊙ x / std
+    return Recording(x / norm.std, layers)
+
+
+def patch_probes(size: int, patch: int, dtype: torch.dtype) -> torch.Tensor:
+    """Indicators of the patches (row-major), all channels: (P, 3, size, size)."""
+    g = size // patch
+    labels = (torch.arange(size) // patch)[:, None] * g + (torch.arange(size) // patch)[None, :]
+    return (labels[None] == torch.arange(g * g)[:, None, None]).to(dtype)[:, None].expand(-1, 3, -1, -1)
+
+
+# ------------------------------------------------------------------ dense push
+
+
+def push_dense(rec: Recording, u: torch.Tensor, layers: Sequence | None = None, absolute: bool = False):
+    """The engine's push for one sample: ``u`` (P, C, H, W) through ``layers``."""
+    for layer in rec.layers if layers is None else layers:
+        if isinstance(layer, Conv):
+            w = layer.weight.abs() if absolute else layer.weight
+            u = F.conv2d(u, w, padding=1).mul_(layer.mask)
+        else:
+            p, c = u.shape[:2]
+            idx = layer.index.flatten(2).expand(p, -1, -1)
+            u = u.flatten(2).gather(2, idx).reshape(p, c, *layer.index.shape[2:])
+    return u
+
+
+# ------------------------------------------------------------------ windowed push
+
+
+@dataclass
+class Window:
+    """Square crops of one size ``s``, probe ``p``'s at rows ``row[p] .. row[p] + s`` and
+    columns ``col[p] ..``, on a map of ``size`` (crops may hang over its border)."""
+
+    row: torch.Tensor  # (P,) int64
+    col: torch.Tensor
+    s: int
+    size: int
+
+    def rows(self) -> torch.Tensor:
+        return self.row[:, None] + torch.arange(self.s)
+
+    def cols(self) -> torch.Tensor:
+        return self.col[:, None] + torch.arange(self.s)
+
+    def on_map(self) -> torch.Tensor:
+        """(P, 1, s, s): whether each crop entry lies on the map."""
+        r, c = self.rows(), self.cols()
+        inside = lambda i: (i >= 0) & (i < self.size)  # noqa: E731
+        return (inside(r)[:, :, None] & inside(c)[:, None, :])[:, None]
+
+
+def _padded_grid(win: Window, plane: torch.Tensor, fill: float) -> tuple:
+    """``plane`` (C, H, W) padded by ``s`` on each side (a crop starts at most s - 1 before
+    the map: it always overlaps it), and the crop rows and columns in the padded plane."""
+    m = win.s
+    padded = F.pad(plane, (m, m, m, m), value=fill)
+    rows, cols = win.rows() + m, win.cols() + m
+    # negative indices would wrap around silently
+    assert int(rows.min()) >= 0 and int(cols.min()) >= 0 and int(rows.max()) < padded.shape[-2] \
+        and int(cols.max()) < padded.shape[-1], "crop outside its padded plane"
+    return padded, rows[:, :, None], cols[:, None, :]
+
+
+def crop(plane: torch.Tensor, win: Window, fill: float) -> torch.Tensor:
+    """Each probe's crop of one recorded ``plane`` (1, C, H, W): (P, C, s, s), ``fill`` off the map."""
+    padded, rows, cols = _padded_grid(win, plane[0], fill)
+    return padded[:, rows, cols].transpose(0, 1)  # (C, P, s, s) -> (P, C, s, s)
+
+
+def crop_each(u: torch.Tensor, win: Window) -> torch.Tensor:
+    """Probe ``p``'s crop of its own map ``u[p]`` (P, C, H, W): (P, C, s, s), zero off the map."""
+    padded, rows, cols = _padded_grid(win, u.transpose(0, 1), 0.0)  # (C, P, H + 2s, W + 2s)
+    return padded[:, torch.arange(u.shape[0])[:, None, None], rows, cols].transpose(0, 1)
+
+
+def conv_window(u: torch.Tensor, layer: Conv, win: Window) -> tuple[torch.Tensor, Window]:
+    """3×3 conv, padding 1, on crops: the result reaches one pixel further on each side.
+    Padding the crop by 2 gives exactly those outputs (the flow is zero outside the crop,
+    as the map's own zero padding is); the mask crop (zero off the map) then removes what
+    falls outside the map."""
+    out = Window(win.row - 1, win.col - 1, win.s + 2, win.size)
+    u = F.conv2d(u, layer.weight, padding=2)
+    return u.mul_(crop(layer.mask, out, 0.0)), out
+
+
+def pool_window(u: torch.Tensor, layer: Pool, win: Window) -> tuple[torch.Tensor, Window]:
+    """2×2 max-pool on crops: each pooled output whose block meets the crop takes the flow
+    at its recorded winner, zero where the winner lies outside the crop."""
+    row0, col0 = torch.div(win.row, 2, rounding_mode="floor"), torch.div(win.col, 2, rounding_mode="floor")
+    last = torch.div(torch.stack([win.row, win.col]) + win.s - 1, 2, rounding_mode="floor")
+    s = int((last - torch.stack([row0, col0])).max()) + 1
+    out = Window(row0, col0, s, win.size // 2)
+    idx = crop(layer.index, out, -1)  # (P, C, s, s) flat winners in the input plane; -1 off the map
+    r = torch.div(idx, layer.in_size, rounding_mode="floor") - win.row[:, None, None, None]
+    c = idx % layer.in_size - win.col[:, None, None, None]
+    inside = (idx >= 0) & (r >= 0) & (r < win.s) & (c >= 0) & (c < win.s)
+    local = torch.where(inside, r * win.s + c, 0)
+    p, ch = u.shape[:2]
+    v = u.reshape(p, ch, -1).gather(2, local.reshape(p, ch, -1)).reshape(p, ch, s, s)
+    return v.mul_(inside.to(v.dtype)), out
+
+
+def scatter_dense(u: torch.Tensor, win: Window) -> torch.Tensor:
+    """Crops (P, C, s, s) into full maps (P, C, size, size); off-map entries are zero."""
+    p, c, s, m = *u.shape[:3], win.s
+    full = u.new_zeros(p, c, win.size + 2 * m, win.size + 2 * m)
+    flat = ((win.rows() + m)[:, :, None] * full.shape[-1] + (win.cols() + m)[:, None, :]).reshape(p, 1, -1)
+    full.view(p, c, -1).scatter_(2, flat.expand(p, c, -1), u.reshape(p, c, -1))
+    return full[:, :, m:m + win.size, m:m + win.size]
+
+
+def push_windowed(rec: Recording, probes: torch.Tensor, k: torch.Tensor, patch: int, switch: int):
+    """Windowed push of the indicators ``probes`` of patches ``k`` (row-major indices)
+    through ``rec.layers[:switch]``, then dense through the rest."""
+    size = rec.scale.shape[-1]
+    g = size // patch
+    win = Window(k // g * patch, k % g * patch, patch, size)
+    u = crop(rec.scale, win, 0.0) * crop_each(probes, win)
+    for layer in rec.layers[:switch]:
+        u, win = (conv_window if isinstance(layer, Conv) else pool_window)(u, layer, win)
+    return push_dense(rec, scatter_dense(u, win), rec.layers[switch:])
+
+
+def window_sizes(rec: Recording, patch: int) -> list[tuple[int, int]]:
+    """(crop size, map size) entering each layer, and after the last, for an aligned patch."""
+    s, size, out = patch, rec.scale.shape[-1], []
+    row = 0
+    for layer in rec.layers:
+        out.append((s, size))
+        if isinstance(layer, Conv):
+            row, s = row - 1, s + 2
+        else:
+            # patches start on multiples of the patch size: their crops share the parity of row
+            row0 = row // 2
+            s, row, size = (row + s - 1) // 2 - row0 + 1, row0, size // 2
+    out.append((s, size))
+    return out
+
+
+def flops(rec: Recording, patch: int, switch: int) -> float:
+    """Multiply-adds of the convolutions of one probe pushed with the given switch."""
+    total = 0.0
+    sizes = window_sizes(rec, patch)
+    for i, layer in enumerate(rec.layers):
+        if isinstance(layer, Conv):
+            c_out, c_in = layer.weight.shape[:2]
+            s_out, size = sizes[i + 1]
+            side = s_out if i < switch else size
+            total += c_out * c_in * 9 * side * side
+    return total
+
+
+# ------------------------------------------------------------------ checks
+
+
+def check_engine(model: nn.Sequential, x: torch.Tensor, patch: int, picks: Sequence[int]) -> float:
+    """Dense push against the engine in float64 on a few probes: max error ÷ max |engine|."""
+    m64 = model.double()
+    x64 = x.double()
+    rec = record(m64, x64)
+    probes = patch_probes(x.shape[-1], patch, torch.float64)[list(picks)]
+    ours = push_dense(rec, probes * rec.scale).flatten(1)
+    ref = ExportedNetwork(m64, "zero", torch.float64).record(x64).push(probes.contiguous(), channel_axis=1)
+    model.float()
+    return float((ours - ref).abs().max() / ref.abs().max())
+
+
+def step_window(u: torch.Tensor, layer, win: Window) -> tuple[torch.Tensor, Window]:
+    return (conv_window if isinstance(layer, Conv) else pool_window)(u, layer, win)
+
+
+def check_windowed(model: nn.Sequential, x: torch.Tensor, patch: int, picks: Sequence[int],
+                   switch: int) -> dict:
+    """Windowed against dense in float64 on the given probes, pushed as one batch.
+
+    Per op: each windowed op, fed the crops of the dense flow, must give the dense op's
+    output (scattered back, so any flow outside the crops shows up as an error) to
+    ``EXACT_FACTOR`` eps times the sum of |terms| of that op (``|W| |u|``; for the exact
+    gathers of a pool, ``|u|`` gathered). Chained: in the windowed push itself, every
+    crop entry off the map must be zero (else it would leak into the next op; the
+    scatter to dense drops it). Both together make the chain the dense push up to
+    rounding. End to end, the per-op roundings propagate through the later layers:
+    reported relative to max |dense|, and held to ``END_FACTOR`` eps of it (the sum of
+    |terms| of the whole network, ``|W|`` all through, is about 1e16 times the flows on
+    this random VGG, so it bounds nothing useful).
+    """
+    m64, x64 = model.double(), x.double()
+    try:
+        rec = record(m64, x64)
+        k = torch.tensor(list(picks))
+        g = x.shape[-1] // patch
+        probes = patch_probes(x.shape[-1], patch, torch.float64)[k]
+        eps, tiny = torch.finfo(torch.float64).eps, torch.finfo(torch.float64).tiny
+        worst, leaks, u = 0.0, 0, probes * rec.scale
+        win = Window(k // g * patch, k % g * patch, patch, x.shape[-1])
+        chain = crop_each(u, win)
+        for layer in rec.layers[:switch]:
+            out, out_win = step_window(crop_each(u, win), layer, win)
+            dense = push_dense(rec, u, [layer])
+            terms = push_dense(rec, u.abs(), [layer], absolute=True)
+            err = (scatter_dense(out, out_win) - dense).abs()
+            worst = max(worst, float((err / (eps * terms).clamp(min=tiny)).max()))
+            chain, _ = step_window(chain, layer, win)
+            leaks += int((~out_win.on_map() & (chain != 0)).sum())
+            u, win = dense, out_win
+        dense = push_dense(rec, probes * rec.scale)
+        end = push_windowed(rec, probes, k, patch, switch)
+    finally:
+        model.float()
+    end_err = float((end - dense).abs().max() / dense.abs().max())
+    return {
+        "per_op_eps": worst,  # largest per-op error in units of eps x sum of |terms|
+        "leaks": leaks,  # non-zero crop entries off the map in the chained push
+        "end_to_end": end_err,
+        "within": worst <= EXACT_FACTOR and leaks == 0 and end_err <= END_FACTOR * eps,
+        "probes": len(picks),
+    }
+
+
+# ------------------------------------------------------------------ timing
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def choose_switch(rec: Recording, probes: torch.Tensor, k: torch.Tensor, patch: int,
+                  repeats: int) -> tuple[int, dict]:
+    """The switch layer with the fastest windowed push, among those whose multiply-adds
+    are within twice the fewest (the others cannot win)."""
+    cost = {j: flops(rec, patch, j) for j in range(len(rec.layers) + 1)}
+    cands = [j for j, f in cost.items() if f <= 2 * min(cost.values())]
+    times = {}
+    with torch.no_grad():
+        for j in cands:
+            push_windowed(rec, probes, k, patch, j)
+            times[j] = min(timed(lambda: push_windowed(rec, probes, k, patch, j)) for _ in range(repeats))
+    return min(times, key=times.get), times
+
+
+def layer_name(rec: Recording, j: int) -> str:
+    if j >= len(rec.layers):
+        return "end (all windowed)"
+    block, conv = 1, 0
+    for layer in rec.layers[:j]:
+        if isinstance(layer, Pool):
+            block, conv = block + 1, 0
+        else:
+            conv += 1
+    what = f"conv{block}_{conv + 1}" if isinstance(rec.layers[j], Conv) else f"pool{block}"
+    return f"before {what}"
+
+
+def measure(model: nn.Sequential, x: torch.Tensor, patch: int, batch: int, rounds: int, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    rec = record(model, x)
+    k = torch.arange(batch)
+    probes = patch_probes(x.shape[-1], patch, x.dtype)[k].contiguous()
+    images = x.expand(batch, -1, -1, -1).contiguous() + 0.01 * torch.rand(batch, *x.shape[1:])
+    switch, calib = choose_switch(rec, probes, k, patch, 2)
+    methods = {
+        "forward": lambda: model(images),
+        "dense": lambda: push_dense(rec, probes * rec.scale),
+        "windowed": lambda: push_windowed(rec, probes, k, patch, switch),
+    }
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    with torch.no_grad():
+        for fn in methods.values():
+            fn()  # warm-up
+        for r in range(rounds):
+            order = list(methods) if r % 2 == 0 else list(reversed(methods))
+            for name in order:
+                times[name].append(timed(methods[name]))
+    return {"times": times, "switch": switch, "calib": calib, "rec": rec}
+
+
+def ratio(times: dict, a: str, b: str) -> str:
+    per = [x / y for x, y in zip(times[a], times[b])]
+    return (f"{statistics.median(times[a]) / statistics.median(times[b]):5.3f} "
+            f"[{min(per):.3f}-{max(per):.3f}]")
+
+
+def run_case(name: str, size: int, patch: int, batch: int, rounds: int, threads: Sequence[int],
+             picks: Sequence[int]) -> None:
+    model = vgg16(cut="pool5")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        # non-zero biases, so that the masks are not those of a bias-free net
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.bias.data.uniform_(-0.05, 0.05)
+        x = torch.rand(1, 3, size, size)
+    p = (size // patch) ** 2
+    print(f"\n== {name}: VGG-16 to pool5 (random weights), {size} px, {patch}-px patches, {p} probes; "
+          f"timed on {batch} probes (every probe costs the same: crops are uniform)")
+    with torch.no_grad():
+        err = check_engine(model, x, patch, picks[:3])
+    print(f"dense push vs skbilrp engine (float64, {len(picks[:3])} probes): max err / max |engine| = {err:.2e}")
+    rec = record(model, x)
+    sizes = window_sizes(rec, patch)
+    print("crop size entering each layer / map size: "
+          + ", ".join(f"{s}/{m}" for s, m in sizes))
+    dense_flops = flops(rec, patch, 0)
+    results = {}
+    for t in threads:
+        results[t] = measure(model, x, patch, batch, rounds, t)
+        res = results[t]
+        print(f"[{t} thread(s)] switch candidates (best of 2, s): "
+              + ", ".join(f"{layer_name(rec, j)} {v:.3f}" for j, v in res["calib"].items()))
+        print(f"[{t} thread(s)] chosen switch: {layer_name(rec, res['switch'])} (layer {res['switch']}); "
+              f"windowed conv multiply-adds / dense: {flops(rec, patch, res['switch']) / dense_flops:.3f}")
+    with torch.no_grad():
+        check = check_windowed(model, x, patch, picks, results[threads[0]]["switch"])
+    eps = torch.finfo(torch.float64).eps
+    print(f"windowed vs dense (float64, {check['probes']} probes incl. corners and edges, switch as chosen): "
+          f"per op, max err = {check['per_op_eps']:.2f} eps x sum of |terms| (limit {EXACT_FACTOR}); "
+          f"off-map crop entries non-zero in the chain: {check['leaks']}; end to end, max err / max |dense| = "
+          f"{check['end_to_end']:.2e} = {check['end_to_end'] / eps:.1f} eps (limit {END_FACTOR}): "
+          f"{'OK' if check['within'] else 'FAILED'}")
+    if not check["within"]:
+        raise SystemExit("windowed push differs from the dense push beyond rounding")
+    print(f"    threads  forward s  dense s  windowed s   windowed/dense        windowed/forward      "
+          f"dense/forward   (medians of {rounds} rounds; ratio of medians [per-round range])")
+    for t, res in results.items():
+        tm = res["times"]
+        print(f"    {t:7d}  {statistics.median(tm['forward']):9.3f}  {statistics.median(tm['dense']):7.3f}  "
+              f"{statistics.median(tm['windowed']):10.3f}   {ratio(tm, 'windowed', 'dense')}  "
+              f"{ratio(tm, 'windowed', 'forward')}  {ratio(tm, 'dense', 'forward')}")
+    return results
+
+
+def edge_picks(size: int, patch: int) -> list[int]:
+    """Probe indices at the corners, the edge middles and the centre, plus an off-centre one."""
+    g = size // patch
+    pos = [(0, 0), (g // 2, g // 2), (g - 1, g - 1), (0, g - 1), (g - 1, 0), (0, g // 2), (g // 2, 0),
+           (g - 1, g // 2), (g // 2, g - 1), (1, 2)]
+    return list(dict.fromkeys(r * g + c for r, c in pos))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: 64 px and 32 px inputs, 3 rounds")
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds per method (default 5)")
+    ap.add_argument("--batch", type=int, default=16, help="probes per timed push (default 16)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts (default 1 2)")
+    ap.add_argument("--cases", nargs="+", default=["224", "128"], choices=["224", "128"],
+                    help="224: 224 px, 16-px patches; 128: 128 px, 8-px patches")
+    ap.add_argument("--as-is", action="store_true", help="keep the environment (no OMP/malloc tuning)")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    print(f"windowed probe push prototype, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+          f"torch {torch.__version__}, threads {args.threads}, {os.cpu_count()} CPUs")
+    print(f"environment: OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')}")
+    print(f"command: python {' '.join(sys.argv)}")
+    print("load average at start (1, 5, 15 min): " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    rounds = 3 if args.quick else args.rounds
+    cases = {"224": ("224 px / 16-px patches", 224, 16), "128": ("128 px / 8-px patches", 128, 8)}
+    if args.quick:
+        cases = {"224": ("64 px / 16-px patches (quick)", 64, 16), "128": ("32 px / 8-px patches (quick)", 32, 8)}
+    for key in args.cases:
+        name, size, patch = cases[key]
+        run_case(name, size, patch, args.batch, rounds, args.threads, edge_picks(size, patch))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\npeak RSS {rss:.0f} MiB; total {time.perf_counter() - t0:.0f} s; load average at end: "
+          + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+
+
+if __name__ == "__main__":
+    main()

@@ -54,7 +54,7 @@ from torch import nn  # noqa: E402
 
 from skbilrp.engine import ExportedNetwork  # noqa: E402
 from skbilrp.layers import Normalize  # noqa: E402
-from skbilrp.models import vgg16  # noqa: E402
+from skbilrp.models import mobilenet_v2, vgg16  # noqa: E402
 
 TARGET = 0.5  # windowed push per probe ÷ forward per image, VGG-16 224 px, 16-px patches
 EXACT_FACTOR = 16  # allowed error per op: this many eps times the magnitude of the summed terms
@@ -262,6 +262,35 @@ def flops(rec: Recording, patch: int, switch: int) -> float:
     return total
 
 
+def footprint_ratio(model: nn.Module, size: int, patch: int) -> tuple[float, float]:
+    """Multiply-adds of every conv of ``model`` on the probes' windows ÷ dense, for patch
+    probes at ``size`` px: (uniform crops of the widest window, capped at the map; the
+    exact footprint of each probe, clipped to the map, averaged over the probes). Windows
+    follow the convs and max-pools in execution order (a residual add's window is its longer branch's,
+    which contains the skip's); only the geometry of the convs counts, not their weights."""
+    convs: list[tuple] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: convs.append((m, i[0].shape[-1], o.shape[-1])))
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.MaxPool2d))]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    g = size // patch
+    lo, hi = torch.arange(g) * patch, torch.arange(g) * patch + patch - 1  # per patch row/column
+    uniform = clipped = dense = 0.0
+    for m, n_in, n_out in convs:
+        k, st, pad = (nn.modules.utils._pair(v)[0] for v in (m.kernel_size, m.stride, m.padding))
+        macs = m.out_channels * m.in_channels // m.groups * k * k if isinstance(m, nn.Conv2d) else 0
+        # output o reads inputs o*st - pad .. o*st - pad + k - 1
+        lo = torch.div(lo + pad - k + 1 + st - 1, st, rounding_mode="floor")
+        hi = torch.div(hi + pad, st, rounding_mode="floor")
+        side = hi.clamp(max=n_out - 1) - lo.clamp(min=0) + 1  # clipped footprint per row/column
+        uniform += macs * min(int((hi - lo).max()) + 1, n_out) ** 2
+        clipped += macs * float((side[:, None] * side[None, :]).float().mean())
+        dense += macs * n_out ** 2
+    return uniform / dense, clipped / dense
+
+
 # ------------------------------------------------------------------ checks
 
 
@@ -412,6 +441,9 @@ def run_case(name: str, size: int, patch: int, batch: int, rounds: int, threads:
     print("crop size entering each layer / map size: "
           + ", ".join(f"{s}/{m}" for s, m in sizes))
     dense_flops = flops(rec, patch, 0)
+    uniform, clipped = footprint_ratio(model, size, patch)
+    print(f"conv multiply-adds on the windows / dense, all layers windowed: uniform crops {uniform:.3f}, "
+          f"each probe's clipped footprint {clipped:.3f}")
     results = {}
     for t in threads:
         results[t] = measure(model, x, patch, batch, rounds, t)
@@ -489,6 +521,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     for key in args.cases:
         name, size, patch = cases[key]
         run_case(name, size, patch, args.batch, rounds, args.threads, edge_picks(size, patch))
+    size = 64 if args.quick else 224
+    for patch in (16, 32):
+        uniform, clipped = footprint_ratio(mobilenet_v2(pretrained=False), size, patch)
+        print(f"\nMobileNetV2 (geometry only), {size} px, {patch}-px patches: conv multiply-adds on the windows / "
+              f"dense: uniform crops {uniform:.3f}, clipped footprints {clipped:.3f}: at most "
+              f"{1 / uniform:.1f}x / {1 / clipped:.1f}x fewer (not prototyped)")
     print(f"\npeak RSS {peak_rss_mib():.0f} MiB (float64 checks included); total {time.perf_counter() - t0:.0f} s; load average at end: "
           + " ".join(f"{v:.2f}" for v in os.getloadavg()))
 

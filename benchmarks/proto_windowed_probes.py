@@ -221,6 +221,10 @@ def scatter_dense(u: torch.Tensor, win: Window) -> torch.Tensor:
     return full[:, :, m:m + win.size, m:m + win.size]
 
 
+def step_window(u: torch.Tensor, layer, win: Window) -> tuple[torch.Tensor, Window]:
+    return (conv_window if isinstance(layer, Conv) else pool_window)(u, layer, win)
+
+
 def push_windowed(rec: Recording, probes: torch.Tensor, k: torch.Tensor, patch: int, switch: int):
     """Windowed push of the indicators ``probes`` of patches ``k`` (row-major indices)
     through ``rec.layers[:switch]``, then dense through the rest."""
@@ -229,7 +233,7 @@ def push_windowed(rec: Recording, probes: torch.Tensor, k: torch.Tensor, patch: 
     win = Window(k // g * patch, k % g * patch, patch, size)
     u = crop(rec.scale, win, 0.0) * crop_each(probes, win)
     for layer in rec.layers[:switch]:
-        u, win = (conv_window if isinstance(layer, Conv) else pool_window)(u, layer, win)
+        u, win = step_window(u, layer, win)
     return push_dense(rec, scatter_dense(u, win), rec.layers[switch:])
 
 
@@ -266,10 +270,11 @@ def footprint_ratio(model: nn.Module, size: int, patch: int) -> tuple[float, flo
     """Multiply-adds of every conv of ``model`` on the probes' windows ÷ dense, for patch
     probes at ``size`` px: (uniform crops of the widest window, capped at the map; the
     exact footprint of each probe, clipped to the map, averaged over the probes). Windows
-    follow the convs and max-pools in execution order (a residual add's window is its longer branch's,
-    which contains the skip's); only the geometry of the convs counts, not their weights."""
+    follow the convs and max-pools in execution order (a residual add's window is its
+    longer branch's, which contains the skip's); only their geometry counts. On VGG-16 the
+    uniform ratio is :func:`flops`' all-windowed one, reached independently."""
     convs: list[tuple] = []
-    hooks = [m.register_forward_hook(lambda m, i, o: convs.append((m, i[0].shape[-1], o.shape[-1])))
+    hooks = [m.register_forward_hook(lambda m, i, o: convs.append((m, o.shape[-1])))
              for m in model.modules() if isinstance(m, (nn.Conv2d, nn.MaxPool2d))]
     with torch.no_grad():
         model(torch.zeros(1, 3, size, size))
@@ -278,7 +283,7 @@ def footprint_ratio(model: nn.Module, size: int, patch: int) -> tuple[float, flo
     g = size // patch
     lo, hi = torch.arange(g) * patch, torch.arange(g) * patch + patch - 1  # per patch row/column
     uniform = clipped = dense = 0.0
-    for m, n_in, n_out in convs:
+    for m, n_out in convs:
         k, st, pad = (nn.modules.utils._pair(v)[0] for v in (m.kernel_size, m.stride, m.padding))
         macs = m.out_channels * m.in_channels // m.groups * k * k if isinstance(m, nn.Conv2d) else 0
         # output o reads inputs o*st - pad .. o*st - pad + k - 1
@@ -304,10 +309,6 @@ def check_engine(model: nn.Sequential, x: torch.Tensor, patch: int, picks: Seque
     ref = ExportedNetwork(m64, "zero", torch.float64).record(x64).push(probes.contiguous(), channel_axis=1)
     model.float()
     return float((ours - ref).abs().max() / ref.abs().max())
-
-
-def step_window(u: torch.Tensor, layer, win: Window) -> tuple[torch.Tensor, Window]:
-    return (conv_window if isinstance(layer, Conv) else pool_window)(u, layer, win)
 
 
 def check_windowed(model: nn.Sequential, x: torch.Tensor, patch: int, picks: Sequence[int],
@@ -527,8 +528,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"\nMobileNetV2 (geometry only), {size} px, {patch}-px patches: conv multiply-adds on the windows / "
               f"dense: uniform crops {uniform:.3f}, clipped footprints {clipped:.3f}: at most "
               f"{1 / uniform:.1f}x / {1 / clipped:.1f}x fewer (not prototyped)")
-    print(f"\npeak RSS {peak_rss_mib():.0f} MiB (float64 checks included); total {time.perf_counter() - t0:.0f} s; load average at end: "
-          + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    print(f"\npeak RSS {peak_rss_mib():.0f} MiB (float64 checks included); total {time.perf_counter() - t0:.0f} s; "
+          "load average at end: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
 
 
 if __name__ == "__main__":

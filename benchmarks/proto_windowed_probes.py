@@ -51,10 +51,12 @@ from dataclasses import dataclass  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.fx.experimental.optimization import fuse  # noqa: E402
 
 from skbilrp.engine import ExportedNetwork  # noqa: E402
 from skbilrp.layers import Normalize  # noqa: E402
 from skbilrp.models import mobilenet_v2, vgg16  # noqa: E402
+from skbilrp.models.mobilenet import ConvBNReLU6, InvertedResidual  # noqa: E402
 
 TARGET = 0.5  # windowed push per probe ÷ forward per image, VGG-16 224 px, 16-px patches
 EXACT_FACTOR = 16  # allowed error per op: this many eps times the magnitude of the summed terms
@@ -66,24 +68,51 @@ END_FACTOR = 1000  # allowed error end to end (float64): this many eps times max
 
 @dataclass
 class Conv:
-    """A 3×3 convolution (padding 1) followed by ReLU: its weight and the recorded mask."""
+    """A convolution (BatchNorm folded in), then its activation's recorded ratio f(z)/z
+    (ReLU: the 0/1 mask; ReLU6: 6/z above 6; None without activation)."""
 
-    weight: torch.Tensor  # (C_out, C_in, 3, 3)
-    mask: torch.Tensor  # (1, C_out, H, W): 1 where the pre-activation is > 0
+    name: str
+    weight: torch.Tensor  # (C_out, C_in / groups, k, k)
+    mask: torch.Tensor | None  # (1, C_out, H, W)
+    stride: int = 1
+    padding: int = 1
+    groups: int = 1
 
 
 @dataclass
 class Pool:
     """A 2×2 max-pool with stride 2: the recorded winner of each output (flat index)."""
 
+    name: str
     index: torch.Tensor  # (1, C, H/2, W/2) into the (H, W) input plane
     in_size: int  # H (= W) of its input
 
 
 @dataclass
+class Save:
+    """Keep the flow for a residual :class:`Add`."""
+
+    name: str
+
+
+@dataclass
+class Add:
+    """Add the flow kept by the last :class:`Save` (a residual connection)."""
+
+    name: str
+
+
+@dataclass
+class Mean:
+    """Global average pooling to (P, C)."""
+
+    name: str
+
+
+@dataclass
 class Recording:
     scale: torch.Tensor  # (1, 3, H, W): x / std, the input part that carries relevance
-    layers: list  # Conv and Pool, in order
+    layers: list  # Conv, Pool, Save, Add, Mean, in order
 
 
 @torch.no_grad()
@@ -94,21 +123,68 @@ def record(model: nn.Sequential, x: torch.Tensor) -> Recording:
     z = (x - norm.mean) / norm.std
     layers: list = []
     modules = list(features)
+    block, conv = 1, 0
     for i, m in enumerate(modules):
         if isinstance(m, nn.Conv2d):
             assert m.kernel_size == (3, 3) and m.padding == (1, 1) and m.stride == (1, 1)
             assert isinstance(modules[i + 1], nn.ReLU)
             z = F.conv2d(z, m.weight, m.bias, padding=1)
-            layers.append(Conv(m.weight.detach(), (z > 0).to(z.dtype)))
+            conv += 1
+            layers.append(Conv(f"conv{block}_{conv}", m.weight.detach(), (z > 0).to(z.dtype)))
             z = z.clamp(min=0)
         elif isinstance(m, nn.MaxPool2d):
             assert m.kernel_size == 2 and m.stride == 2 and m.padding == 0
             size = z.shape[-1]
             z, idx = F.max_pool2d(z, 2, 2, return_indices=True)
-            layers.append(Pool(idx, size))
+            layers.append(Pool(f"pool{block}", idx, size))
+            block, conv = block + 1, 0
         else:
             assert isinstance(m, nn.ReLU), f"unexpected module {m}"
     # LRP-0 with the Normalize shift absorbed: the input flow is probe ⊙ x / std
+    return Recording(x / norm.std, layers)
+
+
+@torch.no_grad()
+def record_mobilenet(model: nn.Sequential, x: torch.Tensor) -> Recording:
+    """One forward of ``mobilenet_v2(...)`` on one image, each BatchNorm folded into its
+    conv (as the engine folds them); ReLU6 recorded as its ratio f(z)/z."""
+    norm = model.normalize
+    z = (x - norm.mean) / norm.std
+    layers: list = []
+
+    def conv_bn(name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: bool) -> None:
+        nonlocal z
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        w = conv.weight * scale[:, None, None, None]
+        conf = dict(stride=conv.stride[0], padding=conv.padding[0], groups=conv.groups)
+        z = F.conv2d(z, w, bn.bias - bn.running_mean * scale, **conf)
+        ratio = None
+        if act:
+            a = z.clamp(0, 6)
+            ratio = torch.where(z != 0, a / torch.where(z != 0, z, 1), 0)
+            z = a
+        layers.append(Conv(name, w, ratio, **conf))
+
+    for b, block in enumerate(model.features):
+        if isinstance(block, ConvBNReLU6):
+            conv_bn(f"features.{b}", block[0], block[1], True)
+            continue
+        assert isinstance(block, InvertedResidual)
+        skip = z
+        if block.use_res_connect:
+            layers.append(Save(f"features.{b} (skip)"))
+        mods = list(block.conv)
+        for j, m in enumerate(mods):
+            if isinstance(m, ConvBNReLU6):
+                conv_bn(f"features.{b}.conv.{j}", m[0], m[1], True)
+            elif isinstance(m, nn.Conv2d):
+                conv_bn(f"features.{b}.conv.{j}", m, mods[j + 1], False)
+        if block.use_res_connect:
+            z = z + skip
+            layers.append(Add(f"features.{b} (add)"))
+    assert torch.allclose(z.mean((2, 3)), model(x), rtol=1e-4, atol=1e-4 * float(z.abs().max())), \
+        "the recorded forward is not the model's"
+    layers.append(Mean("pool"))
     return Recording(x / norm.std, layers)
 
 
@@ -122,16 +198,27 @@ def patch_probes(size: int, patch: int, dtype: torch.dtype) -> torch.Tensor:
 # ------------------------------------------------------------------ dense push
 
 
-def push_dense(rec: Recording, u: torch.Tensor, layers: Sequence | None = None, absolute: bool = False):
-    """The engine's push for one sample: ``u`` (P, C, H, W) through ``layers``."""
+def push_dense(rec: Recording, u: torch.Tensor, layers: Sequence | None = None, absolute: bool = False,
+               saved: list | None = None):
+    """The engine's push for one sample: ``u`` (P, C, H, W) through ``layers``; ``saved``
+    holds the flows kept for residual adds still open."""
+    saved = [] if saved is None else saved
     for layer in rec.layers if layers is None else layers:
         if isinstance(layer, Conv):
             w = layer.weight.abs() if absolute else layer.weight
-            u = F.conv2d(u, w, padding=1).mul_(layer.mask)
-        else:
+            u = F.conv2d(u, w, stride=layer.stride, padding=layer.padding, groups=layer.groups)
+            if layer.mask is not None:
+                u = u.mul_(layer.mask)
+        elif isinstance(layer, Pool):
             p, c = u.shape[:2]
             idx = layer.index.flatten(2).expand(p, -1, -1)
             u = u.flatten(2).gather(2, idx).reshape(p, c, *layer.index.shape[2:])
+        elif isinstance(layer, Save):
+            saved.append(u)
+        elif isinstance(layer, Add):
+            u = u + saved.pop()
+        else:
+            u = u.mean((2, 3))
     return u
 
 
@@ -185,14 +272,55 @@ def crop_each(u: torch.Tensor, win: Window) -> torch.Tensor:
     return padded[:, torch.arange(u.shape[0])[:, None, None], rows, cols].transpose(0, 1)
 
 
+def _uniform(values: torch.Tensor) -> int:
+    """The one value all probes share (their crops move alike: patches on a grid)."""
+    assert bool((values == values[0]).all()), "probes' crops do not move alike"
+    return int(values[0])
+
+
+def align_to_stride(u: torch.Tensor, win: Window, st: int, pad: int) -> tuple[torch.Tensor, Window]:
+    """Crops whose offsets differ modulo a conv's stride read the input grid at different
+    phases, so one batched conv cannot serve them: widen every crop by ``st - 1`` zero
+    rows and columns, put in front where needed, so that all start on one phase."""
+    dr, dc = (win.row + pad) % st, (win.col + pad) % st
+    if bool((dr == dr[0]).all() and (dc == dc[0]).all()):
+        return u, win
+    out = u.new_zeros(*u.shape[:2], win.s + st - 1, win.s + st - 1)
+    for a in range(st):
+        for b in range(st):
+            rows = ((dr == a) & (dc == b)).nonzero().flatten()
+            out[rows, :, a:a + win.s, b:b + win.s] = u[rows]
+    return out, Window(win.row - dr, win.col - dc, win.s + st - 1, win.size)
+
+
 def conv_window(u: torch.Tensor, layer: Conv, win: Window) -> tuple[torch.Tensor, Window]:
-    """3×3 conv, padding 1, on crops: the result reaches one pixel further on each side.
-    Padding the crop by 2 gives exactly those outputs (the flow is zero outside the crop,
-    as the map's own zero padding is); the mask crop (zero off the map) then removes what
-    falls outside the map."""
-    out = Window(win.row - 1, win.col - 1, win.s + 2, win.size)
-    u = F.conv2d(u, layer.weight, padding=2)
+    """Conv on crops: output ``o`` reads inputs ``o*st - pad .. o*st - pad + k - 1``, so the
+    crop [a, a + s) reaches outputs ceil((a + pad - k + 1) / st) .. floor((a + s - 1 + pad) / st).
+    Zero-padding the crop to the inputs those outputs read gives them exactly (the flow is
+    zero outside the crop, as the map's own zero padding is); the mask crop (zero off the
+    map) then removes what falls outside the map (3×3, padding 1: a crop two pixels wider)."""
+    k, st, pad = layer.weight.shape[-1], layer.stride, layer.padding
+    u, win = align_to_stride(u, win, st, pad)
+    first = [-torch.div(-(a + pad - k + 1), st, rounding_mode="floor") for a in (win.row, win.col)]
+    last = [torch.div(a + win.s - 1 + pad, st, rounding_mode="floor") for a in (win.row, win.col)]
+    s = int(max((last[0] - first[0]).max(), (last[1] - first[1]).max())) + 1
+    out = Window(first[0], first[1], s, (win.size + 2 * pad - k) // st + 1)
+    before = _uniform(torch.cat([win.row - first[0] * st + pad, win.col - first[1] * st + pad]))
+    after = (s - 1) * st + k - before - win.s  # negative: the last inputs are not read
+    u = F.conv2d(F.pad(u, (before, after, before, after)), layer.weight, stride=st, groups=layer.groups)
+    if layer.mask is None:  # no activation: the input is zero off the map, so is a 1×1 conv's output
+        assert k == 1, "a conv without activation must be 1×1 here"
+        return u, out
     return u.mul_(crop(layer.mask, out, 0.0)), out
+
+
+def add_window(u: torch.Tensor, win: Window, kept: tuple) -> torch.Tensor:
+    """Residual add on crops: the kept crop, padded into the (larger) current one."""
+    v, vwin = kept
+    before = _uniform(torch.cat([vwin.row - win.row, vwin.col - win.col]))
+    after = win.s - vwin.s - before
+    assert before >= 0 and after >= 0, "the kept crop must lie inside the current one"
+    return u + F.pad(v, (before, after, before, after))
 
 
 def pool_window(u: torch.Tensor, layer: Pool, win: Window) -> tuple[torch.Tensor, Window]:
@@ -221,8 +349,18 @@ def scatter_dense(u: torch.Tensor, win: Window) -> torch.Tensor:
     return full[:, :, m:m + win.size, m:m + win.size]
 
 
-def step_window(u: torch.Tensor, layer, win: Window) -> tuple[torch.Tensor, Window]:
-    return (conv_window if isinstance(layer, Conv) else pool_window)(u, layer, win)
+def step_window(u: torch.Tensor, layer, win: Window, saved: list) -> tuple[torch.Tensor, Window]:
+    """One layer on crops; ``saved`` holds the (crops, window) kept for residual adds."""
+    if isinstance(layer, Conv):
+        return conv_window(u, layer, win)
+    if isinstance(layer, Pool):
+        return pool_window(u, layer, win)
+    if isinstance(layer, Save):
+        saved.append((u, win))
+        return u, win
+    if isinstance(layer, Add):
+        return add_window(u, win, saved.pop()), win
+    return u.sum((2, 3)) / win.size ** 2, win  # Mean: zero off the map, so the crop's sum
 
 
 def push_windowed(rec: Recording, probes: torch.Tensor, k: torch.Tensor, patch: int, switch: int):
@@ -232,9 +370,12 @@ def push_windowed(rec: Recording, probes: torch.Tensor, k: torch.Tensor, patch: 
     g = size // patch
     win = Window(k // g * patch, k % g * patch, patch, size)
     u = crop(rec.scale, win, 0.0) * crop_each(probes, win)
+    saved: list = []
     for layer in rec.layers[:switch]:
-        u, win = step_window(u, layer, win)
-    return push_dense(rec, scatter_dense(u, win), rec.layers[switch:])
+        u, win = step_window(u, layer, win, saved)
+    if u.dim() == 2:  # pooled to (P, C) on the crops
+        return u
+    return push_dense(rec, scatter_dense(u, win), rec.layers[switch:], saved=[scatter_dense(*v) for v in saved])
 
 
 def window_sizes(rec: Recording, patch: int) -> list[tuple[int, int]]:
@@ -299,20 +440,33 @@ def footprint_ratio(model: nn.Module, size: int, patch: int) -> tuple[float, flo
 # ------------------------------------------------------------------ checks
 
 
-def check_engine(model: nn.Sequential, x: torch.Tensor, patch: int, picks: Sequence[int]) -> float:
+@dataclass
+class Net:
+    """A network of the study: the model, its plain-torch recorder, the model its
+    reference forward runs (BatchNorms folded, as the engine folds them), and which
+    switch layers to time."""
+
+    title: str
+    model: nn.Sequential
+    recorder: Callable[[nn.Sequential, torch.Tensor], Recording]
+    forward: nn.Module
+    candidates: Callable[[Recording, int], list]
+
+
+def check_engine(net: Net, x: torch.Tensor, patch: int, picks: Sequence[int]) -> float:
     """Dense push against the engine in float64 on a few probes: max error ÷ max |engine|."""
-    m64 = model.double()
-    x64 = x.double()
-    rec = record(m64, x64)
-    probes = patch_probes(x.shape[-1], patch, torch.float64)[list(picks)]
-    ours = push_dense(rec, probes * rec.scale).flatten(1)
-    ref = ExportedNetwork(m64, "zero", torch.float64).record(x64).push(probes.contiguous(), channel_axis=1)
-    model.float()
+    m64, x64 = net.model.double(), x.double()
+    try:
+        rec = net.recorder(m64, x64)
+        probes = patch_probes(x.shape[-1], patch, torch.float64)[list(picks)]
+        ours = push_dense(rec, probes * rec.scale).flatten(1)
+        ref = ExportedNetwork(m64, "zero", torch.float64).record(x64).push(probes.contiguous(), channel_axis=1)
+    finally:
+        net.model.float()
     return float((ours - ref).abs().max() / ref.abs().max())
 
 
-def check_windowed(model: nn.Sequential, x: torch.Tensor, patch: int, picks: Sequence[int],
-                   switch: int) -> dict:
+def check_windowed(net: Net, x: torch.Tensor, patch: int, picks: Sequence[int], switch: int) -> dict:
     """Windowed against dense in float64 on the given probes, pushed as one batch.
 
     Per op: each windowed op, fed the crops of the dense flow, must give the dense op's
@@ -324,31 +478,41 @@ def check_windowed(model: nn.Sequential, x: torch.Tensor, patch: int, picks: Seq
     rounding. End to end, the per-op roundings propagate through the later layers:
     reported relative to max |dense|, and held to ``END_FACTOR`` eps of it (the sum of
     |terms| of the whole network, ``|W|`` all through, is about 1e16 times the flows on
-    this random VGG, so it bounds nothing useful).
+    the random VGG, so it bounds nothing useful).
     """
-    m64, x64 = model.double(), x.double()
+    m64, x64 = net.model.double(), x.double()
     try:
-        rec = record(m64, x64)
+        rec = net.recorder(m64, x64)
         k = torch.tensor(list(picks))
         g = x.shape[-1] // patch
         probes = patch_probes(x.shape[-1], patch, torch.float64)[k]
         eps, tiny = torch.finfo(torch.float64).eps, torch.finfo(torch.float64).tiny
         worst, leaks, u = 0.0, 0, probes * rec.scale
         win = Window(k // g * patch, k % g * patch, patch, x.shape[-1])
-        chain = crop_each(u, win)
+        chain, kept, chain_kept = crop_each(u, win), [], []
         for layer in rec.layers[:switch]:
-            out, out_win = step_window(crop_each(u, win), layer, win)
-            dense = push_dense(rec, u, [layer])
-            terms = push_dense(rec, u.abs(), [layer], absolute=True)
-            err = (scatter_dense(out, out_win) - dense).abs()
+            if isinstance(layer, Save):
+                kept.append((u, win))
+                chain, _ = step_window(chain, layer, win, chain_kept)
+                continue
+            if isinstance(layer, Add):
+                v, vwin = kept.pop()
+                out, out_win = add_window(crop_each(u, win), win, (crop_each(v, vwin), vwin)), win
+                dense, terms = u + v, u.abs() + v.abs()
+            else:
+                out, out_win = step_window(crop_each(u, win), layer, win, [])
+                dense = push_dense(rec, u, [layer])
+                terms = push_dense(rec, u.abs(), [layer], absolute=True)
+            err = ((out if out.dim() == 2 else scatter_dense(out, out_win)) - dense).abs()
             worst = max(worst, float((err / (eps * terms).clamp(min=tiny)).max()))
-            chain, _ = step_window(chain, layer, win)
-            leaks += int((~out_win.on_map() & (chain != 0)).sum())
+            chain, _ = step_window(chain, layer, win, chain_kept)
+            if chain.dim() == 4:
+                leaks += int((~out_win.on_map() & (chain != 0)).sum())
             u, win = dense, out_win
-        dense = push_dense(rec, probes * rec.scale)
-        end = push_windowed(rec, probes, k, patch, switch)
+        dense = push_dense(rec, probes * rec.scale).flatten(1)
+        end = push_windowed(rec, probes, k, patch, switch).flatten(1)
     finally:
-        model.float()
+        net.model.float()
     end_err = float((end - dense).abs().max() / dense.abs().max())
     return {
         "per_op_eps": worst,  # largest per-op error in units of eps x sum of |terms|
@@ -368,42 +532,44 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def choose_switch(rec: Recording, probes: torch.Tensor, k: torch.Tensor, patch: int,
-                  repeats: int) -> tuple[int, dict]:
-    """The switch layer with the fastest windowed push, among those whose multiply-adds
-    are within twice the fewest (the others cannot win)."""
+def vgg_candidates(rec: Recording, patch: int) -> list:
+    """Switch layers whose multiply-adds are within twice the fewest (others cannot win)."""
     cost = {j: flops(rec, patch, j) for j in range(len(rec.layers) + 1)}
-    cands = [j for j, f in cost.items() if f <= 2 * min(cost.values())]
+    return [j for j, f in cost.items() if f <= 2 * min(cost.values())]
+
+
+def block_candidates(rec: Recording, patch: int) -> list:
+    """Switch layers at block boundaries (before a block's skip or its first conv), and the end."""
+    starts = [j for j, layer in enumerate(rec.layers)
+              if isinstance(layer, Save) or (layer.name.endswith(".conv.0") and not isinstance(rec.layers[j - 1], Save))
+              or (isinstance(layer, Conv) and "conv" not in layer.name)]
+    return starts + [len(rec.layers)]
+
+
+def choose_switch(net: Net, rec: Recording, probes: torch.Tensor, k: torch.Tensor, patch: int,
+                  repeats: int) -> tuple[int, dict]:
+    """The candidate switch layer with the fastest windowed push (best of ``repeats``)."""
     times = {}
     with torch.no_grad():
-        for j in cands:
+        for j in net.candidates(rec, patch):
             push_windowed(rec, probes, k, patch, j)
             times[j] = min(timed(lambda: push_windowed(rec, probes, k, patch, j)) for _ in range(repeats))
     return min(times, key=times.get), times
 
 
 def layer_name(rec: Recording, j: int) -> str:
-    if j >= len(rec.layers):
-        return "end (all windowed)"
-    block, conv = 1, 0
-    for layer in rec.layers[:j]:
-        if isinstance(layer, Pool):
-            block, conv = block + 1, 0
-        else:
-            conv += 1
-    what = f"conv{block}_{conv + 1}" if isinstance(rec.layers[j], Conv) else f"pool{block}"
-    return f"before {what}"
+    return "end (all windowed)" if j >= len(rec.layers) else f"before {rec.layers[j].name}"
 
 
-def measure(model: nn.Sequential, x: torch.Tensor, patch: int, batch: int, rounds: int, threads: int) -> dict:
+def measure(net: Net, x: torch.Tensor, patch: int, batch: int, rounds: int, threads: int) -> dict:
     torch.set_num_threads(threads)
-    rec = record(model, x)
+    rec = net.recorder(net.model, x)
     k = torch.arange(batch)
     probes = patch_probes(x.shape[-1], patch, x.dtype)[k].contiguous()
     images = x.expand(batch, -1, -1, -1).contiguous() + 0.01 * torch.rand(batch, *x.shape[1:])
-    switch, calib = choose_switch(rec, probes, k, patch, 2)
+    switch, calib = choose_switch(net, rec, probes, k, patch, 2)
     methods = {
-        "forward": lambda: model(images),
+        "forward": lambda: net.forward(images),
         "dense": lambda: push_dense(rec, probes * rec.scale),
         "windowed": lambda: push_windowed(rec, probes, k, patch, switch),
     }
@@ -424,8 +590,7 @@ def ratio(times: dict, a: str, b: str) -> str:
             f"[{min(per):.3f}-{max(per):.3f}]")
 
 
-def run_case(name: str, size: int, patch: int, batch: int, rounds: int, threads: Sequence[int],
-             picks: Sequence[int]) -> dict:
+def vgg_net() -> Net:
     model = vgg16(cut="pool5")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
@@ -433,34 +598,51 @@ def run_case(name: str, size: int, patch: int, batch: int, rounds: int, threads:
         for m in model.modules():
             if isinstance(m, nn.Conv2d):
                 m.bias.data.uniform_(-0.05, 0.05)
+    return Net("VGG-16 to pool5 (random weights)", model, record, model, vgg_candidates)
+
+
+def mobilenet_net() -> Net:
+    model = mobilenet_v2()
+    return Net("MobileNetV2 (ImageNet weights)", model, record_mobilenet, fuse(model), block_candidates)
+
+
+def run_case(net: Net, name: str, size: int, patch: int, batch: int, rounds: int, threads: Sequence[int],
+             picks: Sequence[int]) -> dict:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
         x = torch.rand(1, 3, size, size)
     p = (size // patch) ** 2
-    print(f"\n== {name}: VGG-16 to pool5 (random weights), {size} px, {patch}-px patches, {p} probes; "
+    print(f"\n== {name}: {net.title}, {size} px, {patch}-px patches, {p} probes; "
           f"timed on {batch} probes (every probe costs the same: crops are uniform)")
-    rec = record(model, x)
-    sizes = window_sizes(rec, patch)
-    print("crop size entering each layer / map size: "
-          + ", ".join(f"{s}/{m}" for s, m in sizes))
-    dense_flops = flops(rec, patch, 0)
-    uniform, clipped = footprint_ratio(model, size, patch)
+    rec = net.recorder(net.model, x)
+    is_vgg = net.recorder is record
+    if is_vgg:
+        print("crop size entering each layer / map size: "
+              + ", ".join(f"{s}/{m}" for s, m in window_sizes(rec, patch)))
+    uniform, clipped = footprint_ratio(net.model, size, patch)
     print(f"conv multiply-adds on the windows / dense, all layers windowed: uniform crops {uniform:.3f}, "
           f"each probe's clipped footprint {clipped:.3f}")
     results = {}
     for t in threads:
-        results[t] = measure(model, x, patch, batch, rounds, t)
+        results[t] = measure(net, x, patch, batch, rounds, t)
         res = results[t]
         print(f"[{t} thread(s)] switch candidates (best of 2, s): "
               + ", ".join(f"{layer_name(rec, j)} {v:.3f}" for j, v in res["calib"].items()))
-        print(f"[{t} thread(s)] chosen switch: {layer_name(rec, res['switch'])} (layer {res['switch']}); "
-              f"windowed conv multiply-adds / dense: {flops(rec, patch, res['switch']) / dense_flops:.3f}")
+        macs = (f"; windowed conv multiply-adds / dense: {flops(rec, patch, res['switch']) / flops(rec, patch, 0):.3f}"
+                if is_vgg else "")
+        print(f"[{t} thread(s)] chosen switch: {layer_name(rec, res['switch'])} (layer {res['switch']}){macs}")
     print(f"peak RSS after the timings: {peak_rss_mib():.0f} MiB")
-    with torch.no_grad():
-        err = check_engine(model, x, patch, picks[:3])
-    print(f"dense push vs skbilrp engine (float64, {len(picks[:3])} probes): max err / max |engine| = {err:.2e}")
     eps = torch.finfo(torch.float64).eps
-    for switch in sorted({res["switch"] for res in results.values()}):
+    with torch.no_grad():
+        err = check_engine(net, x, patch, picks[:3])
+    print(f"dense push vs skbilrp engine (float64, {len(picks[:3])} probes): max err / max |engine| = {err:.2e} "
+          f"(limit {END_FACTOR} eps): {'OK' if err <= END_FACTOR * eps else 'FAILED'}")
+    if err > END_FACTOR * eps:
+        raise SystemExit("the dense push is not the engine's")
+    # the chosen switches, and all layers windowed (so that every window rule is checked)
+    for switch in sorted({res["switch"] for res in results.values()} | {len(rec.layers)}):
         with torch.no_grad():
-            check = check_windowed(model, x, patch, picks, switch)
+            check = check_windowed(net, x, patch, picks, switch)
         print(f"windowed vs dense (float64, {check['probes']} probes incl. corners and edges, switch "
               f"{layer_name(rec, switch)}): per op, max err = {check['per_op_eps']:.2f} eps x sum of |terms| "
               f"(limit {EXACT_FACTOR}); off-map crop entries non-zero in the chain: {check['leaks']}; end to end, "
@@ -475,7 +657,7 @@ def run_case(name: str, size: int, patch: int, batch: int, rounds: int, threads:
         print(f"    {t:7d}  {statistics.median(tm['forward']):9.3f}  {statistics.median(tm['dense']):7.3f}  "
               f"{statistics.median(tm['windowed']):10.3f}   {ratio(tm, 'windowed', 'dense')}  "
               f"{ratio(tm, 'windowed', 'forward')}  {ratio(tm, 'dense', 'forward')}")
-    if (size, patch) == (224, 16):
+    if is_vgg and (size, patch) == (224, 16):
         worst = max(statistics.median(r["times"]["windowed"]) / statistics.median(r["times"]["forward"])
                     for r in results.values())
         print(f"    target windowed/forward < {TARGET}: {'met' if worst < TARGET else 'MISSED'} (worst {worst:.3f})")
@@ -494,14 +676,22 @@ def edge_picks(size: int, patch: int) -> list[int]:
     return list(dict.fromkeys(r * g + c for r, c in pos))
 
 
+CASES = {
+    "vgg224": (vgg_net, "224 px / 16-px patches", 224, 16),
+    "vgg128": (vgg_net, "128 px / 8-px patches", 128, 8),
+    "mnv2": (mobilenet_net, "224 px / 16-px patches", 224, 16),
+}
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 px and 32 px inputs, 3 rounds")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per method (default 5)")
     ap.add_argument("--batch", type=int, default=16, help="probes per timed push (default 16)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts (default 1 2)")
-    ap.add_argument("--cases", nargs="+", default=["224", "128"], choices=["224", "128"],
-                    help="224: 224 px, 16-px patches; 128: 128 px, 8-px patches")
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES),
+                    help="vgg224: VGG-16, 224 px, 16-px patches; vgg128: 128 px, 8-px patches; "
+                         "mnv2: MobileNetV2, 224 px, 16-px patches (default: all)")
     ap.add_argument("--as-is", action="store_true", help="keep the environment (no OMP/malloc tuning)")
     return ap.parse_args(argv)
 
@@ -516,18 +706,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"command: python {' '.join(sys.argv)}")
     print("load average at start (1, 5, 15 min): " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
     rounds = 3 if args.quick else args.rounds
-    cases = {"224": ("224 px / 16-px patches", 224, 16), "128": ("128 px / 8-px patches", 128, 8)}
-    if args.quick:
-        cases = {"224": ("64 px / 16-px patches (quick)", 64, 16), "128": ("32 px / 8-px patches (quick)", 32, 8)}
     for key in args.cases:
-        name, size, patch = cases[key]
-        run_case(name, size, patch, args.batch, rounds, args.threads, edge_picks(size, patch))
-    size = 64 if args.quick else 224
-    for patch in (16, 32):
-        uniform, clipped = footprint_ratio(mobilenet_v2(pretrained=False), size, patch)
-        print(f"\nMobileNetV2 (geometry only), {size} px, {patch}-px patches: conv multiply-adds on the windows / "
-              f"dense: uniform crops {uniform:.3f}, clipped footprints {clipped:.3f}: at most "
-              f"{1 / uniform:.1f}x / {1 / clipped:.1f}x fewer (not prototyped)")
+        make, name, size, patch = CASES[key]
+        if args.quick:  # a quarter of the size (at least 4 patches a side)
+            size = max(size // 4, 4 * patch)
+            name = f"{size} px / {patch}-px patches (quick)"
+        run_case(make(), name, size, patch, args.batch, rounds, args.threads, edge_picks(size, patch))
     print(f"\npeak RSS {peak_rss_mib():.0f} MiB (float64 checks included); total {time.perf_counter() - t0:.0f} s; "
           "load average at end: " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
 

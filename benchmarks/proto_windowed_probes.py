@@ -307,7 +307,10 @@ def conv_window(u: torch.Tensor, layer: Conv, win: Window) -> tuple[torch.Tensor
     out = Window(first[0], first[1], s, (win.size + 2 * pad - k) // st + 1)
     before = _uniform(torch.cat([win.row - first[0] * st + pad, win.col - first[1] * st + pad]))
     after = (s - 1) * st + k - before - win.s  # negative: the last inputs are not read
-    u = F.conv2d(F.pad(u, (before, after, before, after)), layer.weight, stride=st, groups=layer.groups)
+    if before == after:  # the conv pads itself (a separate F.pad copy made VGG's push 1.4x slower)
+        u = F.conv2d(u, layer.weight, stride=st, padding=before, groups=layer.groups)
+    else:
+        u = F.conv2d(F.pad(u, (before, after, before, after)), layer.weight, stride=st, groups=layer.groups)
     if layer.mask is None:  # no activation: the input is zero off the map, so is a 1×1 conv's output
         assert k == 1, "a conv without activation must be 1×1 here"
         return u, out

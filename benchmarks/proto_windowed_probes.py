@@ -5,28 +5,33 @@ network; each probe costs about one forward pass. In the early layers of a CNN, 
 a probe's flow is exactly zero outside the receptive-field footprint of its patch. This
 script measures, outside the engine, whether carrying only that window pays:
 
-* a recording of one forward (ReLU masks, max-pool winner indices) in plain torch;
-* the dense push (what the engine does for LRP-0 with biases absorbed): per layer
-  ``conv2d`` without bias on the full map, times the ReLU mask, gather of the max-pool
-  winners; checked once against ``ExportedNetwork(model, "zero", float64)``;
-* the windowed push: each probe carries a square crop of the map and its offset; a 3×3
-  convolution with padding 1 grows the crop by one pixel per side (the ReLU mask crop,
-  zero outside the map, kills what falls off the map), a 2×2 max-pool maps it to the
-  pooled crop by gathering each output's recorded winner (zero where the winner lies
-  outside the crop). Every probe's crop has the same size (crops may hang over the map
-  border), so each layer is one batched ``conv2d``. At a switch layer the crops are
-  scattered into full maps and the rest of the network runs dense; the switch is chosen
-  by timing every plausible one;
-* exactness in float64: the windowed result against the dense one, to 16 × eps times
-  the magnitude of the summed terms (the same push with ``|W|`` and ``|u|``);
+* a recording of one forward (activation ratios f(z)/z, max-pool winner indices) in
+  plain torch, BatchNorm folded into its conv as the engine folds it;
+* the dense push (what the engine does for LRP-0 with biases absorbed): per layer the
+  conv without bias on the full map, times the recorded ratio, gather of the max-pool
+  winners, residual adds, the global mean; checked once against
+  ``ExportedNetwork(model, "zero", float64)``;
+* the windowed push: each probe carries a square crop of the map and its offset; a conv
+  maps it to the outputs whose inputs meet it (3×3, padding 1: one pixel more per side;
+  the ratio crop, zero off the map, kills what falls off the map), a 2×2 max-pool maps
+  it to the pooled crop by gathering each output's recorded winner (zero where the
+  winner lies outside the crop), a residual add pads the skip's crop into the branch's.
+  Every probe's crop has the same size (crops may hang over the map border), so each
+  layer is one batched conv. At a switch layer the crops are scattered into full maps
+  and the rest of the network runs dense; the switch is chosen by timing candidates;
+* exactness in float64: each windowed op against the dense op on the same input, to
+  16 × eps times its sum of |terms| (``|W| |u|``); no crop entry off the map non-zero
+  in the chained push; the end-to-end difference within 1000 eps of max |dense|;
 * timing side by side (1 and 2 torch threads, median of the rounds, methods alternated):
   a plain batched forward of as many images as probes, the dense push, the windowed push.
 
 Cases: VGG-16 to pool5 (random weights) at 224 px with 16-px patches (196 probes) and at
-128 px with 8-px patches (256 probes). Run ``python benchmarks/proto_windowed_probes.py``
-(a few minutes on 2 cores) or ``--quick`` (a smoke run on small inputs). The script
+128 px with 8-px patches (256 probes); MobileNetV2 (ImageNet weights) at 224 px with
+16-px patches. Run ``python benchmarks/proto_windowed_probes.py`` (about 6 minutes on 2
+cores) or ``--quick`` (a smoke run on a quarter of the sizes, < 1 min). The script
 re-executes itself with passive OpenMP waiting and glibc's malloc tunables, as
-bench_engine.py does (``--as-is`` keeps the environment).
+bench_engine.py does (``--as-is`` keeps the environment). Results: docs/performance.rst,
+"Probes on their windows (prototype)".
 """
 
 from __future__ import annotations
@@ -688,7 +693,7 @@ CASES = {
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run: 64 px and 32 px inputs, 3 rounds")
+    ap.add_argument("--quick", action="store_true", help="smoke run: a quarter of the sizes, 3 rounds")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per method (default 5)")
     ap.add_argument("--batch", type=int, default=16, help="probes per timed push (default 16)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts (default 1 2)")

@@ -28,7 +28,7 @@ script measures, outside the engine, whether carrying only that window pays:
 Cases: VGG-16 to pool5 (random weights) at 224 px with 16-px patches (196 probes) and at
 128 px with 8-px patches (256 probes); MobileNetV2 (ImageNet weights) at 224 px with
 16-px patches. Run ``python benchmarks/proto_windowed_probes.py`` (about 6 minutes on 2
-cores) or ``--quick`` (a smoke run on a quarter of the sizes, < 1 min). The script
+cores) or ``--quick`` (a smoke run on a quarter of the sizes, about 1.5 min). The script
 re-executes itself with passive OpenMP waiting and glibc's malloc tunables, as
 bench_engine.py does (``--as-is`` keeps the environment). Results: docs/performance.rst,
 "Probes on their windows (prototype)".

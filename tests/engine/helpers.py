@@ -33,3 +33,13 @@ def indicator_probes(x: torch.Tensor, channel_axis: int | None) -> torch.Tensor:
         pos = shape[:ax] + shape[ax + 1:]
         eye = torch.eye(int(np.prod(pos)), dtype=x.dtype).reshape(-1, *pos).unsqueeze(1 + ax).expand(-1, *shape)
     return eye.repeat_interleave(n, 0)
+
+
+def gradient_times_input_flows(twin, x: torch.Tensor) -> torch.Tensor:
+    """The oracle of indicator-probe flows: per input entry of each sample, the twin's
+    gradient × input of every feature, ``(T*D, N, h)`` (plain autograd)."""
+    n = x.shape[0]
+    jac = torch.autograd.functional.jacobian(twin, x)  # (N, h, N, *sample)
+    idx = torch.arange(n)
+    jac = jac[idx, :, idx].reshape(n, jac.shape[1], -1)  # (N, h, T*D)
+    return (jac * x.reshape(n, 1, -1)).permute(2, 0, 1)

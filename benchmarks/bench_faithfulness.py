@@ -25,7 +25,8 @@ keeps both cores busy):
 
 The full run (every section at 100 pairs or more) took 4.6 hours of section time on a
 2-core CPU shared with other jobs on 2026-12-06 (MPNet's two sections 80 minutes each,
-most of it integrated Jacobians), so two to three hours with ``--workers 2``; ``--pairs 6`` runs every section on a handful of pairs for a quick check and
+most of it integrated Jacobians), so two to three hours with ``--workers 2``;
+``--pairs 6`` runs every section on a handful of pairs for a quick check and
 ``--sections NAME ...`` runs some sections only.
 """
 
@@ -254,7 +255,8 @@ def render(args: argparse.Namespace, done: dict, total: float,
     return TEMPLATE.format(
         steps=args.steps, images=image_md, summary=summary, text=text_md, truth=truth_md, pointing=point_md,
         comparison=comparison, verdicts="\n".join(verdicts(image_runs + text_runs, point_runs)), notes=NOTES,
-        total=total, times=times, workers=args.workers, threads=args.threads, torch=torch.__version__,
+        total=total, times=times, threads=args.threads, torch=torch.__version__,
+        workers=args.workers if not parts else " / ".join(str(part.workers) for part in parts) + " in its parts",
         python=platform.python_version(), cmd=_command(args), parts=_parts_note(parts))
 
 
@@ -487,7 +489,7 @@ pointing game: the higher share on the true pairs):
 
 {notes}
 
-Measured in {total:.0f} s wall time on a 2-core CPU ({workers} worker processes, torch
+Measured in {total:.0f} s wall time on a 2-core CPU (worker processes: {workers}; torch
 threads per worker: {threads}; torch {torch}, Python {python}). Sections: {times}.{parts}
 
 ## Regenerate

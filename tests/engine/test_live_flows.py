@@ -26,7 +26,7 @@ class SeparateProjections(nn.Module):
 
     def __init__(self, d=8, heads=2, twin=False):
         super().__init__()
-        self.d, self.heads, self.twin = d, heads, twin
+        self.heads, self.twin = heads, twin
         self.q, self.k, self.v, self.out = (nn.Linear(d, d, bias=False) for _ in range(4))
 
     def forward(self, x):

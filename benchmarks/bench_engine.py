@@ -18,6 +18,13 @@
     a plain batched forward of the probes the call pushes (2 x the groups, as one batch,
     through ``plain_forward_model``). VGG-16 pool5 64 px with 8-px patches and
     MobileNetV2 224 px with 16-px patches. Target: warm <= 1.3×.
+(w) Probes on their windows (``skbilrp.engine.windows``): all patch probes of one image
+    pushed in chunks of ``--window-chunk`` with the crops (the default) and dense
+    (``push(..., windows=False)``), per probe, against a plain batched forward of as many
+    images as the chunk holds, interleaved; and the largest difference of the two pushes
+    relative to the largest flow. VGG-16 pool5 at 224 px with 16-px patches (target
+    windowed < 0.5 of a forward) and at 128 px with 8-px patches; MobileNetV2 224 px, 16-px
+    patches, each with its preset's rules.
 
 Absolute times vary with the machine's load; only the ratios of neighbouring
 measurements are meant to be compared. Run ``python benchmarks/bench_engine.py``
@@ -86,6 +93,7 @@ from skbilrp.pooling import make_pooling  # noqa: E402
 
 TARGET_PROBE = 1.2
 TARGET_PAIR = 1.3
+TARGET_WINDOWED = 0.5
 TARGET_EXACT = 100.0
 TARGET_PROJECTED = 10.0
 #: largest relative difference (to the row's largest entry) between a reference map and
@@ -602,6 +610,59 @@ def part_d(args: argparse.Namespace) -> None:
                   f"{total:6.2f} s = export {total - decomp:5.2f} s + run_decompositions {decomp:5.2f} s")
 
 
+def part_w(args: argparse.Namespace) -> None:
+    """Windowed against dense push of every patch probe of one image, per probe ÷ forward."""
+    gen = torch.Generator().manual_seed(2)
+    vgg = vgg16(cut="pool5")
+    try:
+        mnet, weights = mobilenet_v2(pretrained=True), "ImageNet"
+    except ImportError:
+        mnet, weights = mobilenet_v2(pretrained=False), "random"
+    rows = [("VGG-16 pool5 (random)", vgg, vgg16_rules, args.window_size, 16),
+            ("VGG-16 pool5 (random)", vgg, vgg16_rules, args.window_size * 4 // 7, 8),
+            (f"MobileNetV2 ({weights})", mnet, mobilenet_v2_rules, args.window_size, 16)]
+    chunk = args.window_chunk
+    print(f"\n(w) probes on their windows: all patch probes of one image, pushed {chunk} at a time with crops "
+          f"(default) and dense (windows=False), per probe, vs a plain forward of {chunk} images; median of "
+          f"{args.rounds} interleaved rounds [min-max of the per-round ratios]")
+    print(f"    {'network':<26}{'rules':<20}{'size':>5}{'patch':>6}{'probes':>7}{'forward/img s':>14}"
+          f"{'windowed ÷ fwd':>20}{'dense ÷ fwd':>20}{'max |diff| / max |flow|':>25}")
+    vgg_worst = 0.0
+    for name, model, preset, size, patch in rows:
+        network = ExportedNetwork(model, preset(model))
+        plain = plain_forward_model(network)
+        x = torch.rand(1, 3, size, size, generator=gen)
+        recording = network.record(x)
+        pooling = make_pooling(patch, (3, size, size), 0)
+        p = pooling.n_groups
+        chunks = [pooling.probes(g, min(p, g + chunk), x.dtype) for g in range(0, p, chunk)]
+        images = torch.rand(chunk, 3, size, size, generator=gen)
+        fwd, win, dense = [], [], []
+        diff = scale = 0.0
+        for r in range(args.rounds + 1):
+            with torch.no_grad():
+                t_f, _ = timed(lambda: plain(images))
+                t_w, out_w = timed(lambda: [recording.push(c, 0) for c in chunks])
+                t_d, out_d = timed(lambda: [recording.push(c, 0, windows=False) for c in chunks])
+            if r == 0:  # warm-up; the one comparison of the results
+                diff = max(float((a - b).abs().max()) for a, b in zip(out_w, out_d))
+                scale = max(float(b.abs().max()) for b in out_d)
+                continue
+            fwd.append(t_f.wall / chunk)
+            win.append(t_w.wall / p)
+            dense.append(t_d.wall / p)
+        r_w = [w / f for w, f in zip(win, fwd)]
+        r_d = [d / f for d, f in zip(dense, fwd)]
+        if name.startswith("VGG") and patch == 16:
+            vgg_worst = max(vgg_worst, statistics.median(r_w))
+        print(f"    {name:<26}{preset.__name__:<20}{size:>5}{patch:>6}{p:>7}{statistics.median(fwd):>14.4f}"
+              f"{_median_range(r_w):>20}{_median_range(r_d):>20}{diff / scale:>25.1e}")
+        del recording, network
+    print(f"    target windowed ÷ forward < {TARGET_WINDOWED} on VGG-16 at 224 px with 16-px patches: "
+          f"{'met' if vgg_worst < TARGET_WINDOWED else 'MISSED'} ({vgg_worst:.2f})"
+          + ("" if args.window_size == 224 else f" (run at {args.window_size} px, not the target's 224)"))
+
+
 def export_cost(model: nn.Module, x: torch.Tensor, dynamic: bool) -> tuple[float, float]:
     """Seconds of ``trace.export(model, (x,), {}, dynamic)`` and of its ``run_decompositions`` part."""
     from torch.export import ExportedProgram  # noqa: PLC0415
@@ -632,8 +693,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run on small inputs (< 1 min); its numbers are not the benchmark's")
-    parser.add_argument("--parts", default="abcd", help="which parts to run: 'a', 'b', 'c', 'd' or several, e.g. "
-                        "'bc' (b and c share one skbilrp run; default: abcd); '--parts a' runs part (a) only")
+    parser.add_argument("--parts", default="abcdw", help="which parts to run: 'a', 'b', 'c', 'd', 'w' or several, "
+                        "e.g. 'bc' (b and c share one skbilrp run; default: abcdw); '--parts a' runs part (a) only")
     parser.add_argument("--size", type=int, default=128, help="VGG image size in px (default 128)")
     parser.add_argument("--mobilenet-size", type=int, default=224, help="MobileNetV2 image size (default 224)")
     parser.add_argument("--vit-size", type=int, default=224, help="(a) ViT-S/16 image size (default 224)")
@@ -653,6 +714,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--proj-dim", type=int, default=100, help="(c) projection dimension (default 100)")
     parser.add_argument("--pair-size", type=int, default=64, help="(d) VGG image size in px (default 64)")
     parser.add_argument("--pair-patch", type=int, default=8, help="(d) VGG patch size in px (default 8)")
+    parser.add_argument("--window-size", type=int, default=224,
+                        help="(w) image size in px (default 224; VGG's second row at 4/7 of it)")
+    parser.add_argument("--window-chunk", type=int, default=28, help="(w) probes pushed at once (default 28)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--as-is", action="store_true",
                         help="keep the current environment (default: set OMP_WAIT_POLICY and GLIBC_TUNABLES "
@@ -662,6 +726,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.size, args.mobilenet_size, args.batch, args.probes, args.rounds = 64, 96, 4, 1, 1
         args.vit_size, args.bert_tokens, args.transformer_layers = 64, 16, 2
         args.block, args.baseline_features, args.literal_features = 2, 4, 2
+        args.window_size, args.window_chunk = 112, 16
     return args
 
 
@@ -683,6 +748,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         part_bc(args)
     if "d" in args.parts:
         part_d(args)
+    if "w" in args.parts:
+        part_w(args)
     print(f"\ntotal run time {time.perf_counter() - start:.0f} s; load average at end: "
           + " ".join(f"{v:.2f}" for v in os.getloadavg()))
 

@@ -79,6 +79,8 @@ class ProbeCells(InputCells):
     def __init__(self, probe: torch.Tensor, channel_axis: Optional[int] = None) -> None:
         super().__init__(probe.flatten(0, 1), channel_axis)
         self.k, self.n = probe.shape[:2]
+        #: whether image probes may be pushed on their crops (see :mod:`.windows`)
+        self.windows = True
 
     def coverage(self, like: torch.Tensor, channels_first: bool) -> torch.Tensor:  # type: ignore[override]
         if like.dim() < 2 or like.shape[1] != self.n:

@@ -28,10 +28,11 @@ from torch import fx, nn
 
 from ..rules import Rule, RuleSpec, Zero, resolve_rules
 from .canonicalize import canonical_modules, canonicalize
-from .ops import OPS, CellsError, InputFlow, ProbeCells, aten, lookup
+from .ops import OPS, CellsError, InputFlow, ProbeCells, aten, lookup, materialize
 from .ops.refused import RANDOM, Random
 from .ops.weighted import Weighted
 from .trace import Traced, UnsupportedModelError, export, module_of
+from .windows import WindowFlow
 
 __all__ = ["ExportedNetwork", "ExportedRecording", "clear_cache", "prepared", "reused_copy"]
 
@@ -429,6 +430,15 @@ def _features(out: Any, x: torch.Tensor) -> torch.Tensor:
     return out.flatten(1)
 
 
+def _dense(flow: Any) -> Any:
+    """A flow with its :class:`~.windows.WindowFlow` crops made dense (lists: each part)."""
+    if isinstance(flow, WindowFlow):
+        return flow.materialize()
+    if isinstance(flow, list):
+        return [_dense(f) for f in flow]
+    return flow
+
+
 def _flow_of(arg: Any, flows: dict) -> Any:
     if isinstance(arg, fx.Node):
         return flows.get(arg)
@@ -451,12 +461,17 @@ class ExportedRecording:
         self.states, self.constants = states, constants
         self.max_numel = self.total_numel = int(x[0].numel())
 
-    def push(self, probe: torch.Tensor, channel_axis: Optional[int] = None) -> torch.Tensor:
-        """Map probes ``(K*N, *x.shape[1:])`` (probe-major) to feature flows ``(K*N, h)``."""
+    def push(self, probe: torch.Tensor, channel_axis: Optional[int] = None, windows: bool = True) -> torch.Tensor:
+        """Map probes ``(K*N, *x.shape[1:])`` (probe-major) to feature flows ``(K*N, h)``.
+
+        ``windows``: push image probes on their crops through the early 2-D convolutions
+        and pools (:mod:`.windows`; the same result as the dense push, for less work
+        where the probes cover small patches). False pushes every flow dense."""
         prog = self.program
         flows: dict[fx.Node, Any] = {}
         probe = probe.reshape((-1,) + tuple(self.x.shape))  # (K, N, ...): see ops' layout
         cells = ProbeCells(probe, channel_axis)
+        cells.windows = windows
         const = self.constants
         for i, node in enumerate(prog.nodes):
             if node is prog.input_node:
@@ -467,13 +482,15 @@ class ExportedRecording:
                 flow = flows.get(out)
                 if flow is None:
                     raise UnsupportedModelError("No relevance reaches the model output.")
-                flow = flow.materialize() if isinstance(flow, InputFlow) else flow
+                flow = materialize(flow)
                 return flow.reshape(flow.shape[0] * flow.shape[1], -1)
             elif node in prog.ops:
                 if node in prog.fused:
                     flows[node] = flows[node.args[0]]
                 else:
                     flow_args = [_flow_of(a, flows) for a in node.args]
+                    if not prog.ops[node].windowed:
+                        flow_args = [_dense(f) for f in flow_args]
                     args = fx.node.map_arg(node.args, lambda n: const.get(n))
                     kwargs = fx.node.map_arg(node.kwargs, lambda n: const.get(n))
                     try:

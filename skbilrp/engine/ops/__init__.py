@@ -22,6 +22,7 @@ from torch._ops import OpOverload
 
 from ..cells import CellsError, ProbeCells, safe_divide
 from ..trace import UnsupportedModelError, module_of
+from ..windows import WindowFlow
 
 __all__ = ["OPS", "relevance_op", "RelevanceOp", "UnsupportedOperatorError", "lookup",
            "InputFlow", "ProbeCells", "CellsError", "materialize", "safe_divide", "shift_dims", "flat_apply", "align"]
@@ -83,6 +84,8 @@ class RelevanceOp:
     fusable = False
     #: the output carries no relevance (detach, norms): see :meth:`is_constant`
     constant = False
+    #: push takes :class:`~..windows.WindowFlow` crops (else the network hands it dense flows)
+    windowed = False
 
     @classmethod
     def is_constant(cls, network: Any) -> bool:
@@ -164,8 +167,9 @@ class InputFlow:
 
 
 def materialize(flow: Any) -> Any:
-    """A flow as a tensor (an :class:`InputFlow` becomes ``value * probe``)."""
-    return flow.materialize() if isinstance(flow, InputFlow) else flow
+    """A flow as a tensor (an :class:`InputFlow` becomes ``value * probe``, a
+    :class:`~..windows.WindowFlow` its dense map)."""
+    return flow.materialize() if isinstance(flow, (InputFlow, WindowFlow)) else flow
 
 
 def shift_dims(dims: Any, ndim: int) -> Any:

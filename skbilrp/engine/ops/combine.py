@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import windows
 from . import InputFlow, RelevanceOp, align, aten, flows_only_through, materialize, relevance_op
 from .weighted import bounded_share
 
@@ -116,6 +117,8 @@ class Add(BiasLike):
     """``self + alpha * other`` (sub: ``- alpha``): flows add, which splits relevance in
     proportion to the terms; a term without flow is a constant (bias mode)."""
 
+    windowed = True
+
     def record(self, args, kwargs):
         out = self.op(*args, **kwargs)
         sign = -1.0 if self.op in (aten.sub.Tensor, aten.sub.Scalar) else 1.0
@@ -129,6 +132,8 @@ class Add(BiasLike):
         fa, fb = flows[0], flows[1] if len(flows) > 1 else None
         if self.op is aten.rsub.Scalar:
             return self.constant_term(_scaled(fa, coef, out), coef * a, out, args[1], cells)
+        if isinstance(fa, windows.WindowFlow) and isinstance(fb, windows.WindowFlow) and out.dim() == 4:
+            return windows.add(fa, fb, coef)
         if fa is not None and fb is not None:
             return materialize(fa) + materialize(fb) * coef if coef != 1 else materialize(fa) + materialize(fb)
         if fa is not None:

@@ -7,6 +7,7 @@ is passed to ``f`` at record time; push is linear in the flow.
 
 from __future__ import annotations
 
+from .. import windows
 from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op, safe_divide
 
 RATIO_OPS = (
@@ -22,6 +23,7 @@ class Ratio(RelevanceOp):
     """``a = f(z, *args)``: ``u_out = (f(z) / z) ⊙ u_in``."""
 
     fusable = True
+    windowed = True
 
     def record(self, args, kwargs):
         out = self.op(*args, **kwargs)
@@ -29,4 +31,7 @@ class Ratio(RelevanceOp):
 
     def push(self, ratio, flows, args, kwargs, cells=None):
         flows_only_through(self, flows, 0)
-        return materialize(flows[0]) * ratio
+        flow = flows[0]
+        if isinstance(flow, windows.WindowFlow) and ratio.dim() == 4:
+            return windows.WindowFlow(flow.data * windows.crop(ratio, flow.win), flow.win)
+        return materialize(flow) * ratio

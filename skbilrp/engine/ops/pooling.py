@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import windows
 from . import RelevanceOp, aten, flat_apply, flows_only_through, materialize, relevance_op, shift_dims
 from .shape import Same, _refuse_batch_axis
 
@@ -9,6 +10,8 @@ from .shape import Same, _refuse_batch_axis
 @relevance_op(aten.max_pool2d.default, aten.max_pool1d.default)
 class MaxPool(RelevanceOp):
     """Winner takes all: recorded with ``max_pool*_with_indices``, push gathers."""
+
+    windowed = True
 
     def record(self, args, kwargs):
         fn = aten.max_pool2d_with_indices.default if self.op is aten.max_pool2d.default else None
@@ -25,6 +28,9 @@ class MaxPool(RelevanceOp):
     def push(self, state, flows, args, kwargs, cells=None):
         flows_only_through(self, flows, 0)
         idx, out_shape = state
+        if isinstance(flows[0], windows.WindowFlow) and self.op is aten.max_pool2d.default:
+            _, kernel, stride, padding, dilation, _ = args
+            return windows.max_pool2d(flows[0], idx.reshape(out_shape), kernel, stride or kernel, padding, dilation)
         flow = materialize(flows[0])
         k, (n, c) = flow.shape[0], idx.shape[:2]
         flat = flow.reshape(k, n, c, -1)

@@ -15,6 +15,8 @@ from typing import Any, Optional
 import torch
 
 from ...rules import ZBox
+from .. import windows
+from ..windows import WindowFlow
 from . import InputFlow, RelevanceOp, aten, flat_apply, flows_only_through, materialize, relevance_op, safe_divide
 
 
@@ -52,6 +54,8 @@ class WeightedState:
               aten.conv1d.padding)
 class Weighted(RelevanceOp):
     """Linear and convolution layers (any stride, padding, dilation, groups)."""
+
+    windowed = True
 
     def __init__(self, node, network) -> None:
         super().__init__(node, network)
@@ -110,6 +114,11 @@ class Weighted(RelevanceOp):
         flows_only_through(self, flows, 0)
         flow = flows[0]
         _, _, _, *conf = args
+        if self.op is aten.conv2d.default and (isinstance(flow, WindowFlow) or isinstance(flow, InputFlow)
+                                               and cells is not None and cells.windows):
+            out = self._push_windows(state, flow, conf, cells)
+            if out is not None:
+                return out
         w, b, w_rho, b_rho, has_bias, extra = self._params
         if isinstance(self.rule, ZBox):
             if not isinstance(flow, InputFlow):
@@ -127,7 +136,7 @@ class Weighted(RelevanceOp):
                        - self._apply_flow(probe * low, extra["w_pos"], conf)
                        - self._apply_flow(probe * high, extra["w_neg"], conf))
         else:
-            flow = materialize(flow)
+            flow = materialize(flow)  # a WindowFlow too, where it reaches a layer without windows
             out = self._apply_flow(flow, w_rho, conf)
             if state.share is not None:
                 out.addcmul_(self._apply_flow(flow * state.sign, extra["w_abs"], conf), state.share)
@@ -138,3 +147,50 @@ class Weighted(RelevanceOp):
         if state.scale is not None:
             out.mul_(state.scale)
         return out
+
+    def _push_windows(self, state: WeightedState, flow: Any, conf: list, cells) -> Any:
+        """:meth:`push` of a 2-D convolution on the probes' crops (:mod:`..windows`): the
+        same terms as the dense push, on the outputs each probe's crop reaches; None where
+        the model input's probes do not pay to crop."""
+        w, b, w_rho, b_rho, has_bias, extra = self._params
+        stride, padding, dilation, groups = conf
+
+        def conv(f: WindowFlow, weight: torch.Tensor) -> WindowFlow:
+            return windows.conv2d(f, weight, stride, padding, dilation, groups)
+
+        if isinstance(flow, InputFlow):
+            value = flow.value if flow.carried is None or isinstance(self.rule, ZBox) else flow.carried
+            start = windows.start(value, flow.probe)
+            if start is None:
+                return None
+            if isinstance(self.rule, ZBox):
+                low, high = state.bounds
+                probe = windows.crop_each(flow.probe, start.win)
+                if groups != 1:
+                    return None  # the dense push says what z^B needs
+                # the box rule: the input, minus W+ on its lower and W- on its upper bound
+                stacked = torch.cat([start.data, probe * windows.crop(low, start.win),
+                                     probe * windows.crop(high, start.win)], dim=2)
+                out = conv(WindowFlow(stacked, start.win), extra["w_zbox"])
+                return windows.finish(out.data.mul_(windows.crop(state.scale, out.win)), out.win)
+            flow = start
+        elif isinstance(self.rule, ZBox):
+            return None
+        out = conv(flow, w_rho)
+        data, win = out.data, out.win
+        if state.share is not None:
+            signed = WindowFlow(flow.data * windows.crop(state.sign, flow.win), flow.win)
+            data.addcmul_(conv(signed, extra["w_abs"]).data, windows.crop(state.share, win))
+            if state.remainder is not None:
+                data.addcmul_(windows.crop(state.remainder, win), _coverage(cells, data, win))
+        elif self.rule.bias == "flat" and has_bias:
+            data.addcmul_(extra["bias_grid"][None], _coverage(cells, data, win))
+        if state.scale is not None:
+            data.mul_(windows.crop(state.scale, win))
+        return windows.finish(data, win)
+
+
+def _coverage(cells, data: torch.Tensor, win: "windows.Window") -> torch.Tensor:
+    """The probes' coverage of a layer's units (see :class:`~..cells.InputCells`) on their crops."""
+    like = torch.empty(tuple(data.shape[:3]) + tuple(win.grid), device="meta")
+    return windows.crop_each(cells.coverage(like, True).expand(*data.shape[:2], 1, *win.grid), win)

@@ -99,16 +99,18 @@ def start(value: torch.Tensor, probe: torch.Tensor) -> Optional[WindowFlow]:
         return None
     support = (probe != 0).any(2).any(1)  # (K, H, W)
     grid = tuple(support.shape[1:])
+    some = support.flatten(1).any(1)
+    if not bool(some.any()):
+        return None
     firsts, sizes = [], []
     for axis in (2, 1):  # rows: any over columns; columns: any over rows
         hit = support.any(axis)  # (K, H) or (K, W)
-        if not bool(hit.any(1).all()):  # a probe without support: nothing to crop around
-            return None
         idx = torch.arange(hit.shape[1], device=hit.device)
         first = torch.where(hit, idx, hit.shape[1]).amin(1)
         last = torch.where(hit, idx, -1).amax(1)
+        first = torch.where(some, first, 0)  # an empty probe: any crop holds its zero flow
         firsts.append(first)
-        sizes.append(int((last - first).max()) + 1)
+        sizes.append(int((last - first)[some].max()) + 1)
     win = Window(firsts[0], firsts[1], tuple(sizes), grid)
     if win.share >= DENSE_AT:
         return None

@@ -90,9 +90,11 @@ def test_start_crops_each_probe_to_the_bounding_box_of_its_support():
     probe[1, :, :, 15, 0] = 1  # a pixel and a far one: an irregular group
     probe[1, :, :, 17, 2] = 1
     probe[2, :, 1, 19, 15] = 1  # one channel at the corner
+    # probe 3 is empty (a group with no pixels): any crop holds its zero flow
+    probe = torch.cat([probe, torch.zeros_like(probe[:1])])
     flow = windows.start(value, probe)
     assert flow.win.size == (3, 3)
-    assert flow.win.row.tolist() == [2, 15, 19] and flow.win.col.tolist() == [3, 0, 15]
+    assert flow.win.row.tolist() == [2, 15, 19, 0] and flow.win.col.tolist() == [3, 0, 15, 0]
     assert torch.equal(flow.materialize(), probe * value)
     # a probe over half the image or more does not pay: dense
     assert windows.start(value, torch.ones(1, 2, 3, 20, 16, dtype=torch.float64)) is None
@@ -149,6 +151,24 @@ class _Odd(nn.Module):
         return self.d(h).mean((2, 3))
 
 
+class _Stem(nn.Module):
+    """A patchify stem on a size no multiple of its stride, then a conv padded by more
+    than its reach: the probes' coverage of their units (where a flat bias goes) reaches
+    outputs whose inputs miss the probe."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.a = nn.Conv2d(3, 6, 4, stride=4)
+        self.b = nn.Conv2d(6, 6, 1, padding=3)
+        for p in self.parameters():
+            p.data = torch.randn(p.shape, generator=g)
+        self.a.bias.data *= 20  # biases over the contributions: a share's remainder is spread flat too
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))).mean((2, 3))
+
+
 CASES = {
     "vgg-pool3-zero": lambda: (vgg16(cut="pool3"), "zero", 40, 8),
     "vgg-pool3-zero-share": lambda: (vgg16(cut="pool3"), "zero-share", 40, 8),
@@ -160,6 +180,9 @@ CASES = {
     "efficientnet-preset": lambda: (efficientnet_lite0(), None, 64, 16),
     "odd-strides-zero-share": lambda: (_Odd().double(), "zero-share", (29, 23), 5),
     "odd-strides-epsilon": lambda: (_Odd().double(), "epsilon", (29, 23), 4),
+    "stem-zero-flat": lambda: (_Stem().double(), "zero-flat", 30, 5),
+    "stem-zero-share": lambda: (_Stem().double(), "zero-share", 30, 5),
+    "stem-zero": lambda: (_Stem().double(), "zero", 30, 5),
 }
 PRESETS = {"vgg": vgg16_rules, "mobilenet": mobilenet_v2_rules, "efficientnet": efficientnet_lite0_rules}
 

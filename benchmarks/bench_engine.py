@@ -24,7 +24,8 @@
     images as the chunk holds, interleaved; and the largest difference of the two pushes
     relative to the largest flow. VGG-16 pool5 at 224 px with 16-px patches (target
     windowed < 0.5 of a forward) and at 128 px with 8-px patches; MobileNetV2 224 px, 16-px
-    patches, each with its preset's rules.
+    patches, and VGG-16 pool3 at 64 px with every pixel a probe (``DeepKernel``'s default
+    pooling), each with its preset's rules.
 
 Absolute times vary with the machine's load; only the ratios of neighbouring
 measurements are meant to be compared. Run ``python benchmarks/bench_engine.py``
@@ -617,7 +618,9 @@ def part_w(args: argparse.Namespace) -> None:
     vgg, (mnet, weights) = vgg16(cut="pool5"), pretrained_mobilenet()
     rows = [("VGG-16 pool5 (random)", vgg, vgg16_rules, args.window_size, 16),
             ("VGG-16 pool5 (random)", vgg, vgg16_rules, args.window_size * 4 // 7, 8),
-            (f"MobileNetV2 ({weights})", mnet, mobilenet_v2_rules, args.window_size, 16)]
+            (f"MobileNetV2 ({weights})", mnet, mobilenet_v2_rules, args.window_size, 16),
+            # DeepKernel's default pooling: every pixel a group
+            ("VGG-16 pool3 (random)", vgg16(cut="pool3"), vgg16_rules, args.window_size * 2 // 7, None)]
     chunk = args.window_chunk
     print(f"\n(w) probes on their windows: all patch probes of one image, pushed {chunk} at a time with crops "
           f"(default) and dense (windows=False), per probe, vs a plain forward of {chunk} images; median of "
@@ -652,7 +655,7 @@ def part_w(args: argparse.Namespace) -> None:
         r_d = [d / f for d, f in zip(dense, fwd)]
         if name.startswith("VGG") and patch == 16:
             vgg_worst = max(vgg_worst, statistics.median(r_w))
-        print(f"    {name:<26}{preset.__name__:<20}{size:>5}{patch:>6}{p:>7}{statistics.median(fwd):>14.4f}"
+        print(f"    {name:<26}{preset.__name__:<20}{size:>5}{patch or 'pixel':>6}{p:>7}{statistics.median(fwd):>14.4f}"
               f"{_median_range(r_w):>20}{_median_range(r_d):>20}{diff / scale:>25.1e}")
         del recording, network
     print(f"    target windowed ÷ forward < {TARGET_WINDOWED} on VGG-16 at 224 px with 16-px patches: "

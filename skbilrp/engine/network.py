@@ -472,6 +472,7 @@ class ExportedRecording:
         probe = probe.reshape((-1,) + tuple(self.x.shape))  # (K, N, ...): see ops' layout
         cells = ProbeCells(probe, channel_axis)
         cells.windows = windows
+        cropped = False  # whether a WindowFlow is about: only then do flows need making dense
         const = self.constants
         for i, node in enumerate(prog.nodes):
             if node is prog.input_node:
@@ -489,12 +490,13 @@ class ExportedRecording:
                     flows[node] = flows[node.args[0]]
                 else:
                     flow_args = [_flow_of(a, flows) for a in node.args]
-                    if not prog.ops[node].windowed:
+                    if cropped and not prog.ops[node].windowed:
                         flow_args = [_dense(f) for f in flow_args]
                     args = fx.node.map_arg(node.args, lambda n: const.get(n))
                     kwargs = fx.node.map_arg(node.kwargs, lambda n: const.get(n))
                     try:
                         flows[node] = prog.ops[node].push(self.states[node], flow_args, list(args), kwargs, cells)
+                        cropped = cropped or type(flows[node]) is WindowFlow
                     except CellsError as err:
                         raise prog.ops[node].refuse(str(err).rstrip(".")) from None
             for arg in node.all_input_nodes:

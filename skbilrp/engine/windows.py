@@ -31,7 +31,7 @@ __all__ = ["Window", "WindowFlow", "DENSE_AT", "start", "crop", "crop_each", "co
 DENSE_AT = 0.5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds tensors: compared by identity
 class Window:
     """Crops of one size ``(h, w)``: probe ``k``'s covers rows ``row[k] .. row[k] + h - 1``
     and columns ``col[k] .. col[k] + w - 1`` of a map of size ``grid``."""

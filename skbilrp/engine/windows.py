@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Window", "WindowFlow", "DENSE_AT", "start", "crop", "crop_each", "conv2d", "max_pool2d", "add"]
+__all__ = ["Window", "WindowFlow", "DENSE_AT", "start", "crop", "crop_each", "conv2d", "max_pool2d", "add", "finish"]
 
 #: crops stop (the flow becomes dense) once they cover this share of the map: above it
 #: the gathers of recorded states cost more than the conv work saved

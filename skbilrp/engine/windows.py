@@ -19,6 +19,7 @@ the dense flow is zero, and on it the windowed op sums the same terms.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional
 
 import torch
@@ -46,17 +47,20 @@ class Window:
         """The share of the map one crop covers (crops hanging over the border count whole)."""
         return self.size[0] * self.size[1] / (self.grid[0] * self.grid[1])
 
-    def indices(self, margin: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row and column indices ``(K, h, 1)``, ``(K, 1, w)`` of each crop in the map
-        padded by ``margin`` on each side."""
-        rows = self.row[:, None] + torch.arange(self.size[0], device=self.row.device) + margin[0]
-        cols = self.col[:, None] + torch.arange(self.size[1], device=self.col.device) + margin[1]
-        return rows[:, :, None], cols[:, None, :]
-
+    @cached_property
     def margin(self) -> tuple[int, int]:
         """Padding on each side of the map that holds every crop."""
         return tuple(max(0, -int(first.min()), int(first.max()) + s - g)
                      for first, s, g in zip((self.row, self.col), self.size, self.grid))
+
+    @cached_property
+    def indices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row and column indices ``(K, h, 1)``, ``(K, 1, w)`` of each crop in the map
+        padded by :attr:`margin` on each side (an op crops several states on one window)."""
+        mh, mw = self.margin
+        rows = self.row[:, None] + torch.arange(self.size[0], device=self.row.device) + mh
+        cols = self.col[:, None] + torch.arange(self.size[1], device=self.col.device) + mw
+        return rows[:, :, None], cols[:, None, :]
 
     def on_map(self, dtype: torch.dtype) -> torch.Tensor:
         """``(K, 1, 1, h, w)``: one where a crop entry lies on the map, zero off it."""
@@ -79,9 +83,9 @@ class WindowFlow:
     def materialize(self) -> torch.Tensor:
         """The dense flow ``(K, N, C, H, W)``."""
         k, n, c = self.data.shape[:3]
-        (mh, mw), (gh, gw) = self.win.margin(), self.win.grid
+        (mh, mw), (gh, gw) = self.win.margin, self.win.grid
         full = self.data.new_zeros(k, n, c, gh + 2 * mh, gw + 2 * mw)
-        rows, cols = self.win.indices((mh, mw))
+        rows, cols = self.win.indices
         full[torch.arange(k, device=rows.device)[:, None, None], :, :, rows, cols] = self.data.permute(0, 3, 4, 1, 2)
         return full[..., mh:mh + gh, mw:mw + gw]
 
@@ -126,25 +130,30 @@ def crop(plane: torch.Tensor, win: Window, fill: float = 0.0) -> torch.Tensor:
     if plane.shape[-2:] == (1, 1):
         return plane[None]
     plane = plane.expand(*plane.shape[:2], *win.grid)
-    (mh, mw) = win.margin()
+    mh, mw = win.margin
     padded = F.pad(plane, (mw, mw, mh, mh), value=fill) if mh or mw else plane
-    rows, cols = win.indices((mh, mw))
+    rows, cols = win.indices
     return padded[:, :, rows, cols].permute(2, 0, 1, 3, 4)  # (N, C, K, h, w) -> (K, N, C, h, w)
 
 
 def crop_each(flow: torch.Tensor, win: Window) -> torch.Tensor:
     """Probe ``k``'s crop of its own map ``flow[k]`` ``(K, N, C, H, W)``: ``(K, N, C, h, w)``,
     zero off the map."""
-    (mh, mw) = win.margin()
+    mh, mw = win.margin
     padded = F.pad(flow, (mw, mw, mh, mh)) if mh or mw else flow
-    rows, cols = win.indices((mh, mw))
+    rows, cols = win.indices
     k = torch.arange(flow.shape[0], device=rows.device)[:, None, None]
     return padded[k, :, :, rows, cols].permute(0, 3, 4, 1, 2)
 
 
+def _alike(values: torch.Tensor) -> bool:
+    """Whether all probes share one value (an offset, a phase): their crops move alike."""
+    return bool((values == values[0]).all())
+
+
 def _uniform(values: torch.Tensor) -> int:
     """The one value all probes share (their crops move alike), asserted."""
-    if not bool((values == values[0]).all()):  # pragma: no cover - every caller aligns first
+    if not _alike(values):  # pragma: no cover - every caller aligns first
         raise AssertionError("probes' crops do not move alike")
     return int(values[0])
 
@@ -156,7 +165,7 @@ def _phase_aligned(flow: WindowFlow, stride: tuple, padding: tuple) -> WindowFlo
     win, data = flow.win, flow.data
     starts = [win.row, win.col]
     shifts = [(first + p) % s for first, s, p in zip(starts, stride, padding)]
-    if all(bool((d == d[0]).all()) for d in shifts):
+    if all(_alike(d) for d in shifts):
         return flow
     h, w = win.size
     out = data.new_zeros(*data.shape[:3], h + stride[0] - 1, w + stride[1] - 1)
@@ -249,7 +258,7 @@ def add(a: WindowFlow, b: WindowFlow, coef: float = 1.0) -> "WindowFlow | torch.
     if wa.grid != wb.grid or a.data.shape[1:3] != b.data.shape[1:3]:
         return a.materialize() + b.materialize() * coef
     dr, dc = wb.row - wa.row, wb.col - wa.col
-    if not (bool((dr == dr[0]).all()) and bool((dc == dc[0]).all())):
+    if not (_alike(dr) and _alike(dc)):
         return a.materialize() + b.materialize() * coef
     dr, dc = int(dr[0]), int(dc[0])
     top, left = min(0, dr), min(0, dc)
@@ -260,6 +269,5 @@ def add(a: WindowFlow, b: WindowFlow, coef: float = 1.0) -> "WindowFlow | torch.
     def placed(data, r, c):
         return F.pad(data, (c, w - c - data.shape[-1], r, h - r - data.shape[-2]))
 
-    out = placed(a.data, -top, -left)
-    out = out + placed(b.data, dr - top, dc - left) * coef if coef != 1 else out + placed(b.data, dr - top, dc - left)
+    out = placed(a.data, -top, -left) + placed(b.data, dr - top, dc - left) * coef  # * 1.0 is exact
     return _dense_if_wide(out, win)

@@ -33,26 +33,30 @@ class Centred(RelevanceOp):
         the output, in the layer's own shape (the stabiliser's scale multiplies the flow
         there)."""
         inv_std = torch.rsqrt(x.var(-1, keepdim=True, unbiased=False) + eps)
+        gain = inv_std if w is None else w * inv_std  # s_k
         den = self.rule.stabilize(y)
-        state = {"inv_std": inv_std, "scale": None if den is y else safe_divide(y, den), "share": None}
+        state = {"gain": gain, "scale": None if den is y else safe_divide(y, den), "share": None}
         if self.rule.bias == "share" and b is not None:
             n = x.shape[-1]
-            scale = inv_std if w is None else (w * inv_std).abs()  # |s_k|
-            size = scale * ((1 - 2 / n) * x.abs() + x.abs().mean(-1, keepdim=True))
+            size = gain.abs() * ((1 - 2 / n) * x.abs() + x.abs().mean(-1, keepdim=True))
             share, state["remainder"] = bounded_share(b.expand_as(size), size)
-            state["sign"], state["share"] = torch.sign(x), share * scale
+            sign = torch.sign(x)
+            state["sign"], state["share"] = sign, share * gain.abs()
+            # the flow's own coefficient, both terms' diagonal parts in one: one pass in the push
+            state["direct"] = gain + (1 - 2 / n) * sign * state["share"]
         return state
 
-    def centred_push(self, flow, state, w):
+    def centred_push(self, flow, state):
         """The flow through the layer (grouped view), bias share included, flat term not."""
-        out = (flow - flow.mean(-1, keepdim=True)) * state["inv_std"]
-        if w is not None:
-            out = out * w
-        if state["share"] is not None:
-            sized = flow * state["sign"]
-            n = flow.shape[-1]
-            out = out + ((1 - 2 / n) * sized + sized.mean(-1, keepdim=True)) * state["share"]
-        return out
+        gain, mean = state["gain"], flow.mean(-1, keepdim=True)
+        if state["share"] is None:
+            return (flow - mean) * gain
+        # s_k (u_k - mean(u)) + share_k ((1 - 2/n) sign_k u_k + mean(sign ⊙ u)), spelled
+        # with three passes over the flow instead of ten (LayerNorms are a tenth of a text push)
+        out = flow * state["direct"]
+        out.addcmul_(mean, gain, value=-1)
+        signed_mean = torch.linalg.vecdot(flow, state["sign"]).unsqueeze(-1).div_(flow.shape[-1])
+        return out.addcmul_(signed_mean, state["share"])
 
     def finish(self, out, state, b, channels_first, cells):
         if state["share"] is None and self.rule.bias == "flat" and b is not None:
@@ -76,10 +80,10 @@ class LayerNorm(Centred):
 
     def push(self, state, flows, args, kwargs, cells=None):
         flows_only_through(self, flows, 0)
-        shape, w, b = args[1], args[2], args[3]
+        shape, b = args[1], args[3]
         flow = materialize(flows[0])
         grouped = flow.reshape(*flow.shape[:flow.dim() - len(shape)], -1)
-        out = self.centred_push(grouped, state, None if w is None else w.reshape(-1)).reshape(flow.shape)
+        out = self.centred_push(grouped, state).reshape(flow.shape)
         return self.finish(out, state, b, False, cells)
 
 
@@ -93,16 +97,14 @@ class GroupNorm(Centred):
         n = x.shape[0]
         grid = (1, -1) + (1,) * (x.dim() - 2)
         view = (lambda t: None if t is None else t.reshape(grid).expand_as(x).reshape(n, groups, -1))
-        state = self.centred_state(x.reshape(n, groups, -1), y, view(w), view(b), eps)
-        state["w"] = view(w)
-        return y, state
+        return y, self.centred_state(x.reshape(n, groups, -1), y, view(w), view(b), eps)
 
     def push(self, state, flows, args, kwargs, cells=None):
         flows_only_through(self, flows, 0)
         groups, b = args[1], args[3]
         flow = materialize(flows[0])
         grouped = flow.reshape(flow.shape[0], flow.shape[1], groups, -1)
-        out = self.centred_push(grouped, state, state["w"]).reshape(flow.shape)
+        out = self.centred_push(grouped, state).reshape(flow.shape)
         if b is not None:
             b = b.reshape((-1,) + (1,) * (flow.dim() - 3))
         return self.finish(out, state, b, True, cells)

@@ -37,7 +37,10 @@ _REDUCE_SQUARE = {aten.mean.dim, aten.sum.dim_IntList}
 _REDUCE_OWN = {aten.var.correction, aten.var.dim, aten.std.correction, aten.std.dim,
                aten.linalg_vector_norm.default}
 #: value-preserving relabelling of a tensor (the source of a statistic may be a cast of x)
-_RELABEL = {aten._to_copy.default, aten.clone.default, aten.alias.default, aten.type_as.default}
+_RELABEL = {aten._to_copy.default, aten.to.dtype, aten.to.device, aten.to.dtype_layout, aten.clone.default,
+            aten.alias.default, aten.type_as.default}
+#: ops whose second operand gives only its shape or dtype (it may vary with the input)
+_LIKE = {aten.type_as.default, aten.expand_as.default}
 #: elementwise maps of a statistic (with constants): g's vocabulary
 _ELEMENTWISE = {
     aten.add.Tensor, aten.add.Scalar, aten.sub.Tensor, aten.sub.Scalar, aten.rsub.Scalar, aten.rsub.Tensor,
@@ -45,7 +48,7 @@ _ELEMENTWISE = {
     aten.reciprocal.default, aten.pow.Tensor_Scalar, aten.clamp.default, aten.clamp_min.default,
     aten.clamp_max.default, aten.abs.default, aten.expand.default, aten.unsqueeze.default, aten.view.default,
     aten.reshape.default, aten._unsafe_view.default, aten.squeeze.dim, aten.squeeze.dims,
-} | _RELABEL
+} | _RELABEL | _LIKE
 _JOINS = {aten.mul.Tensor, aten.div.Tensor}
 
 
@@ -170,10 +173,12 @@ def _joins(stat: fx.Node, source: fx.Node, varying: set) -> list:
                 if inverted != divides:
                     joins.append((user, pos[0]))
                 continue
+            if user.target in _LIKE:
+                if pos != [0]:
+                    continue  # only the statistic's shape or dtype is used
+                others = []
             if user.target not in _ELEMENTWISE or any(a in varying for a in others):
                 continue
-            if user.target is aten.type_as.default and pos != [0]:
-                continue  # only the statistic's dtype is used
             flips = divides or user.target in (aten.rsqrt.default, aten.reciprocal.default) or (
                 user.target is aten.pow.Tensor_Scalar and user.args[1] < 0)
             item = (user, inverted != flips)

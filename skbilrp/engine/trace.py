@@ -1,9 +1,11 @@
 """torch.export to functional ATen; the module path of each node.
 
-``export(model, args, kwargs)`` runs ``torch.export.export(strict=False)`` then
-``run_decompositions({})``, which functionalises in-place ops (``silu_`` → ``silu``)
-and keeps ``aten.detach.default`` nodes (checked in tests/engine): a detached tensor
-carries no relevance.
+``export(model, args, kwargs)`` runs ``torch.export.export(strict=False)``; its
+training IR is used as it is where it holds only table entries and ops the
+decomposition keeps, else ``run_decompositions({})`` functionalises in-place ops
+(``silu_`` → ``silu``) and rewrites composite ones (``flatten`` → ``view``). Both keep
+``aten.detach.default`` nodes (checked in tests/engine): a detached tensor carries no
+relevance.
 
 With ``dynamic=True`` every axis of every tensor input is declared ``Dim.AUTO``: the
 export keeps symbolic the sizes the model lets vary (batch, tokens, image height and
@@ -90,10 +92,9 @@ def export(model: nn.Module, args: tuple, kwargs: dict, dynamic: bool = False) -
                 with torch.fx.experimental._config.patch(backed_size_oblivious=True):
                     ep = torch.export.export(model, args, kwargs, strict=False,
                                              dynamic_shapes=_all_axes_auto(model, args, kwargs))
-                    ep = ep.run_decompositions({})
+                    ep = _functional(ep)
             else:
-                ep = torch.export.export(model, args, kwargs, strict=False)
-                ep = ep.run_decompositions({})
+                ep = _functional(torch.export.export(model, args, kwargs, strict=False))
     except Exception as err:  # torch.export raises many types
         _raise_if_input_does_not_fit(model, args, kwargs)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -122,6 +123,47 @@ def export(model: nn.Module, args: tuple, kwargs: dict, dynamic: bool = False) -
         if sym in symbols:
             ranges[sym] = (int(vr.lower), int(vr.upper) if vr.upper.is_Integer else float("inf"))
     return Traced(ep.graph, lookup, user, user, shapes, ranges)
+
+
+#: ops the decomposition keeps, or turns into ops the table lacks too (a carrying input
+#: is refused either way): the training IR may hold them
+_AS_DECOMPOSED = frozenset({torch.ops.aten.sym_size.int, torch.ops.aten.__and__.Tensor,
+                            torch.ops.aten.__or__.Tensor})
+#: table entries no decomposed graph holds and no oracle test reaches: decompose first
+DECOMPOSE_FIRST = frozenset({torch.ops.aten.upsample_bilinear2d.default, torch.ops.aten.lift_fresh_copy.default})
+
+
+def _decomposes(op: torch._ops.OpOverload) -> bool:
+    """Whether ``run_decompositions({})`` rewrites ``op`` (a C++ or Python
+    CompositeImplicitAutograd kernel)."""
+    return (torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CompositeImplicitAutograd")
+            or torch._C.DispatchKey.CompositeImplicitAutograd in op.py_kernels)
+
+
+def _functional(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """The exported program in the functional ATen the operator table reads.
+
+    ``run_decompositions({})`` costs more than the export itself (MiniLM: 2.0 s against
+    1.1 s). It is skipped where it would change nothing the engine reads: no op of the
+    export's training IR mutates or wraps others, and each is a table entry (whose
+    rule is the op's, however spelled: ``reshape`` or ``view``, ``to`` or ``_to_copy``)
+    or an op the decomposition keeps. Else (in-place activations, ``flatten``,
+    ``batch_norm``, ...) the program is decomposed.
+    """
+    from .ops import OPS  # noqa: PLC0415 (the table imports this module)
+
+    for node in ep.graph.nodes:
+        if node.op != "call_function":
+            continue
+        op = node.target
+        if not isinstance(op, torch._ops.OpOverload):
+            if getattr(op, "__module__", None) != "_operator":  # higher-order ops, sym functions
+                return ep.run_decompositions({})
+        elif op._schema.is_mutable or op in DECOMPOSE_FIRST or (
+                op not in OPS and op not in _AS_DECOMPOSED and _decomposes(op)):
+            return ep.run_decompositions({})
+    ep.graph.eliminate_dead_code()  # as the decomposition does: no node runs for nothing
+    return ep
 
 
 def _size(size: Any) -> Any:

@@ -100,9 +100,12 @@ def test_written_out_layer_norms_equal_the_fused_one(bias):
 
 
 def test_normalize_and_a_norm_quotient_hold_the_norm_constant():
-    """``F.normalize`` and ``h / h.norm()`` against ``h / norm(h).detach()`` (plain jvp)."""
+    """``F.normalize`` and ``h / h.norm()`` against ``h / norm(h).detach()`` (plain jvp).
+    The export's own IR spells ``F.normalize`` with ``expand_as(h)`` and a cast back may
+    read ``type_as(h)``: ``h`` gives only a shape or dtype there."""
     x = torch.randn(2, 4, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    for f in (lambda m, h: F.normalize(h, dim=-1), lambda m, h: h / h.norm(dim=-1, keepdim=True)):
+    for f in (lambda m, h: F.normalize(h, dim=-1), lambda m, h: h / h.norm(dim=-1, keepdim=True),
+              lambda m, h: h / h.norm(dim=-1, keepdim=True).type_as(h)):
         model = Spelled(f, nn.RMSNorm(D)).double().eval()
         p = probes(x, 3)
         ours = ExportedNetwork(model, "zero", torch.float64).record(x).push(p, -1).reshape(3, 2, -1)

@@ -146,8 +146,10 @@ BRANCHES: dict = {}
 XFAIL: dict = {}
 
 
-def _joined(fns):
-    return lambda m, x: torch.cat([f(m, x).flatten(1) for f in fns], 1)
+def _joined(fns, flat=True):
+    if flat:
+        return lambda m, x: torch.cat([f(m, x).flatten(1) for f in fns], 1)
+    return lambda m, x: torch.cat([f(m, x).reshape(x.shape[0], -1) for f in fns], 1)
 
 
 class Group:
@@ -156,8 +158,9 @@ class Group:
     each ``fn(m, x)`` (linear in the carrying tensors: its own twin) or ``(fn, twin)``.
     A case is checked on its own columns only; a known defect gets a group of its own."""
 
-    def __init__(self, shape=(D,), scale=1.0, **parts):
+    def __init__(self, shape=(D,), scale=1.0, flat=True, **parts):
         self.shape, self.scale, self.parts, self.cases = shape, scale, parts, []
+        self.flat = flat  # False: joined by reshape, so the export's own IR is kept (see trace)
 
     def add(self, op, branches, name="all", xfail=None):
         assert name not in SAMPLES.get(op, {}) and all(c[:2] != (op, name) for c in self.cases), (op, name)
@@ -166,9 +169,9 @@ class Group:
 
     def build(self):
         pairs = [b if isinstance(b, tuple) else (b, b) for *_, branches, _ in self.cases for b in branches.values()]
-        model = Model(_joined([f for f, _ in pairs]), **self.parts).double().eval()
+        model = Model(_joined([f for f, _ in pairs], self.flat), **self.parts).double().eval()
         x = self.scale * torch.randn((N, *self.shape), dtype=torch.float64)
-        twin = partial(_joined([t for _, t in pairs]), model)
+        twin = partial(_joined([t for _, t in pairs], self.flat), model)
         with torch.no_grad():
             widths = iter([f(model, x).flatten(1).shape[1] for f, _ in pairs])
         start, index = 0, 0
@@ -538,6 +541,22 @@ def _build():
             return h * (g.detach() if twin else g)[:, :, None, None]
         return fn
 
+    # ---- the export's own IR, kept undecomposed where it holds only table entries and ops
+    #      the decomposition keeps (trace._functional): spellings no decomposed graph has
+    raw = Group(shape=(3, D), flat=False, a=lin(D, 4), b=lin(D, 4), drop=nn.Dropout(0.5),
+                c=torch.randn(N, 3, 4))
+    raw.add(aten.dropout.default, {"eval": lambda m, x: m.drop(m.a(x))})
+    raw.add(aten.reshape.default, {"merge_axes": on(lambda h: h.reshape(h.shape[0], -1, 2))})
+    raw.add(aten.chunk.default, {"second": on(lambda h: h.chunk(2, -1)[1])})
+    raw.add(aten.narrow.default, {"middle": on(lambda h: h.narrow(-1, 1, 2))})
+    raw.add(aten.to.dtype, {"same_dtype": on(lambda h: h.to(torch.float64))})
+    raw.add(aten.to.device, {"device_and_dtype": on(lambda h: h.to(dtype=torch.float64, device="cpu"))})
+    raw.add(aten.to.dtype_layout, {"device": on(lambda h: h.to("cpu"))})
+    raw.add(aten.expand_as.default, {"like_carrying": lambda m, x: m.a(x)[:, :1].expand_as(m.b(x)),
+                                     "like_constant": lambda m, x: m.a(x)[:, :1].expand_as(m.c)})
+    raw.add(aten.detach.default, {"detached_factor": lambda m, x: m.a(x) * m.b(x).detach()}, name="training_ir")
+    raw.build()
+
     img = Group(shape=(2, 7, 7), c=nn.Conv2d(2, 3, 2), s=nn.Conv2d(2, 4, 3, stride=2, padding=1),
                 g=nn.Conv2d(2, 4, 3, dilation=2, groups=2, bias=False), same=nn.Conv2d(2, 3, 3, padding="same"),
                 valid=nn.Conv2d(2, 3, (3, 1), padding="valid"), fc=lin(4, 4), gn=randomized(nn.GroupNorm(2, 4)),
@@ -577,14 +596,11 @@ with torch.random.fork_rng():
 
 #: refusals: entries that raise instead of pushing (tests/engine/test_refusals.py)
 REFUSED = {op for op, cls in OPS.items() if issubclass(cls, Refused)}
-#: entries torch's export + run_decompositions({}) never emits, even when the model calls
-#: them by name (checked by test_unreachable_entries_are_decomposed): no graph can
-#: exercise them. The op each becomes has a sample.
+#: entries no exported graph holds, even when the model calls them by name (checked by
+#: test_unreachable_entries_are_decomposed): run_decompositions({}) rewrites them, and a
+#: training IR holding one is decomposed (trace.DECOMPOSE_FIRST). The op each becomes
+#: has a sample.
 UNREACHABLE = {
-    aten.dropout.default: aten.clone.default,  # eval mode: an identity clone
-    aten.reshape.default: aten.view.default,
-    aten.chunk.default: aten.split.Tensor,
-    aten.narrow.default: aten.slice.Tensor,
     aten.lift_fresh_copy.default: aten.clone.default,
     aten.upsample_bilinear2d.default: aten._unsafe_index.Tensor,  # decomposed into index arithmetic
 }
@@ -691,15 +707,14 @@ def test_unreachable_entries_are_decomposed():
 
     def calls(m, x):
         h = m.a(x)  # (N, 2, 3, 4)
-        parts = [aten.dropout.default(h, 0.5, False), aten.reshape.default(h, [N, 2, 12]),
-                 aten.chunk.default(h, 2, -1)[0], aten.narrow.default(h, -1, 1, 2),
-                 aten.lift_fresh_copy.default(h), aten.upsample_bilinear2d.default(h, [4, 5], False)]
-        return torch.cat([t.flatten(1) for t in parts], 1)
+        parts = [aten.lift_fresh_copy.default(h), aten.upsample_bilinear2d.default(h, [4, 5], False)]
+        return torch.cat([t.reshape(N, -1) for t in parts], 1)  # no flatten: decomposed for these alone
 
     model = Model(calls, a=lin(D, 4)).double().eval()
     x = torch.randn((N, 2, 3, D), dtype=torch.float64)
     traced = trace.export(model, (x,), {})
     targets = {n.target for n in traced.graph.nodes if n.op == "call_function"}
+    assert set(UNREACHABLE) == trace.DECOMPOSE_FIRST
     assert not targets & set(UNREACHABLE), f"now emitted, give them samples: {targets & set(UNREACHABLE)}"
     assert set(UNREACHABLE.values()) <= targets
 

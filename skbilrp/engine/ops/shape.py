@@ -56,10 +56,11 @@ class Identity(Same):
     identity = True
 
 
-@relevance_op(aten._to_copy.default)
+@relevance_op(aten._to_copy.default, aten.to.dtype, aten.to.device, aten.to.dtype_layout)
 class Cast(Same):
     """A dtype cast (``x.float()``, ``x.to(torch.float64)``): the flow is cast alike and
-    keeps exactly the precision the value keeps."""
+    keeps exactly the precision the value keeps. (``to`` is what the export's own IR
+    writes; decomposed, it becomes ``_to_copy``.)"""
 
 
 @relevance_op(aten.type_as.default)
@@ -96,6 +97,23 @@ class Expand(Same):
         flows_only_through(self, flows, 0)
         flow = align(materialize(flows[0]), len(args[1]))
         return flow.expand([flow.shape[0], *args[1]])
+
+
+@relevance_op(aten.expand_as.default)
+class ExpandAs(RelevanceOp):
+    """``x.expand_as(other)``: only ``other``'s shape is used, so relevance that reaches
+    ``other`` ends here (as in the ``expand`` the decomposition writes, with ``other``'s
+    sizes)."""
+
+    def record(self, args, kwargs):
+        return self.op(*args, **kwargs), tuple(args[1].shape)
+
+    def push(self, shape, flows, args, kwargs, cells=None):
+        if flows[0] is None:
+            raise self.refuse("relevance reaches only the argument whose shape is taken",
+                              "Expand to its sizes instead")
+        flow = align(materialize(flows[0]), len(shape))
+        return flow.expand([flow.shape[0], *shape])
 
 
 @relevance_op(aten.repeat.default)

@@ -46,7 +46,11 @@ compared; absolute times move with the load of the machine):
     forward of its sentence). Then the 161 pairs of ``sentence_pairs.txt`` in one
     ``explain_pairs(A, B, pairs=[(i, i)])`` call, per pair, against ``encode`` of its
     probe-equivalent batch (every sentence repeated once per token). Targets: warm
-    call <= 2× its encode and <= 0.15 s; 161 pairs <= 0.1 s per pair.
+    call <= 2× its encode and <= 0.15 s; 161 pairs <= 0.1 s per pair. What the rules
+    leave for the rest of the call: the matrix products of the first warm call (each
+    ``mm``/``addmm``/``bmm``/``linear``/``matmul`` it runs, logged by a dispatch mode) are
+    replayed alone on random tensors of the same shapes and printed as FLOPs and time
+    against ``encode`` (whose products are counted the same way).
 
 Targets: < 0.5 s per MiniLM pair (TextKernel, both attention rules); >= 20× faster
 than the loop (its cheaper, kept-graph form); >= 100× faster than integrated
@@ -341,6 +345,20 @@ def bench_interactive(st, args) -> dict:
     print(f"  warm, median of {len(walls)} calls: {warm:.3f} s per call, {ratio:.2f}x encode of the "
           f"probe-equivalent batch [{min(ratios):.2f}-{max(ratios):.2f}]; cold / warm {cold / warm:.0f}x; "
           f"rules='zero' (no bias share, one pass per Linear): {statistics.median(ratios0):.2f}x")
+    a, b = fresh[1]  # the first warm call's pair: what its time cannot go below
+    batch = [a] * n_tokens[a] + [b] * n_tokens[b]
+    encode = median_time(lambda: st.encode(batch, batch_size=len(batch)), 5)[0]
+    floor = products_floor({"default rules": lambda: kernel.explain_pairs([a], [b]).pair(0, 0),
+                            "rules='zero'": lambda: lrp0.explain_pairs([a], [b]).pair(0, 0),
+                            "encode": lambda: st.encode(batch, batch_size=len(batch))})
+    enc_flops = floor["encode"][0]
+    print(f"  matrix products alone, call 1 ({n_tokens[a]} x {n_tokens[b]}): every matrix product of the call "
+          f"replayed on random tensors of the same shapes, against encode ({encode * 1e3:.1f} ms, its products "
+          f"{enc_flops / 1e9:.2f} GFLOP):")
+    for name in ("default rules", "rules='zero'"):
+        flops, wall = floor[name]
+        print(f"  {name:>15}: {flops / 1e9:.2f} GFLOP ({flops / enc_flops:.2f}x encode's), {wall * 1e3:.1f} ms "
+              f"({wall / encode:.2f}x encode)")
     before = []
     for a, b in fresh[1:4]:  # the engine before issue 22: a per-shape export at every new shape
         clear_cache()  # else the new kernel takes the prepared copy of the one above
@@ -350,6 +368,17 @@ def bench_interactive(st, args) -> dict:
     print(f"  for comparison, one export per call (the engine before: static export per new shape, "
           f"{len(before)} calls): {statistics.median(before):.2f} s per call, "
           f"{statistics.median(before) / warm:.0f}x the warm call")
+
+    kept, decomposed = [], []
+    for _ in range(2):  # a later cold call (torch warm), alternating: the export as it is, then decomposed
+        for times, context in ((kept, contextlib.nullcontext), (decomposed, _decomposed_exports)):
+            clear_cache()
+            fresh_kernel = TextKernel(st).fit([b])
+            with context():
+                times.append(timed(lambda: fresh_kernel.explain_pairs([a], [b]).pair(0, 0))[0])
+    print(f"  a later cold call (median of {len(kept)}, alternating): {statistics.median(kept):.2f} s with the "
+          f"export's own IR; {statistics.median(decomposed):.2f} s with run_decompositions as before "
+          f"({statistics.median(kept) / statistics.median(decomposed):.2f}x)")
 
     some = pairs[:20] if args.quick else pairs
     A, B = [p[0] for p in some], [p[1] for p in some]
@@ -364,6 +393,57 @@ def bench_interactive(st, args) -> dict:
     return {"cold": cold, "warm": warm, "ratio": ratio, "per_pair": wall / len(A), "all_ratio": wall / enc}
 
 
+#: the matrix products a call's time cannot go below (the rules fix their shapes and number);
+#: linear and matmul reach a dispatch mode whole under inference mode (``encode``)
+PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::linear", "aten::matmul")
+
+
+def products_floor(calls: dict[str, Callable[[], object]], repeats: int = 5) -> dict[str, tuple[float, float]]:
+    """For each call: (FLOPs, seconds) of the matrix products it runs, replayed alone.
+
+    One run of the call under a dispatch mode logs each matrix product (:data:`PRODUCTS`)
+    with its operand shapes; the products are then run again on random tensors of those
+    shapes, without the rest of the call (median of ``repeats``)."""
+    from torch.utils._python_dispatch import TorchDispatchMode  # noqa: PLC0415
+
+    class Log(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.name() in PRODUCTS:
+                self.seen.append((func, [(a.shape, a.dtype) if isinstance(a, torch.Tensor) else a for a in args],
+                                  dict(kwargs or {})))
+            return func(*args, **(kwargs or {}))
+
+    out = {}
+    for name, call in calls.items():
+        call()
+        with Log() as log:
+            call()
+        replay = [(func, [torch.randn(a[0], dtype=a[1]) if isinstance(a, tuple) and isinstance(a[0], torch.Size)
+                          else a for a in args], kwargs) for func, args, kwargs in log.seen]
+        flops = sum(2 * _product_macs(func, args) for func, args, _ in replay)
+
+        def run(replay=replay) -> None:
+            for func, args, kwargs in replay:
+                func(*args, **kwargs)
+
+        out[name] = (flops, median_time(run, repeats)[0])
+    return out
+
+
+def _product_macs(func, args: list) -> int:
+    """Multiply-adds of one logged product."""
+    name = func.name()
+    a, b = (args[1], args[2]) if name in ("aten::addmm", "aten::baddbmm") else (args[0], args[1])
+    if name == "aten::linear":  # b is the weight (out, in)
+        return int(a.numel()) * int(b.shape[0])
+    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]).numel() if a.dim() > 2 or b.dim() > 2 else 1
+    return batch * int(a.shape[-2]) * int(a.shape[-1]) * int(b.shape[-1])
+
+
 @contextlib.contextmanager
 def _static_exports():
     """Exports as the engine made them before issue 22: one static graph per input shape."""
@@ -375,6 +455,20 @@ def _static_exports():
         yield
     finally:
         network.export = real
+
+
+@contextlib.contextmanager
+def _decomposed_exports():
+    """Exports decomposed whatever they hold, as the engine made them before it kept the
+    training IR (``run_decompositions({})`` after every export)."""
+    import skbilrp.engine.trace as trace  # noqa: PLC0415
+
+    real = trace._functional
+    trace._functional = lambda ep: ep.run_decompositions({})
+    try:
+        yield
+    finally:
+        trace._functional = real
 
 
 def report_interactive(r: dict) -> None:

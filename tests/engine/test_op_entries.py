@@ -547,6 +547,8 @@ def _build():
                 c=torch.randn(N, 3, 4))
     raw.add(aten.dropout.default, {"eval": lambda m, x: m.drop(m.a(x))})
     raw.add(aten.reshape.default, {"merge_axes": on(lambda h: h.reshape(h.shape[0], -1, 2))})
+    raw.add(aten.flatten.using_ints, {"trailing": on(lambda h: h.flatten(1) * 2),
+                                      "middle": on(lambda h: h[:, :, None].flatten(2, 3))})
     raw.add(aten.chunk.default, {"second": on(lambda h: h.chunk(2, -1)[1])})
     raw.add(aten.narrow.default, {"middle": on(lambda h: h.narrow(-1, 1, 2))})
     raw.add(aten.to.dtype, {"same_dtype": on(lambda h: h.to(torch.float64))})

@@ -147,6 +147,21 @@ class Resize(Same):
         return flow.reshape([flow.shape[0], *args[1]])
 
 
+@relevance_op(aten.flatten.using_ints)
+class Flatten(Same):
+    """``x.flatten(start, end)``, as the export's own IR writes it (decomposed: a view);
+    the flow takes the value's new shape behind its probe axis."""
+
+    def record(self, args, kwargs):
+        out = self.op(*args, **kwargs)
+        return out, tuple(out.shape)
+
+    def push(self, shape, flows, args, kwargs, cells=None):
+        flows_only_through(self, flows, 0)
+        flow = materialize(flows[0])
+        return flow.reshape([flow.shape[0], *shape])
+
+
 @relevance_op(aten.permute.default)
 class Permute(Same):
     def push(self, ndim, flows, args, kwargs, cells=None):

@@ -62,6 +62,8 @@ def canonicalize(graph: fx.Graph, constants: dict) -> None:
         src = node.args[0]
         if not (isinstance(src, fx.Node) and src.target in _FOLDABLE and len(src.users) == 1):
             continue
+        if src.target is aten.linear.default and len(_shape(src) or ()) != 2:
+            continue  # BatchNorm's channels are axis 1; a Linear's features are its last axis
         w_node, b_node = src.args[1], src.args[2]
         if not _is_constant(w_node, constants) or not (b_node is None or _is_constant(b_node, constants)):
             continue

@@ -316,6 +316,10 @@ def _build():
         "folded_into_linear": lambda m, x: m.bn(m.b(x)),
         "after_residual": lambda m, x: m.bn(m.a(x) + m.b(x)),
     })
+    # a Linear's output (N, 3, 3) under BatchNorm1d(3): the BatchNorm's channels are the
+    # tokens (axis 1), not the Linear's features, so it must not be folded into the Linear
+    alone(aten._native_batch_norm_legit_no_training.default, {"after_linear": lambda m, x: m.bn(m.a(x))},
+          name="channels_are_tokens", shape=(3, D), a=lin(D, 3), bn=randomized(nn.BatchNorm1d(3)))
     # GemmaRMSNorm's cast back to its input's dtype: the input's own flow ends (dtype only)
     vec.add(aten.type_as.default, {"back_to_input_dtype": on(lambda h: (h.float() * 2).type_as(h))})
     vec.build()

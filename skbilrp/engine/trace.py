@@ -19,6 +19,7 @@ nodes and plain arithmetic on them; they carry no relevance.
 from __future__ import annotations
 
 import inspect
+import operator
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -159,11 +160,42 @@ def _functional(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgra
         if not isinstance(op, torch._ops.OpOverload):
             if getattr(op, "__module__", None) != "_operator":  # higher-order ops, sym functions
                 return ep.run_decompositions({})
+        elif op is _BATCH_NORM:
+            if _full_args(node)[5] is not False:  # batch statistics: decomposed, then refused
+                return ep.run_decompositions({})
         elif op._schema.is_mutable or op in DECOMPOSE_FIRST or (
                 op not in OPS and op not in _AS_DECOMPOSED and _decomposes(op)):
             return ep.run_decompositions({})
     ep.graph.eliminate_dead_code()  # as the decomposition does: no node runs for nothing
+    _batch_norm_as_decomposed(ep.graph)
     return ep
+
+
+_BATCH_NORM = torch.ops.aten.batch_norm.default
+
+
+def _full_args(node: fx.Node) -> list:
+    from .canonicalize import full_args  # noqa: PLC0415 (it imports this module)
+
+    return full_args(node)[0]
+
+
+def _batch_norm_as_decomposed(graph: fx.Graph) -> None:
+    """Eval-mode ``batch_norm`` spelled as the decomposition spells it,
+    ``_native_batch_norm_legit_no_training(...)[0]``: the form the canonicalisation folds
+    into the conv or linear before it (and the table's entry for a BatchNorm left alone)."""
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not _BATCH_NORM:
+            continue
+        x, w, b, mean, var, _, momentum, eps = _full_args(node)[:8]
+        with graph.inserting_before(node):
+            bn = graph.call_function(torch.ops.aten._native_batch_norm_legit_no_training.default,
+                                     (x, w, b, mean, var, momentum, eps))
+            out = graph.call_function(operator.getitem, (bn, 0))
+        bn.meta = {k: v for k, v in node.meta.items() if k != "val"}  # a tuple: nothing reads it
+        out.meta = dict(node.meta)
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
 
 
 def _size(size: Any) -> Any:

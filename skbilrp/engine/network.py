@@ -31,6 +31,7 @@ from .canonicalize import canonical_modules, canonicalize
 from .ops import OPS, CellsError, InputFlow, ProbeCells, aten, lookup, materialize
 from .ops.refused import RANDOM, Random
 from .ops.weighted import Weighted
+from .spellings import LIKE, RESHAPES, SAME_VALUES
 from .trace import Traced, UnsupportedModelError, export, module_of
 from .windows import WindowFlow
 
@@ -38,9 +39,7 @@ __all__ = ["ExportedNetwork", "ExportedRecording", "clear_cache", "prepared", "r
 
 #: ops through which a gate factor may pass on its way to the product it scales (a
 #: dynamic export keeps the full slice of ``g[:, :, None, None]``, a static one drops it)
-_GATE_PATH = {aten.view.default, aten.expand.default, aten.unsqueeze.default, aten.reshape.default,
-              aten.permute.default, aten.clone.default, aten._unsafe_view.default, aten.squeeze.dim,
-              aten.slice.Tensor}
+_GATE_PATH = RESHAPES | SAME_VALUES | LIKE | {aten.permute.default, aten.slice.Tensor}
 _GATES = {aten.sigmoid.default, aten.hardsigmoid.default}
 
 #: values of symbolic-size nodes (``aten.sym_size.int``, ``operator.mul`` on sizes)
@@ -261,7 +260,9 @@ class _Program:
             entry = OPS.get(node.target)
             if entry is not None and entry.is_constant(self.network):
                 continue
-            if any(a in carries for a in node.all_input_nodes):
+            # type_as / expand_as read only the dtype or shape of their second operand
+            inputs = node.args[:1] if node.target in LIKE else node.all_input_nodes
+            if any(a in carries for a in inputs):
                 carries.add(node)
         return carries
 
@@ -272,8 +273,8 @@ class _Program:
         while todo:
             n = todo.pop()
             for u in n.users:
-                if _is_size(u):  # its size read for a view: no use of its values
-                    continue
+                if _is_size(u) or u.target in LIKE and u.args[0] is not n:
+                    continue  # its size or dtype read: no use of its values
                 if u.target in _GATE_PATH:
                     todo.append(u)
                 elif u.target is aten.mul.Tensor:

@@ -24,6 +24,8 @@ from typing import Optional
 import torch
 from torch import fx
 
+from .spellings import LIKE, RESHAPES, SAME_VALUES
+
 aten = torch.ops.aten
 
 __all__ = ["hold_statistics_constant", "STATISTIC_TAG"]
@@ -37,18 +39,14 @@ _REDUCE_SQUARE = {aten.mean.dim, aten.sum.dim_IntList}
 _REDUCE_OWN = {aten.var.correction, aten.var.dim, aten.std.correction, aten.std.dim,
                aten.linalg_vector_norm.default}
 #: value-preserving relabelling of a tensor (the source of a statistic may be a cast of x)
-_RELABEL = {aten._to_copy.default, aten.to.dtype, aten.to.device, aten.to.dtype_layout, aten.clone.default,
-            aten.alias.default, aten.type_as.default}
-#: ops whose second operand gives only its shape or dtype (it may vary with the input)
-_LIKE = {aten.type_as.default, aten.expand_as.default}
+_RELABEL = SAME_VALUES | {aten.type_as.default}
 #: elementwise maps of a statistic (with constants): g's vocabulary
 _ELEMENTWISE = {
     aten.add.Tensor, aten.add.Scalar, aten.sub.Tensor, aten.sub.Scalar, aten.rsub.Scalar, aten.rsub.Tensor,
     aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar, aten.rsqrt.default, aten.sqrt.default,
     aten.reciprocal.default, aten.pow.Tensor_Scalar, aten.clamp.default, aten.clamp_min.default,
-    aten.clamp_max.default, aten.abs.default, aten.expand.default, aten.unsqueeze.default, aten.view.default,
-    aten.reshape.default, aten._unsafe_view.default, aten.squeeze.dim, aten.squeeze.dims,
-} | _RELABEL | _LIKE
+    aten.clamp_max.default, aten.abs.default,
+} | RESHAPES | _RELABEL | LIKE
 _JOINS = {aten.mul.Tensor, aten.div.Tensor}
 
 
@@ -173,7 +171,7 @@ def _joins(stat: fx.Node, source: fx.Node, varying: set) -> list:
                 if inverted != divides:
                     joins.append((user, pos[0]))
                 continue
-            if user.target in _LIKE:
+            if user.target in LIKE:
                 if pos != [0]:
                     continue  # only the statistic's shape or dtype is used
                 others = []

@@ -166,9 +166,19 @@ def _functional(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgra
         elif op._schema.is_mutable or op in DECOMPOSE_FIRST or (
                 op not in OPS and op not in _AS_DECOMPOSED and _decomposes(op)):
             return ep.run_decompositions({})
-    ep.graph.eliminate_dead_code()  # as the decomposition does: no node runs for nothing
+    _drop_dead_code(ep.graph)
     _batch_norm_as_decomposed(ep.graph)
     return ep
+
+
+def _drop_dead_code(graph: fx.Graph) -> None:
+    """Nodes nothing uses, gone as the decomposition drops them: random ops too (fx keeps
+    them as impure; unused, they change no output, and the table would refuse them)."""
+    for node in reversed(list(graph.nodes)):
+        if (node.op == "call_function" and not node.users and isinstance(node.target, torch._ops.OpOverload)
+                and torch.Tag.nondeterministic_seeded in node.target.tags and not node.target._schema.is_mutable):
+            graph.erase_node(node)
+    graph.eliminate_dead_code()
 
 
 _BATCH_NORM = torch.ops.aten.batch_norm.default

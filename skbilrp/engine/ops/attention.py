@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from ..spellings import LIKE, SAME_VALUES
 from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op
 from .combine import is_masking, shared_ratio, spread_on_keys
 from .weighted import bounded_share
@@ -128,8 +129,8 @@ class Product(RelevanceOp):
 
 
 #: value-preserving ops between a softmax and the product with the values (eager attention
-#: casts float32 probabilities back, applies dropout: a clone in eval mode)
-_PASS = {aten._to_copy.default, aten.clone.default, aten.alias.default, aten.type_as.default}
+#: casts float32 probabilities back, applies dropout: a clone in eval mode, once decomposed)
+_PASS = SAME_VALUES | LIKE
 _SOFTMAX = {aten.softmax.int, aten._softmax.default, aten._safe_softmax.default}
 
 

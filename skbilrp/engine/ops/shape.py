@@ -68,6 +68,10 @@ class TypeAs(RelevanceOp):
     """``x.type_as(other)``: a cast of ``x``; only ``other``'s dtype is used, so relevance
     that reaches ``other`` (GemmaRMSNorm casts back to its own input's dtype) ends there."""
 
+    @classmethod
+    def ends(cls, network) -> frozenset:
+        return frozenset({1})
+
     def push(self, state, flows, args, kwargs, cells=None):
         if flows[0] is None:
             raise self.refuse("relevance reaches only the argument whose dtype is taken",
@@ -103,7 +107,11 @@ class Expand(Same):
 class ExpandAs(RelevanceOp):
     """``x.expand_as(other)``: only ``other``'s shape is used, so relevance that reaches
     ``other`` ends here (as in the ``expand`` the decomposition writes, with ``other``'s
-    sizes)."""
+    sizes): ``param.expand_as(x)`` is a constant."""
+
+    @classmethod
+    def ends(cls, network) -> frozenset:
+        return frozenset({1})
 
     def record(self, args, kwargs):
         return self.op(*args, **kwargs), tuple(args[1].shape)

@@ -1,0 +1,152 @@
+"""The export's own graph, kept undecomposed (``skbilrp.engine.trace``), explains as the
+decomposed graph does: spellings only that graph has (``expand_as``, eval-mode
+``dropout``, ``flatten``, ``to``) must not hide a gate, a normalisation statistic or a
+constant from the passes that recognise them.
+
+Oracles: for LRP-0 the flows of a detach-trick twin (the gate or the statistic
+detached; plain ``jvp``), and for every bias mode the same model explained through the
+decomposed export (``run_decompositions({})`` forced), which the op-entry samples check
+against their twins. Each case asserts that the export's own graph was kept.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import close, probes
+from torch import nn
+
+import skbilrp.engine.trace as trace
+from skbilrp.engine import ExportedNetwork
+from skbilrp.engine.network import clear_cache
+
+N, C, D, EPS = 2, 4, 6, 1e-5
+
+
+class Gated(nn.Module):
+    """Squeeze-excitation: a sigmoid gate of pooled features scales the map it came from."""
+
+    def __init__(self, spell) -> None:
+        super().__init__()
+        self.conv, self.fc, self.head = nn.Conv2d(2, C, 3, padding=1), nn.Linear(C, C), nn.Linear(C * 25, 3)
+        self.spell = spell
+
+    def gate(self, h):
+        return torch.sigmoid(self.fc(h.mean((2, 3))))
+
+    def forward(self, x, detached=False):
+        h = self.conv(x)
+        g = self.gate(h)
+        return self.head(self.spell(h, g.detach() if detached else g).reshape(x.shape[0], -1))
+
+
+class Normed(nn.Module):
+    """``Linear -> norm -> Linear`` with the norm written out."""
+
+    def __init__(self, norm) -> None:
+        super().__init__()
+        self.a, self.b, self.norm = nn.Linear(D, D), nn.Linear(D, 3), norm
+
+    def forward(self, x, detached=False):
+        return self.b(self.norm(self.a(x), detached)).flatten(1)
+
+
+def _rms_through_dropout(h, detached):
+    scale = F.dropout(torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + EPS), 0.1, training=False)
+    return h * (scale.detach() if detached else scale)
+
+
+class Shifted(nn.Module):
+    """A learned shift broadcast with ``expand_as`` (a constant whatever the input), and a
+    random op whose result nothing uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shift, self.l = nn.Parameter(torch.randn(1, 1, D)), nn.Linear(D, 3)
+
+    def forward(self, x, detached=False):
+        unused = torch.rand_like(x)  # noqa: F841 (dead code the export still records)
+        return self.l(x + self.shift.expand_as(x)).flatten(1)
+
+
+class Attention(nn.Module):
+    """Eager attention as Hugging Face writes it: softmax, dropout (eval), product with v."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = nn.Linear(D, 4), nn.Linear(D, 4), nn.Linear(D, 4), nn.Linear(4, 3)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x, detached=False):
+        p = torch.softmax(self.q(x) @ self.k(x).transpose(-2, -1) / 2.0, -1)
+        return self.o(self.drop(p.detach() if detached else p) @ self.v(x)).flatten(1)
+
+
+CASES = {
+    "attention_eval_dropout": (lambda: Attention(), (N, 3, D)),
+    "gate_expand_as": (lambda: Gated(lambda h, g: h * g[:, :, None, None].expand_as(h)), (N, 2, 5, 5)),
+    "gate_eval_dropout": (lambda: Gated(lambda h, g: h * F.dropout(g[:, :, None, None], 0.2, training=False)),
+                          (N, 2, 5, 5)),
+    "gate_flatten": (lambda: Gated(lambda h, g: (h.flatten(2) * g[:, :, None].flatten(1)[..., None])
+                                   .reshape(h.shape)), (N, 2, 5, 5)),
+    "norm_through_eval_dropout": (lambda: Normed(_rms_through_dropout), (N, 3, D)),
+    "shift_expand_as_and_dead_random_op": (lambda: Shifted(), (N, 3, D)),
+}
+
+
+def _explain(model, x, rules, decompose: bool, attention: str = "cp"):
+    """Features and flows of three probes, and whether the export kept its own graph."""
+    kept = []
+    real = trace._functional
+
+    def watched(ep):
+        out = ep.run_decompositions({}) if decompose else real(ep)
+        kept.append(out is ep)
+        return out
+
+    clear_cache()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trace, "_functional", watched)
+        rec = ExportedNetwork(copy.deepcopy(model), rules, torch.float64, attention=attention).record(x)
+    return rec.features, rec.push(probes(x, 3)).reshape(3, x.shape[0], -1), kept == [True]
+
+
+@pytest.fixture(params=sorted(CASES))
+def case(request):
+    build, shape = CASES[request.param]
+    torch.manual_seed(0)
+    return build().double().eval(), torch.randn(shape, dtype=torch.float64)
+
+
+def test_lrp0_equals_the_detach_trick_twin(case):
+    model, x = case
+    features, flows, kept = _explain(model, x, "zero", decompose=False)
+    assert kept, "the export's own graph was decomposed: the case tests nothing new"
+    with torch.no_grad():
+        close(features, model(x).flatten(1))
+    twin = lambda inp: model(inp, detached=True).flatten(1)  # noqa: E731
+    refs = torch.stack([torch.func.jvp(twin, (x,), (p * x,))[1] for p in probes(x, 3).reshape(3, *x.shape)])
+    close(flows, refs.detach())
+
+
+@pytest.mark.parametrize("rules", ["zero", "zero-share", "zero-flat"])
+def test_kept_graph_explains_as_the_decomposed_one(case, rules):
+    model, x = case
+    features, flows, kept = _explain(model, x, rules, decompose=False)
+    want_features, want, _ = _explain(model, x, rules, decompose=True)
+    assert kept
+    close(features, want_features)
+    close(flows, want)
+
+
+def test_attnlrp_reads_probabilities_through_eval_dropout():
+    """AttnLRP's rule for ``p @ v`` needs to know ``p`` is a softmax output."""
+    torch.manual_seed(0)
+    model, x = Attention().double().eval(), torch.randn(N, 3, D, dtype=torch.float64)
+    _, flows, kept = _explain(model, x, "zero", decompose=False, attention="attnlrp")
+    _, want, _ = _explain(model, x, "zero", decompose=True, attention="attnlrp")
+    assert kept
+    close(flows, want)

@@ -3,7 +3,7 @@
 ``export(model, args, kwargs)`` runs ``torch.export.export(strict=False)``; its
 training IR is used as it is where it holds only table entries and ops the
 decomposition keeps, else ``run_decompositions({})`` functionalises in-place ops
-(``silu_`` → ``silu``) and rewrites composite ones (``flatten`` → ``view``). Both keep
+(``silu_`` → ``silu``) and rewrites composite ones (``square`` → ``pow``). Both keep
 ``aten.detach.default`` nodes (checked in tests/engine): a detached tensor carries no
 relevance.
 
@@ -148,8 +148,9 @@ def _functional(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgra
     1.1 s). It is skipped where it would change nothing the engine reads: no op of the
     export's training IR mutates or wraps others, and each is a table entry (whose
     rule is the op's, however spelled: ``reshape`` or ``view``, ``to`` or ``_to_copy``)
-    or an op the decomposition keeps. Else (in-place activations, ``flatten``,
-    ``batch_norm``, ...) the program is decomposed.
+    or an op the decomposition keeps (eval-mode ``batch_norm`` is then rewritten to the
+    decomposition's form). Else (in-place activations, batch statistics, composite ops
+    the table lacks such as ``square``) the program is decomposed.
     """
     from .ops import OPS  # noqa: PLC0415 (the table imports this module)
 

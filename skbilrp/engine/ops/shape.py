@@ -73,9 +73,7 @@ class TypeAs(RelevanceOp):
         return frozenset({1})
 
     def push(self, state, flows, args, kwargs, cells=None):
-        if flows[0] is None:
-            raise self.refuse("relevance reaches only the argument whose dtype is taken",
-                              "Cast with .to(dtype) instead")
+        # only x's relevance goes on; the network holds the node constant unless x carries
         return materialize(flows[0]).to(self.node.meta["val"].dtype)
 
 
@@ -117,10 +115,7 @@ class ExpandAs(RelevanceOp):
         return self.op(*args, **kwargs), tuple(args[1].shape)
 
     def push(self, shape, flows, args, kwargs, cells=None):
-        if flows[0] is None:
-            raise self.refuse("relevance reaches only the argument whose shape is taken",
-                              "Expand to its sizes instead")
-        flow = align(materialize(flows[0]), len(shape))
+        flow = align(materialize(flows[0]), len(shape))  # x carries, or the node is a constant
         return flow.expand([flow.shape[0], *shape])
 
 

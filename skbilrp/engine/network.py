@@ -39,7 +39,8 @@ __all__ = ["ExportedNetwork", "ExportedRecording", "clear_cache", "prepared", "r
 
 #: ops through which a gate factor may pass on its way to the product it scales (a
 #: dynamic export keeps the full slice of ``g[:, :, None, None]``, a static one drops it)
-_GATE_PATH = RESHAPES | SAME_VALUES | LIKE | {aten.permute.default, aten.slice.Tensor}
+_GATE_PATH = RESHAPES | SAME_VALUES | LIKE | {aten.permute.default, aten.transpose.int, aten.slice.Tensor,
+                                              aten.narrow.default, aten.select.int, aten.repeat.default}
 _GATES = {aten.sigmoid.default, aten.hardsigmoid.default}
 
 #: values of symbolic-size nodes (``aten.sym_size.int``, ``operator.mul`` on sizes)

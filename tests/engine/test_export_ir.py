@@ -92,6 +92,11 @@ CASES = {
                           (N, 2, 5, 5)),
     "gate_flatten": (lambda: Gated(lambda h, g: (h.flatten(2) * g[:, :, None].flatten(1)[..., None])
                                    .reshape(h.shape)), (N, 2, 5, 5)),
+    # narrow is a slice once decomposed; transpose / select / repeat are layouts of the gate
+    "gate_narrow": (lambda: Gated(lambda h, g: h * g.narrow(1, 0, C)[:, :, None, None]), (N, 2, 5, 5)),
+    "gate_transpose_select_repeat": (lambda: Gated(
+        lambda h, g: h * g[:, None, :].transpose(1, 2).repeat(1, 1, 2).select(-1, 1)[:, :, None, None]),
+        (N, 2, 5, 5)),
     "norm_through_eval_dropout": (lambda: Normed(_rms_through_dropout), (N, 3, D)),
     "shift_expand_as_and_dead_random_op": (lambda: Shifted(), (N, 3, D)),
 }

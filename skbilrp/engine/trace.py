@@ -175,11 +175,13 @@ def _functional(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgra
 def _drop_dead_code(graph: fx.Graph) -> None:
     """Nodes nothing uses, gone as the decomposition drops them: random ops too (fx keeps
     them as impure; unused, they change no output, and the table would refuse them)."""
-    for node in reversed(list(graph.nodes)):
-        if (node.op == "call_function" and not node.users and isinstance(node.target, torch._ops.OpOverload)
-                and torch.Tag.nondeterministic_seeded in node.target.tags and not node.target._schema.is_mutable):
-            graph.erase_node(node)
-    graph.eliminate_dead_code()
+    def impure(node: fx.Node) -> bool:
+        op = node.target
+        random = (isinstance(op, torch._ops.OpOverload) and torch.Tag.nondeterministic_seeded in op.tags
+                  and not op._schema.is_mutable)
+        return node.is_impure() and not random
+
+    graph.eliminate_dead_code(is_impure_node=impure)
 
 
 _BATCH_NORM = torch.ops.aten.batch_norm.default

@@ -68,7 +68,7 @@ class Shifted(nn.Module):
         self.shift, self.l = nn.Parameter(torch.randn(1, 1, D)), nn.Linear(D, 3)
 
     def forward(self, x, detached=False):
-        unused = torch.rand_like(x)  # noqa: F841 (dead code the export still records)
+        unused = torch.rand_like(x) * 2  # noqa: F841 (dead code the export still records)
         return self.l(x + self.shift.expand_as(x)).flatten(1)
 
 

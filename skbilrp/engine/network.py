@@ -29,7 +29,7 @@ from torch import fx, nn
 from ..rules import Rule, RuleSpec, Zero, resolve_rules
 from .canonicalize import canonical_modules, canonicalize
 from .ops import OPS, CellsError, InputFlow, ProbeCells, aten, lookup, materialize
-from .ops.refused import RANDOM, Random
+from .ops.refused import Random, is_random
 from .ops.weighted import Weighted
 from .spellings import LIKE, RESHAPES, SAME_VALUES
 from .trace import Traced, UnsupportedModelError, export, module_of
@@ -228,7 +228,7 @@ class _Program:
         self.graph, self.constants = traced.graph, traced.constants
         self.nodes = list(self.graph.nodes)
         for node in self.nodes:  # a random tensor is no constant, wherever it is
-            if node.target in RANDOM:
+            if is_random(node):
                 raise Random(node, network).refuse(Random.why, Random.fix)
         users = [n for n in self.nodes if n.op == "placeholder" and n.name in traced.inputs]
         self.input_node = users[0]

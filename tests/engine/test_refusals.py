@@ -105,7 +105,7 @@ def _qkv(h):
 def test_attention_dropout_is_refused_in_eval_mode():
     # a dropout_p written into the forward reaches the graph even in eval mode
     check("DropAttention", lambda h: F.scaled_dot_product_attention(*_qkv(h), dropout_p=0.1).flatten(1),
-          "scaled_dot_product_attention.default", ["attention dropout is random", "eval mode"])
+          "scaled_dot_product_attention.default", ["random ops make the explanation irreproducible", "eval mode"])
 
 
 def test_grouped_query_attention():
@@ -269,11 +269,25 @@ def test_random_op_in_eval_mode(op, fn):
 
 
 def test_dropout_hard_wired_to_training():
-    # the export's own IR keeps aten.dropout(train=True) (no decomposition needed), and
-    # ops.shape.Dropout refuses it; a graph decomposed for another reason would show
-    # native_dropout, refused by the table as a random op
+    # the export's own IR keeps aten.dropout(train=True) (no decomposition needed): a
+    # random op by torch's tag, its training flag on; a graph decomposed for another
+    # reason would show native_dropout, refused alike
     check("RandomBlock", lambda h: F.dropout(h, 0.5, training=True), "dropout.default",
-          ["dropout in training mode is random", "eval mode"])
+          ["random ops make the explanation irreproducible", "eval mode"])
+
+
+def test_dropout_hard_wired_where_no_relevance_flows():
+    """Under CP-LRP the attention probabilities are constants and carry no relevance, so
+    no operator reads them; dropout on them in training mode would still make the
+    features random."""
+    def attention(h):
+        q = heads(h, 2, 4)
+        p = F.dropout(torch.softmax(q @ q.transpose(-1, -2), -1), 0.5, training=True)
+        return (p @ q).flatten(1)
+
+    message = refusal(model_with("RandomBlock", attention, 8))
+    assert_names(message, "dropout.default", "RandomBlock")
+    assert "random ops make the explanation irreproducible" in message, message
 
 
 class TrainBatchNorm(nn.Module):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import torch
+from torch import fx
+
 from . import RelevanceOp, aten, relevance_op
 
 
@@ -20,11 +23,26 @@ class TrainingBatchNorm(Refused):
     fix = "Put the model in eval mode (and track running statistics)"
 
 
-#: random ops, refused wherever they are in the graph (a random mask is no constant)
+#: random ops refused by name; :func:`is_random` finds every random op, wherever it is
 RANDOM = (aten.bernoulli.p, aten.bernoulli.default, aten.rand_like.default, aten.randn_like.default,
           aten.native_dropout.default, aten.rand.default, aten.randn.default, aten.randint.low,
           aten.randint.default, aten.randint_like.default, aten.randperm.default, aten.normal_functional.default,
           aten.uniform.default, aten.multinomial.default)
+
+
+def is_random(node: fx.Node) -> bool:
+    """Whether ``node`` draws random numbers, wherever it is in the graph (a random mask
+    is no constant): an op torch tags ``nondeterministic_seeded``, unless its training
+    flag is off or its dropout probability zero (``dropout`` and ``rrelu`` in eval mode,
+    attention without dropout compute no random number)."""
+    op = node.target
+    if not isinstance(op, torch._ops.OpOverload) or torch.Tag.nondeterministic_seeded not in op.tags:
+        return False
+    for i, arg in enumerate(op._schema.arguments):
+        value = node.kwargs.get(arg.name, node.args[i] if i < len(node.args) else arg.default_value)
+        if arg.name in ("train", "training") and value is False or arg.name == "dropout_p" and value == 0:
+            return False
+    return True
 
 
 @relevance_op(*RANDOM)

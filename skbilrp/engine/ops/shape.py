@@ -79,13 +79,12 @@ class TypeAs(RelevanceOp):
 
 @relevance_op(aten.dropout.default)
 class Dropout(Same):
-    """Dropout in eval mode (``train=False``) is the identity."""
+    """Dropout in eval mode (``train=False``) is the identity (in training mode it is
+    refused with the random ops, wherever it is: ``refused.is_random``)."""
 
     identity = True
 
     def record(self, args, kwargs):
-        if args[2]:
-            raise self.refuse("dropout in training mode is random", "Put the model in eval mode")
         return args[0], None
 
     def push(self, state, flows, args, kwargs, cells=None):

@@ -12,6 +12,7 @@ against their twins. Each case asserts that the export's own graph was kept.
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -72,6 +73,23 @@ class Shifted(nn.Module):
         return self.l(x + self.shift.expand_as(x)).flatten(1)
 
 
+class Lifted(nn.Module):
+    """A tensor literal (``lift_fresh_copy``) detached in place, as a decoder's empty
+    key/value cache is, joined to the input's flow; then a crop whose length is size
+    arithmetic (``math.ceil``, ``max``) on the symbolic length, as EfficientNet's "same"
+    subsampling computes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(D, 3)
+
+    def forward(self, x, detached=False):
+        row = torch.tensor([[0.5, -1.0, 0.25, 2.0, -0.5, 1.5]], dtype=x.dtype).detach_()
+        h = torch.cat([row.expand(x.shape[0], 1, D), x], 1)
+        keep = max(math.ceil(h.shape[1] / 2), 1)
+        return self.l(h[:, :keep]).flatten(1)
+
+
 class Attention(nn.Module):
     """Eager attention as Hugging Face writes it: softmax, dropout (eval), product with v."""
 
@@ -99,6 +117,7 @@ CASES = {
         (N, 2, 5, 5)),
     "norm_through_eval_dropout": (lambda: Normed(_rms_through_dropout), (N, 3, D)),
     "shift_expand_as_and_dead_random_op": (lambda: Shifted(), (N, 3, D)),
+    "literal_detached_in_place_and_size_arithmetic": (lambda: Lifted(), (N, 5, D)),
 }
 
 
@@ -154,4 +173,65 @@ def test_attnlrp_reads_probabilities_through_eval_dropout():
     _, flows, kept = _explain(model, x, "zero", decompose=False, attention="attnlrp")
     _, want, _ = _explain(model, x, "zero", decompose=True, attention="attnlrp")
     assert kept
+    close(flows, want)
+
+
+class Pooled(nn.Module):
+    """An embedder as a user writes it: the hidden state of the last token (decoders) or
+    of the first ([CLS])."""
+
+    def __init__(self, model, last: bool) -> None:
+        super().__init__()
+        self.model, self.last = model, last
+
+    def forward(self, x):
+        return self.model(inputs_embeds=x).last_hidden_state[:, -1 if self.last else 0]
+
+
+def _transformer(family: str) -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    name, _, attention = family.partition("-")
+    small = dict(vocab_size=16, hidden_size=D * 2, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=16, max_position_embeddings=32, attn_implementation=attention or "sdpa")
+    if name != "bert":
+        small.update(num_key_value_heads=1, head_dim=D)
+    config, model = {"llama": ("LlamaConfig", "LlamaModel"), "qwen3": ("Qwen3Config", "Qwen3Model"),
+                     "gemma": ("GemmaConfig", "GemmaModel"), "bert": ("BertConfig", "BertModel")}[name]
+    torch.manual_seed(0)
+    module = getattr(transformers, model)(getattr(transformers, config)(**small))
+    return Pooled(module, last=name != "bert").double().eval()
+
+
+@pytest.mark.parametrize("attention", ["cp", "attnlrp"])
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma", "llama-eager", "bert-eager"])
+def test_transformers_keep_their_graph_and_explain_as_decomposed(family, attention):
+    """Decoders as transformers ships them concatenate their keys to an empty cache
+    tensor detached in place, and eager attention makes its output ``contiguous`` and
+    its mask with ops the operator table lacks (on no relevance path): those graphs are
+    kept (no run_decompositions: a cold call of a 28-layer decoder 4x cheaper) and
+    explain as the decomposed ones."""
+    model = _transformer(family)
+    x = torch.randn(N, 5, D * 2, dtype=torch.float64)
+    features, flows, kept = _explain(model, x, "zero-share", decompose=False, attention=attention)
+    want_features, want, _ = _explain(model, x, "zero-share", decompose=True, attention=attention)
+    assert kept
+    with torch.no_grad():
+        close(features, model(x))
+    close(features, want_features)
+    close(flows, want)
+
+
+def test_efficientnet_keeps_its_graph_and_explains_as_decomposed():
+    """EfficientNet-Lite0's "same" subsampling sizes its crops with ``math.ceil`` and
+    ``max`` on the symbolic image size: arithmetic on sizes, kept as the decomposition
+    keeps it. Shipped weights, the preset's rules (z^B, gamma, epsilon, flat biases)."""
+    from skbilrp.models import efficientnet_lite0, efficientnet_lite0_rules
+
+    model = efficientnet_lite0().double().eval()
+    x = torch.rand(1, 3, 48, 48, dtype=torch.float64)
+    rules = efficientnet_lite0_rules(model)
+    features, flows, kept = _explain(model, x, rules, decompose=False)
+    want_features, want, _ = _explain(model, x, rules, decompose=True)
+    assert kept
+    close(features, want_features)
     close(flows, want)

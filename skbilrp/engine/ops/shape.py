@@ -51,7 +51,7 @@ def _refuse_batch_axis(op: RelevanceOp, dims, ndim: int, what: str) -> None:
         raise op.refuse(f"it {what} axis 0, the batch axis, which mixes samples")
 
 
-@relevance_op(aten.clone.default, aten.alias.default, aten.lift_fresh_copy.default)
+@relevance_op(aten.clone.default, aten.alias.default, aten.lift_fresh_copy.default, aten.contiguous.default)
 class Identity(Same):
     identity = True
 

@@ -13,6 +13,9 @@
 Run one alone (one torch thread)::
 
     .venv/bin/python benchmarks/_faith_pointing.py mobilenet_v2 6
+
+``bias_minilm`` / ``bias_mpnet`` (not a section of the page) compares TextKernel's
+default bias mode, ``"zero-share"``, with ``"zero-flat"`` and ``"zero"``.
 """
 
 from __future__ import annotations
@@ -154,6 +157,25 @@ def text_pointing(model: str, n_pairs: int, ij_steps: int = 8, seed: int = 0) ->
                        time.perf_counter() - start)
 
 
+def bias_pointing(model: str, n_pairs: int, seed: int = 0) -> PointingRun:
+    """TextKernel's default bias mode against the cheaper ones, on the shared-word pairs of
+    :func:`text_pointing`: BiLRP (CP-LRP) with ``"zero-share"`` (the default: each Linear
+    pushed twice), ``"zero-flat"`` (conserves too, one push per Linear) and ``"zero"``
+    (the biases absorb their share). Not a section of the results page: run it alone."""
+    from skbilrp.evaluation.text import BiLRPTextMethod
+    from skbilrp.models import minilm, mpnet
+
+    start = time.perf_counter()
+    title, encoder = {"minilm": ("all-MiniLM-L6-v2", lambda: minilm()[0]),
+                      "mpnet": ("all-mpnet-base-v2", lambda: mpnet()[0])}[model]
+    pairs = make_shared_word_pairs(n_pairs, random_state=seed)
+    methods = {f"bilrp_{rules}": BiLRPTextMethod("cp", rules) for rules in ("zero-share", "zero-flat", "zero")}
+    res = text_pointing_game(encoder(), pairs, methods)
+    detail = (f"{n_pairs} sentence pairs of `make_shared_word_pairs` (as in the text pointing game), CP-LRP, "
+              "three bias modes of LRP-0; times of the whole explanation of every pair, batches of 16 texts.")
+    return PointingRun(f"{title}: bias modes (token pairs)", detail, res, time.perf_counter() - start)
+
+
 def run(name: str, args: Any) -> list[PointingRun]:
     """The benchmark section ``name`` ("pointing_<model>")."""
     which = name[len("pointing_"):]
@@ -165,6 +187,8 @@ def run(name: str, args: Any) -> list[PointingRun]:
         return [imagenet_pointing(which, args.pointing_pairs, args.side, args.patch)]
     if which == "digits":
         return digits_pointing(args.pointing_pairs)
+    if which.startswith("bias_"):
+        return [bias_pointing(which[len("bias_"):], args.pointing_pairs)]
     kwargs = {} if args.ij_steps is None else {"ij_steps": args.ij_steps}
     return [text_pointing(which[len("text_"):], args.pointing_pairs, **kwargs)]
 
@@ -175,4 +199,4 @@ if __name__ == "__main__":
     from types import SimpleNamespace
 
     for r in run(f"pointing_{name}", SimpleNamespace(pointing_pairs=n, side=96, patch=16, ij_steps=None)):
-        print(markdown(r), f"\n{r.wall:.0f} s")
+        print(markdown(r), "", *summary_lines(r), f"\n{r.wall:.0f} s", sep="\n")

@@ -570,12 +570,17 @@ def _build():
     # a tensor literal is lifted with it (test_export_ir's "literal" case); here on the flow
     raw.add(aten.lift_fresh_copy.default, {"by_name": on(aten.lift_fresh_copy.default)})
     raw.add(aten.contiguous.default, {"transposed": on(lambda h: h.transpose(1, 2).contiguous() * 2)})
+    # no random number drawn: p = 0 (refused as random before; the decomposed graph ran it)
+    raw.add(aten.dropout.default, {"p0": on(lambda h: F.dropout(h, 0.0, training=True))}, name="training_p0")
     raw.build()
 
     img = Group(shape=(2, 7, 7), c=nn.Conv2d(2, 3, 2), s=nn.Conv2d(2, 4, 3, stride=2, padding=1),
                 g=nn.Conv2d(2, 4, 3, dilation=2, groups=2, bias=False), same=nn.Conv2d(2, 3, 3, padding="same"),
                 valid=nn.Conv2d(2, 3, (3, 1), padding="valid"), fc=lin(4, 4), gn=randomized(nn.GroupNorm(2, 4)),
                 r=nn.Conv2d(2, 2, 3, padding=1), bn=randomized(nn.BatchNorm2d(2)))
+    # a memory format of the 4-d map: none of the flow's (it has the probes' axis in front)
+    img.add(aten.contiguous.default, {"channels_last": lambda m, x: m.c(x).contiguous(memory_format=torch.channels_last)},
+            name="channels_last")
     img.add(aten.conv2d.default, {"stride_padding": lambda m, x: m.s(x),
                                   "groups_dilation_no_bias": lambda m, x: m.g(x)})
     img.add(aten.conv2d.padding, {"same": lambda m, x: m.same(x), "valid": lambda m, x: m.valid(x)})

@@ -34,15 +34,16 @@ def is_random(node: fx.Node) -> bool:
     """Whether ``node`` draws random numbers, wherever it is in the graph (a random mask
     is no constant): an op torch tags ``nondeterministic_seeded``, unless its training
     flag is off or its dropout probability zero (``dropout`` and ``rrelu`` in eval mode,
-    attention without dropout compute no random number)."""
+    dropout of ``p=0``, attention without dropout compute no random number)."""
     op = node.target
     if not isinstance(op, torch._ops.OpOverload) or torch.Tag.nondeterministic_seeded not in op.tags:
         return False
-    for i, arg in enumerate(op._schema.arguments):
-        value = node.kwargs.get(arg.name, node.args[i] if i < len(node.args) else arg.default_value)
-        if arg.name in ("train", "training") and value is False or arg.name == "dropout_p" and value == 0:
-            return False
-    return True
+    values = {arg.name: node.kwargs.get(arg.name, node.args[i] if i < len(node.args) else arg.default_value)
+              for i, arg in enumerate(op._schema.arguments)}
+    trains = values.get("train", values.get("training"))
+    if trains is False or values.get("dropout_p", 1) == 0:
+        return False
+    return not (trains is not None and "dropout" in op._schema.name and values.get("p") == 0)
 
 
 @relevance_op(*RANDOM)

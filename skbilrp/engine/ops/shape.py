@@ -55,6 +55,11 @@ def _refuse_batch_axis(op: RelevanceOp, dims, ndim: int, what: str) -> None:
 class Identity(Same):
     identity = True
 
+    def push(self, ndim, flows, args, kwargs, cells=None):
+        # the values unchanged: a memory format (channels_last of a 4-d map) is no format
+        # of the flow, which has the probes' axis in front
+        return super().push(ndim, flows, args[:1], {}, cells)
+
 
 @relevance_op(aten._to_copy.default, aten.to.dtype, aten.to.device, aten.to.dtype_layout)
 class Cast(Same):

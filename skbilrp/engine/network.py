@@ -32,7 +32,7 @@ from .ops import OPS, CellsError, InputFlow, ProbeCells, aten, lookup, materiali
 from .ops.refused import Random, is_random
 from .ops.weighted import Weighted
 from .spellings import LIKE, RESHAPES, SAME_VALUES
-from .trace import Traced, UnsupportedModelError, export, module_of
+from .trace import Traced, UnsupportedModelError, export, is_size, module_of
 from .windows import WindowFlow
 
 __all__ = ["ExportedNetwork", "ExportedRecording", "clear_cache", "prepared", "reused_copy"]
@@ -42,14 +42,6 @@ __all__ = ["ExportedNetwork", "ExportedRecording", "clear_cache", "prepared", "r
 _GATE_PATH = RESHAPES | SAME_VALUES | LIKE | {aten.permute.default, aten.transpose.int, aten.slice.Tensor,
                                               aten.narrow.default, aten.select.int, aten.repeat.default}
 _GATES = {aten.sigmoid.default, aten.hardsigmoid.default}
-
-#: values of symbolic-size nodes (``aten.sym_size.int``, ``operator.mul`` on sizes)
-_SIZES = (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)
-
-
-def _is_size(node: fx.Node) -> bool:
-    """A node computing a size, not a tensor: a constant, whatever its inputs."""
-    return isinstance(node.meta.get("val"), _SIZES)
 
 
 def fingerprint(model: nn.Module) -> tuple:
@@ -256,7 +248,7 @@ class _Program:
     def _carrying(self, gates: set) -> set:
         carries = {self.input_node}
         for node in self.nodes:
-            if node.op != "call_function" or node in gates or _is_size(node):
+            if node.op != "call_function" or node in gates or is_size(node):
                 continue
             entry = OPS.get(node.target)
             if entry is not None and entry.is_constant(self.network):
@@ -274,7 +266,7 @@ class _Program:
         while todo:
             n = todo.pop()
             for u in n.users:
-                if _is_size(u) or u.target in LIKE and u.args[0] is not n:
+                if is_size(u) or u.target in LIKE and u.args[0] is not n:
                     continue  # its size or dtype read: no use of its values
                 if u.target in _GATE_PATH:
                     todo.append(u)

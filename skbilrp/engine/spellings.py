@@ -11,7 +11,7 @@ import torch
 aten = torch.ops.aten
 
 #: the same values as another tensor: casts, copies and dropout (in eval mode: in
-#: training mode its table entry refuses it)
+#: training mode it is refused as random, ``ops.refused.is_random``)
 SAME_VALUES = frozenset({aten._to_copy.default, aten.to.dtype, aten.to.device, aten.to.dtype_layout,
                          aten.clone.default, aten.alias.default, aten.contiguous.default, aten.dropout.default})
 #: ops whose second operand gives only its dtype or shape (it may vary with the input)

@@ -128,8 +128,7 @@ def export(model: nn.Module, args: tuple, kwargs: dict, dynamic: bool = False) -
 
 #: ops the decomposition keeps, or turns into ops the table lacks too (a carrying input
 #: is refused either way): the training IR may hold them
-_AS_DECOMPOSED = frozenset({torch.ops.aten.sym_size.int, torch.ops.aten.__and__.Tensor,
-                            torch.ops.aten.__or__.Tensor})
+_AS_DECOMPOSED = frozenset({torch.ops.aten.__and__.Tensor, torch.ops.aten.__or__.Tensor})
 #: table entries no decomposed graph holds and no oracle test reaches: decompose first
 DECOMPOSE_FIRST = frozenset({torch.ops.aten.upsample_bilinear2d.default})
 
@@ -168,7 +167,7 @@ def _functional(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgra
         op = node.target
         if isinstance(op, torch._ops.HigherOrderOperator):
             return ep.run_decompositions({})
-        if _computes_size(node):
+        if is_size(node):
             continue
         if not isinstance(op, torch._ops.OpOverload):
             if getattr(op, "__module__", None) != "_operator":  # a Python function on tensors
@@ -191,12 +190,13 @@ def _functional(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgra
 
 
 _DETACH_ = torch.ops.aten.detach_.default
-_SIZE_TYPES = (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)
+#: values of symbolic-size nodes (``aten.sym_size.int``, ``operator.mul`` on sizes, ``math.ceil``)
+_SIZES = (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)
 
 
-def _computes_size(node: fx.Node) -> bool:
-    """Whether ``node`` computes a size (a SymInt, an int...), not a tensor."""
-    return isinstance(node.meta.get("val"), _SIZE_TYPES)
+def is_size(node: fx.Node) -> bool:
+    """A node computing a size, not a tensor: a constant, whatever its inputs."""
+    return isinstance(node.meta.get("val"), _SIZES)
 
 
 def _reached_by_explained_input(ep: torch.export.ExportedProgram) -> set:
@@ -206,7 +206,7 @@ def _reached_by_explained_input(ep: torch.export.ExportedProgram) -> set:
     first = ep.graph_signature.user_inputs[0] if ep.graph_signature.user_inputs else None
     reached = {n for n in ep.graph.nodes if n.op == "placeholder" and n.name == first}
     for node in ep.graph.nodes:  # its sizes are no values of it (a causal mask from the length)
-        if node.op == "call_function" and not _computes_size(node) and any(a in reached for a in node.all_input_nodes):
+        if node.op == "call_function" and not is_size(node) and any(a in reached for a in node.all_input_nodes):
             reached.add(node)
     return reached
 

@@ -1,8 +1,9 @@
 """torch.export to functional ATen; the module path of each node.
 
 ``export(model, args, kwargs)`` runs ``torch.export.export(strict=False)``; its
-training IR is used as it is where it holds only table entries and ops the
-decomposition keeps, else ``run_decompositions({})`` functionalises in-place ops
+training IR is used as it is where the explained input's descendants hold only table
+entries and ops the decomposition keeps and no op mutates (see ``_functional``), else
+``run_decompositions({})`` functionalises in-place ops
 (``silu_`` → ``silu``) and rewrites composite ones (``square`` → ``pow``). Both keep
 ``aten.detach.default`` nodes (checked in tests/engine): a detached tensor carries no
 relevance.

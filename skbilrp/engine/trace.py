@@ -145,9 +145,10 @@ def _functional(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgra
     """The exported program in the functional ATen the operator table reads.
 
     ``run_decompositions({})`` costs more than the export itself (MiniLM: 2.0 s against
-    1.1 s; a 28-layer decoder: 45 s against 12 s). It is skipped where it would change
-    nothing the engine reads: no op of the export's training IR mutates or wraps others,
-    and each that the explained input reaches is a table entry (whose rule is the op's,
+    1.1 s; EfficientNet-Lite0: 6.5 s against 4.3 s, ``bench_engine.py`` d). It is
+    skipped where it would change nothing the engine reads: no op of the export's
+    training IR mutates or wraps others, and each that the explained input reaches is
+    a table entry (whose rule is the op's,
     however spelled: ``reshape`` or ``view``, ``to`` or ``_to_copy``) or an op the
     decomposition keeps (eval-mode ``batch_norm`` is then rewritten to the
     decomposition's form); ops it does not reach (masks, positions) run as they are, and

@@ -208,8 +208,7 @@ def test_transformers_keep_their_graph_and_explain_as_decomposed(family, attenti
     """Decoders as transformers ships them concatenate their keys to an empty cache
     tensor detached in place, and eager attention makes its output ``contiguous`` and
     its mask with ops the operator table lacks (on no relevance path): those graphs are
-    kept (no run_decompositions: a cold call of a 28-layer decoder 4x cheaper) and
-    explain as the decomposed ones."""
+    kept (no run_decompositions) and explain as the decomposed ones."""
     model = _transformer(family)
     x = torch.randn(N, 5, D * 2, dtype=torch.float64)
     features, flows, kept = _explain(model, x, "zero-share", decompose=False, attention=attention)

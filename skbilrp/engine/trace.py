@@ -2,7 +2,8 @@
 
 ``export(model, args, kwargs)`` runs ``torch.export.export(strict=False)``; its
 training IR is used as it is where the explained input's descendants hold only table
-entries and ops the decomposition keeps and no op mutates (see ``_functional``), else
+entries and ops the decomposition keeps, and in-place ops write only tensors no view
+shares (rewritten out of place, see ``_functional``), else
 ``run_decompositions({})`` functionalises in-place ops
 (``silu_`` → ``silu``) and rewrites composite ones (``square`` → ``pow``). Both keep
 ``aten.detach.default`` nodes (checked in tests/engine): a detached tensor carries no
@@ -28,6 +29,8 @@ from typing import Any, Optional
 import sympy
 import torch
 from torch import fx, nn
+
+from . import inplace
 
 __all__ = ["Traced", "export", "module_of"]
 
@@ -147,7 +150,9 @@ def _functional(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgra
     ``run_decompositions({})`` costs more than the export itself (MiniLM: 2.0 s against
     1.1 s; EfficientNet-Lite0: 6.5 s against 4.3 s, ``bench_engine.py`` d). It is
     skipped where it would change nothing the engine reads: no op of the export's
-    training IR mutates or wraps others, and each that the explained input reaches is
+    training IR wraps others, in-place ops write only tensors the graph made and no view
+    shares (rewritten out of place, :mod:`.inplace`: ``relu_`` of ``ReLU(inplace=True)``,
+    ``out += identity``), and each op that the explained input reaches is
     a table entry (whose rule is the op's,
     however spelled: ``reshape`` or ``view``, ``to`` or ``_to_copy``) or an op the
     decomposition keeps (eval-mode ``batch_norm`` is then rewritten to the
@@ -155,13 +160,19 @@ def _functional(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgra
     so does arithmetic on sizes (``math.ceil``, ``sym_max``: kept by the decomposition
     too). An in-place ``detach_`` of a tensor the explained input does not reach (the
     empty key/value cache a decoder concatenates to) changes no value and is dropped, as
-    the decomposition drops it. Else (in-place ops, batch statistics, composite ops the
-    table lacks such as ``square`` on the input's descendants, a ``detach_`` of one) the
-    program is decomposed.
+    the decomposition drops it. Else (in-place ops on a view or an input, batch
+    statistics, composite ops the table lacks such as ``square`` on the input's
+    descendants, a ``detach_`` of one) the program is decomposed.
     """
     from .ops import OPS  # noqa: PLC0415 (the table imports this module)
 
-    explained = _reached_by_explained_input(ep)
+    def decomposes(op: torch._ops.OpOverload, reached: bool) -> bool:
+        return op in DECOMPOSE_FIRST or (reached and op not in OPS and op not in _AS_DECOMPOSED and _decomposes(op))
+
+    mutations = inplace.plan(ep.graph)
+    if mutations is None:  # an in-place op on a tensor some view shares
+        return ep.run_decompositions({})
+    explained = _reached_by_explained_input(ep, mutations.members().values())
     dropped = []
     for node in ep.graph.nodes:
         if node.op != "call_function":
@@ -177,12 +188,16 @@ def _functional(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgra
         elif op is _BATCH_NORM:
             if _full_args(node)[5] is not False:  # batch statistics: decomposed, then refused
                 return ep.run_decompositions({})
-        elif op is _DETACH_ and node.args[0] not in explained:
+        elif op is _DETACH_:
+            if node.args[0] in explained:
+                return ep.run_decompositions({})
             dropped.append(node)
-        elif op._schema.is_mutable or op in DECOMPOSE_FIRST:
+        elif node in mutations.twin:
+            if decomposes(mutations.twin[node], node in explained):
+                return ep.run_decompositions({})
+        elif op._schema.is_mutable or decomposes(op, node in explained):
             return ep.run_decompositions({})
-        elif node in explained and op not in OPS and op not in _AS_DECOMPOSED and _decomposes(op):
-            return ep.run_decompositions({})
+    inplace.rewrite(ep.graph, mutations)
     for node in dropped:  # it returns its argument, unchanged
         node.replace_all_uses_with(node.args[0])
         ep.graph.erase_node(node)
@@ -201,16 +216,23 @@ def is_size(node: fx.Node) -> bool:
     return isinstance(node.meta.get("val"), _SIZES)
 
 
-def _reached_by_explained_input(ep: torch.export.ExportedProgram) -> set:
+def _reached_by_explained_input(ep: torch.export.ExportedProgram, aliases=()) -> set:
     """The nodes whose value depends on the explained input (the first user input): only
     these may carry relevance, so only these need operator-table entries. The others
-    (masks, positions, caches: weights, constants and context only) run as they are."""
+    (masks, positions, caches: weights, constants and context only) run as they are.
+    ``aliases``: groups of nodes naming one storage (a tensor and its in-place ops): one
+    reached, all are, and so is each reader of any of them (more than the rewritten
+    graph reaches: a reader before the in-place op reads the old value)."""
     first = ep.graph_signature.user_inputs[0] if ep.graph_signature.user_inputs else None
     reached = {n for n in ep.graph.nodes if n.op == "placeholder" and n.name == first}
-    for node in ep.graph.nodes:  # its sizes are no values of it (a causal mask from the length)
-        if node.op == "call_function" and not is_size(node) and any(a in reached for a in node.all_input_nodes):
-            reached.add(node)
-    return reached
+    while True:
+        for node in ep.graph.nodes:  # its sizes are no values of it (a causal mask from the length)
+            if node.op == "call_function" and not is_size(node) and any(a in reached for a in node.all_input_nodes):
+                reached.add(node)
+        more = {m for group in aliases if not reached.isdisjoint(group) for m in group} - reached
+        if not more:
+            return reached
+        reached |= more
 
 
 def _drop_dead_code(graph: fx.Graph) -> None:

@@ -90,6 +90,54 @@ class Lifted(nn.Module):
         return self.l(h[:, :keep]).flatten(1)
 
 
+class Residual(nn.Module):
+    """A residual block as torchvision writes it: ``ReLU(inplace=True)`` after a
+    BatchNorm and after a convolution, and ``out += identity``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.conv1, self.conv2 = (nn.Conv2d(2, C, 3, padding=1), nn.Conv2d(C, C, 3, padding=1),
+                                             nn.Conv2d(C, C, 3, padding=1))
+        self.bn, self.relu = nn.BatchNorm2d(C), nn.ReLU(inplace=True)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.5, 0.5), self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x, detached=False):
+        identity = self.relu(self.stem(x))
+        out = self.conv2(self.relu(self.bn(self.conv1(identity))))
+        out += identity
+        return self.relu(out).mean((2, 3))
+
+
+class DroppedInPlace(nn.Module):
+    """``nn.Dropout(inplace=True)`` in eval mode, then ``relu_``: ``dropout_`` written as
+    ``dropout`` (whose argument has another name)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.drop = nn.Linear(D, D), nn.Linear(D, 3), nn.Dropout(0.2, inplace=True)
+
+    def forward(self, x, detached=False):
+        h = self.a(x)
+        self.drop(h)
+        return self.b(h.relu_()).flatten(1)
+
+
+class ReadThenAdded(nn.Module):
+    """An in-place add whose operand read the tensor before: the rewritten graph must
+    give that read the old value and every later one the sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(D, D), nn.Linear(D, 3)
+
+    def forward(self, x, detached=False):
+        h = self.a(x)
+        half = h * 0.5
+        h.add_(half).relu_()
+        return self.b(h + half).flatten(1)
+
+
 class Attention(nn.Module):
     """Eager attention as Hugging Face writes it: softmax, dropout (eval), product with v."""
 
@@ -118,6 +166,9 @@ CASES = {
     "norm_through_eval_dropout": (lambda: Normed(_rms_through_dropout), (N, 3, D)),
     "shift_expand_as_and_dead_random_op": (lambda: Shifted(), (N, 3, D)),
     "literal_detached_in_place_and_size_arithmetic": (lambda: Lifted(), (N, 5, D)),
+    "in_place_relu_and_residual_add": (lambda: Residual(), (N, 2, 5, 5)),
+    "in_place_add_after_a_read": (lambda: ReadThenAdded(), (N, 3, D)),
+    "in_place_eval_dropout_then_relu": (lambda: DroppedInPlace(), (N, 3, D)),
 }
 
 
@@ -176,6 +227,51 @@ def test_attnlrp_reads_probabilities_through_eval_dropout():
     close(flows, want)
 
 
+class ViewThenMultiplied(nn.Module):
+    """An in-place product on a tensor a transposed view shares: the view reads the
+    product, which an out-of-place rewrite would not give it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(D, D), nn.Linear(D, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        view = h.transpose(1, 2)
+        h.mul_(2.0)
+        return self.b(view.transpose(1, 2)).flatten(1)
+
+
+class Narrowed(nn.Module):
+    """An in-place add whose result keeps the tensor's float32 where ``a + b`` would
+    promote to float64."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(D, D), nn.Linear(D, 3)
+        self.register_buffer("shift", torch.full((D,), 1 / 3, dtype=torch.float64))
+
+    def forward(self, x):
+        h = torch.relu(self.a(x).float())
+        h.add_(self.shift)
+        return self.b(h.double()).flatten(1)
+
+
+@pytest.mark.parametrize("build", [ViewThenMultiplied, Narrowed])
+def test_in_place_ops_a_rewrite_would_change_are_decomposed(build):
+    """In-place ops that writing out of place would change (a view shares the tensor;
+    the tensor keeps its narrower dtype) leave the graph to the decomposition."""
+    torch.manual_seed(0)
+    model, x = build().double().eval(), torch.randn(N, 3, D, dtype=torch.float64)
+    features, flows, kept = _explain(model, x, "zero", decompose=False)
+    assert not kept
+    with torch.no_grad():
+        close(features, model(x))
+    twin = lambda inp: model(inp)  # noqa: E731 (no gate, no statistic: LRP-0 is the Jacobian)
+    refs = torch.stack([torch.func.jvp(twin, (x,), (p * x,))[1] for p in probes(x, 3).reshape(3, *x.shape)])
+    close(flows, refs.detach())
+
+
 class Pooled(nn.Module):
     """An embedder as a user writes it: the hidden state of the last token (decoders) or
     of the first ([CLS])."""
@@ -193,22 +289,28 @@ def _transformer(family: str) -> nn.Module:
     name, _, attention = family.partition("-")
     small = dict(vocab_size=16, hidden_size=D * 2, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=16, max_position_embeddings=32, attn_implementation=attention or "sdpa")
-    if name != "bert":
+    encoders = ("bert", "mpnet", "t5")
+    if name not in encoders:
         small.update(num_key_value_heads=1, head_dim=D)
+    if name == "t5":
+        small = dict(vocab_size=16, d_model=D * 2, d_kv=D, d_ff=16, num_layers=2, num_heads=2)
     config, model = {"llama": ("LlamaConfig", "LlamaModel"), "qwen3": ("Qwen3Config", "Qwen3Model"),
-                     "gemma": ("GemmaConfig", "GemmaModel"), "bert": ("BertConfig", "BertModel")}[name]
+                     "gemma": ("GemmaConfig", "GemmaModel"), "bert": ("BertConfig", "BertModel"),
+                     "mpnet": ("MPNetConfig", "MPNetModel"), "t5": ("T5Config", "T5EncoderModel")}[name]
     torch.manual_seed(0)
     module = getattr(transformers, model)(getattr(transformers, config)(**small))
-    return Pooled(module, last=name != "bert").double().eval()
+    return Pooled(module, last=name not in encoders).double().eval()
 
 
 @pytest.mark.parametrize("attention", ["cp", "attnlrp"])
-@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma", "llama-eager", "bert-eager"])
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma", "llama-eager", "bert-eager", "mpnet-eager", "t5"])
 def test_transformers_keep_their_graph_and_explain_as_decomposed(family, attention):
     """Decoders as transformers ships them concatenate their keys to an empty cache
-    tensor detached in place, and eager attention makes its output ``contiguous`` and
-    its mask with ops the operator table lacks (on no relevance path): those graphs are
-    kept (no run_decompositions) and explain as the decomposed ones."""
+    tensor detached in place, eager attention makes its output ``contiguous`` and its
+    mask with ops the operator table lacks (on no relevance path), MPNet adds its
+    relative-position bias to the attention scores in place and T5 builds its position
+    buckets in place: those graphs are kept (no run_decompositions) and explain as the
+    decomposed ones."""
     model = _transformer(family)
     x = torch.randn(N, 5, D * 2, dtype=torch.float64)
     features, flows, kept = _explain(model, x, "zero-share", decompose=False, attention=attention)

@@ -250,8 +250,9 @@ _RANDOM = [
     ("rand_like.default", lambda h: torch.rand_like(h) * h),
     ("randn_like.default", lambda h: torch.randn_like(h) * h),
     ("bernoulli.p", lambda h: torch.bernoulli(h, 0.5)),
-    # an in-place op makes the export decompose: aten.dropout(train=True) becomes native_dropout
-    ("native_dropout.default", lambda h: F.dropout(h.clone().relu_(), 0.5, training=True)),
+    # an in-place op on a view makes the export decompose: aten.dropout(train=True) becomes native_dropout
+    ("native_dropout.default", lambda h: F.dropout(h.clone().transpose(0, 1).relu_().transpose(0, 1), 0.5,
+                                                   training=True)),
     ("bernoulli.default", lambda h: torch.bernoulli(torch.sigmoid(h))),
     ("normal_functional.default", lambda h: h.clone().normal_() * h),
 ]

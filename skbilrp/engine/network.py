@@ -130,7 +130,7 @@ class _Prepared:
         self.model = frozen
         self._graphs: dict[tuple, list[Traced]] = {}  # per input signature, in export order
         self._static: set[tuple] = set()  # signatures whose dynamic export failed
-        #: (graph, sizes of at most one) checked against the model's forward: True if it agreed
+        #: (graph, its sizes of at most one) checked against the model's forward: True if it agreed
         self._small: dict[tuple[int, frozenset], bool] = {}
         self._lock = threading.RLock()
 
@@ -175,8 +175,8 @@ class _Prepared:
         return self._small.get((id(traced), small))
 
     def check(self, traced: Traced, small: frozenset, agrees: bool) -> None:
-        """Record whether a size-obliviously traced graph computed the model's features
-        at sizes of 0 or 1 (where an eager model could branch differently)."""
+        """Record whether a graph computed the model's features (for a symbolic graph:
+        with these sizes at 0 or 1, where an eager model could branch differently)."""
         with self._lock:
             self._small[(id(traced), small)] = agrees
 
@@ -391,15 +391,18 @@ class ExportedNetwork:
                 if prog.last_use.get(arg) == i and arg in prog.carries:
                     values.pop(arg, None)
         out = _features(out, x)
-        if small and self._prepared.checked(prog.traced, small) is None:
-            # traced size-obliviously: where a size is 0 or 1 the model's own code could
-            # have branched (squeeze, broadcasting); once per graph, compare with its forward
+        if self._prepared.checked(prog.traced, small) is None:
+            # once per graph, and per set of sizes that are 0 or 1 (traced size-obliviously,
+            # the model's own code could have branched there: squeeze, broadcasting), the
+            # graph's features against the model's own forward
             ref = _features(self.model(x, **context), x)
             tol = 1e-4 * float(ref.abs().max()) if ref.numel() else 0.0
             agrees = ref.shape == out.shape and bool(torch.allclose(out, ref, rtol=1e-4, atol=tol))
             self._prepared.check(prog.traced, small, agrees)
-            if not agrees:  # export a graph for this shape instead
+            if not agrees and small:  # export a graph for this shape instead
                 return self.record(x, context)
+            if not agrees:
+                raise _not_the_model(self.model, out, ref)
         for node, src in prog.fused.items():
             st = states[src]
             st.scale = states[node] if st.scale is None else st.scale * states[node]
@@ -407,6 +410,18 @@ class ExportedNetwork:
         rec = ExportedRecording(self, prog, x, out, states, constants)
         rec.max_numel, rec.total_numel = max(numels), sum(numels)
         return rec
+
+
+def _not_the_model(model: nn.Module, out: torch.Tensor, ref: torch.Tensor) -> UnsupportedModelError:
+    """The refusal of a graph whose features are not the model's."""
+    diff = float((out - ref).abs().max()) if out.shape == ref.shape else float("nan")
+    return UnsupportedModelError(
+        f"The exported graph of {type(model).__name__} computes other features than the model's own forward "
+        f"(largest difference {diff:.3g}, features up to {float(ref.abs().max()):.3g}; shapes {tuple(out.shape)} "
+        f"and {tuple(ref.shape)}), so skbilrp will not explain it. torch.export can lose an in-place write "
+        "through a tensor that an op hands back unchanged in eager mode (eval-mode dropout, einsum of one "
+        "operand, meshgrid). Write the model's in-place ops out of place (nn.ReLU(inplace=False), "
+        "x = x + y for x += y) and explain it again.")
 
 
 def _features(out: Any, x: torch.Tensor) -> torch.Tensor:

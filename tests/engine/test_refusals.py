@@ -503,3 +503,22 @@ def test_batch_first_attention_without_options_is_explained():
 def test_batch_first_attention_with_dropout_is_explained_in_eval_mode():
     rel = Explainer(attention_model(dropout=0.1)).relevance(torch.rand(N, 4))
     assert torch.isfinite(rel.relevance).all()
+
+
+def _write_through_eval_dropout(h):
+    """Eval-mode dropout hands back its input: the write to ``h`` shows in ``kept``, a
+    change torch.export's graph loses (its dropout makes a new tensor)."""
+    kept = F.dropout(h, 0.1, training=False)
+    h.mul_(2.0)
+    return kept
+
+
+@pytest.mark.parametrize("n", [1, N], ids=["one sample", "a batch"])
+def test_graph_that_is_not_the_model_is_refused(n):
+    """Checked once per graph against the model's own forward: a graph the export got
+    wrong is refused, whether its sizes are symbolic (a batch) or fixed (one sample:
+    the symbolic graph is re-exported for that shape first)."""
+    model = model_with("DropWrite", _write_through_eval_dropout).eval()
+    message = refusal(model, n=n, error=UnsupportedModelError)
+    assert "computes other features than the model's own forward" in message, message
+    assert "inplace=False" in message, message

@@ -17,7 +17,9 @@
     the same model: the export is shared, everything else is redone), each as a ratio to
     a plain batched forward of the probes the call pushes (2 x the groups, as one batch,
     through ``plain_forward_model``). VGG-16 pool5 64 px with 8-px patches,
-    MobileNetV2 and EfficientNet-Lite0 224 px with 16-px patches. Target: warm <= 1.3×.
+    MobileNetV2 and EfficientNet-Lite0 224 px with 16-px patches; VGG-16 and MobileNetV2
+    again with in-place activations, as torchvision builds them (``relu_`` and
+    ``hardtanh_`` in the export, rewritten out of place). Target: warm <= 1.3×.
     Then each model's export, static and with symbolic sizes, split into
     ``torch.export`` and ``run_decompositions`` (zero where the export's own graph is
     kept), and with the decomposition forced as the engine exported before it kept it.
@@ -606,7 +608,10 @@ def part_d(args: argparse.Namespace) -> None:
     vgg, (mnet, weights) = vgg16(cut="pool5"), pretrained_mobilenet()
     rows = [("VGG-16 pool5 (random)", vgg, vgg16_rules, args.pair_size, args.pair_patch),
             (f"MobileNetV2 ({weights})", mnet, mobilenet_v2_rules, args.mobilenet_size, 16),
-            ("EfficientNet-Lite0 (shipped)", efficientnet_lite0(), efficientnet_lite0_rules, args.mobilenet_size, 16)]
+            ("EfficientNet-Lite0 (shipped)", efficientnet_lite0(), efficientnet_lite0_rules, args.mobilenet_size, 16),
+            # as torchvision writes them: in-place activations (relu_, hardtanh_ in the export)
+            ("VGG-16, ReLU(inplace=True)", in_place_activations(vgg), vgg16_rules, args.pair_size, args.pair_patch),
+            ("MobileNetV2, ReLU6(inplace)", in_place_activations(mnet), mobilenet_v2_rules, args.mobilenet_size, 16)]
     print(f"\n(d) one pair end to end: bilrp(model, x, x2, pooling=patch, rules=preset), cold (first call on the "
           f"model) and warm (median of {args.rounds} later calls), vs a plain forward of the probes it pushes "
           "(one batch, median of the rounds, interleaved; and the ratio of the fastest call to the fastest forward)")
@@ -644,6 +649,17 @@ def part_d(args: argparse.Namespace) -> None:
             how = "static shape" if not dynamic else "decomposed" if decompose else "symbolic sizes"
             print(f"    {name:<29}{how:<16}{size:>5} px: "
                   f"{total:6.2f} s = export {total - decomp:5.2f} s + run_decompositions {decomp:5.2f} s")
+
+
+def in_place_activations(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its ReLU / ReLU6 modules in place, as torchvision builds them."""
+    import copy  # noqa: PLC0415
+
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, (nn.ReLU, nn.ReLU6)):
+            module.inplace = True
+    return model
 
 
 def part_w(args: argparse.Namespace) -> None:

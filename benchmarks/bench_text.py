@@ -54,6 +54,13 @@ compared; absolute times move with the load of the machine):
     ``mm``/``addmm``/``bmm``/``linear``/``matmul`` it runs, logged by a dispatch mode) are
     replayed alone on random tensors of the same shapes and printed as FLOPs and time
     against ``encode`` (whose products are counted the same way).
+(f) first calls of families whose export holds in-place ops (``--parts f``, not in the
+    default run): all-mpnet-base-v2 (shipped; its relative-position bias is added to the
+    attention scores in place) and a T5 encoder with random weights (its position
+    buckets are summed in place), each through a new ``TextKernel`` on one pair, the
+    export's graph kept (in-place ops rewritten out of place,
+    ``skbilrp.engine.inplace``) against ``run_decompositions({})`` forced as the engine
+    exported such graphs before, alternating.
 
 Targets: < 0.5 s per MiniLM pair (TextKernel, both attention rules); >= 20× faster
 than the loop (its cheaper, kept-graph form); >= 100× faster than integrated
@@ -483,6 +490,40 @@ def _decomposed_exports():
         trace._functional = real
 
 
+def bench_cold_families(args) -> None:
+    """(f): the first call on a model of a family whose graph holds in-place ops, kept
+    (rewritten out of place) against the decomposition forced, alternating."""
+    from sentence_transformers import SentenceTransformer  # noqa: PLC0415
+
+    from skbilrp.models.sentence import mpnet_path  # noqa: PLC0415
+
+    st = SentenceTransformer(str(minilm_path()), device="cpu")
+    t5 = transformers.T5Config(vocab_size=st.tokenizer.vocab_size, d_model=768, d_kv=64, d_ff=3072,
+                               num_layers=args.bert_layers, num_heads=12)
+    torch.manual_seed(0)
+    models = [(f"T5 encoder, random weights ({t5.num_layers} layers, 768-d; relative-position buckets "
+               "summed in place)", sentence_encoder(transformers.T5EncoderModel(t5).eval(), st.tokenizer))]
+    try:
+        models.insert(0, ("all-mpnet-base-v2 (SentenceTransformer, shipped; position bias added to the "
+                          "scores in place)", SentenceTransformer(str(mpnet_path()), device="cpu")))
+    except ImportError as err:
+        print(f"\n(f) all-mpnet-base-v2 skipped: {err}")
+    a, b = load_sentence_pairs()[1]
+    print(f"\n(f) first call on a model (one pair; export, operators, relevance): the export's graph kept, its "
+          f"in-place ops rewritten out of place, against run_decompositions forced as before; median of "
+          f"{args.cold_rounds} rounds, alternating")
+    for name, model in models:
+        kept, decomposed = [], []
+        for _ in range(args.cold_rounds):
+            for times, context in ((kept, contextlib.nullcontext), (decomposed, _decomposed_exports)):
+                clear_cache()
+                kernel = TextKernel(model).fit([b])
+                with context():
+                    times.append(timed(lambda: kernel.explain_pairs([a], [b]).pair(0, 0))[0])
+        k, d = statistics.median(kept), statistics.median(decomposed)
+        print(f"  {name}: {k:.2f} s kept, {d:.2f} s decomposed ({k / d:.2f}x)")
+
+
 def report_interactive(r: dict) -> None:
     ok = r["ratio"] <= TARGET_INTERACTIVE_RATIO and r["warm"] <= TARGET_INTERACTIVE_SECONDS
     print(f"  interactive warm call <= {TARGET_INTERACTIVE_RATIO:.0f}x encode and <= {TARGET_INTERACTIVE_SECONDS} s: "
@@ -505,13 +546,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ij-dims", type=int, default=24, help="(d) dimensions timed per point (default 24)")
     parser.add_argument("--bert-layers", type=int, default=12, help="(b) layers of the BERT-base encoder")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--parts", default="abe", help="sections to run: a, b (with c, d) and e (default abe)")
+    parser.add_argument("--parts", default="abe", help="sections to run: a, b (with c, d), e and f (default abe)")
+    parser.add_argument("--cold-rounds", type=int, default=2, help="(f) first calls per model and mode (default 2)")
     parser.add_argument("--calls", type=int, default=10, help="(e) warm calls with new lengths (default 10)")
     parser.add_argument("--as-is", action="store_true", help="keep the environment (see TUNED_ENV)")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.loop_dims, args.ij_points, args.ij_dims, args.bert_layers = 2, 8, 2, 4, 2
-        args.calls = 3
+        args.calls, args.cold_rounds = 3, 1
     return args
 
 
@@ -532,6 +574,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     st = SentenceTransformer(str(minilm_path()), device="cpu")
     interactive = bench_interactive(st, args) if "e" in args.parts else None
+    if "f" in args.parts:
+        bench_cold_families(args)
+    if "a" not in args.parts and interactive is None:
+        print(f"\ntotal run time {time.perf_counter() - start:.0f} s")
+        return
     if "a" not in args.parts:
         print("\ntargets")
         report_interactive(interactive)

@@ -378,6 +378,30 @@ def test_dense_normalize_prompt_and_truncation_equal_encode_and_conserve(bert, t
                                atol=1e-10 * runs["forward"].relevance.abs().max())
 
 
+@pytest.mark.parametrize("rules", ["zero-flat", "zero-share"])
+def test_bias_after_pooling_goes_to_real_tokens_not_padding(bert, tokenizer, tmp_path, rules):
+    """A Dense bias after pooling has no position: spread flat over the input, it must go to
+    the real tokens only. The output does not depend on padding (checked here), so a share
+    on padding would be trimmed away by TextKernel and lost from the similarity."""
+    st = _sentence_transformer(bert, tokenizer, tmp_path, head=_every_mode_head)
+    kern = TextKernel(st, rules=rules).fit(COLS)
+    expl = kern.explain_pairs(ROWS)  # "hi" is padded to the length of the other row
+    assert np.abs(expl.conservation_error).max() < 1e-10 * np.abs(expl.similarity).max()
+
+    x, mask = kern.model_.embed(*kern.model_.pad(kern.model_.tokenize(ROWS)))
+    pad = mask == 0
+    assert pad.any()
+    moved = x.clone()
+    moved[pad] += 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(kern.model_(moved, mask), kern.model_(x, mask), rtol=0, atol=1e-12)
+    for mode in ("forward", "reverse"):
+        rel = RelevanceComputer(kern.explainer_.network, None, -1, mode)(x, {"attention_mask": mask})
+        assert rel.relevance.permute(0, 2, 1)[pad].abs().max() == 0, mode
+        torch.testing.assert_close(rel.relevance.sum(-1), rel.features, rtol=0,
+                                   atol=1e-10 * float(rel.features.abs().max()))
+
+
 def test_hugging_face_model_and_folders_need_no_sentence_transformer(bert, tokenizer, tmp_path):
     """(b) a model with its tokenizer, mean-pooled; (c) a save_pretrained folder: the same."""
     with torch.no_grad():

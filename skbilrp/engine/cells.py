@@ -25,8 +25,10 @@ class InputCells:
     the unit that the probe covers: the probe averaged over the input's channel axis
     and pooled (adaptive average) from the input's positions onto the layer's grid.
     Units without a grid (e.g. after global pooling), or on a grid of another rank
-    than the input's positions, cover the whole input. Over probes that partition the
-    input the coverage sums to one, so a flat bias share conserves.
+    than the input's positions, cover the whole input: its real positions, where
+    ``real`` marks them (padding tokens, on which the output does not depend, take
+    nothing). Over probes that partition the input the coverage sums to one, so a flat
+    bias share conserves.
 
     Parameters
     ----------
@@ -36,11 +38,16 @@ class InputCells:
         The channel axis of one input sample (``0`` for images, ``-1`` for token
         embeddings). None: assume the input is laid out like each layer's output,
         channels first for convolutions and last for Linear layers.
+    real : torch.Tensor, optional
+        ``(K * N, T)``: which token positions of a ``(T, D)`` sample are real (non-zero)
+        rather than padding; None: all of them.
     """
 
-    def __init__(self, probe: torch.Tensor, channel_axis: Optional[int] = None) -> None:
+    def __init__(self, probe: torch.Tensor, channel_axis: Optional[int] = None,
+                 real: Optional[torch.Tensor] = None) -> None:
         self.probe = probe
         self.channel_axis = channel_axis
+        self.real = real
         self._pooled: dict[tuple, torch.Tensor] = {}  # one pooling per grid and channel axis
         self._positions: dict[int, torch.Tensor] = {}  # probe averaged over a channel axis
 
@@ -58,7 +65,7 @@ class InputCells:
     def _pool(self, grid: tuple, axis: int) -> torch.Tensor:
         p = self.probe
         if not 1 <= len(grid) <= 3 or p.dim() != len(grid) + 2:
-            return p.flatten(1).mean(1).reshape((-1,) + (1,) * len(grid))
+            return self._whole(p.flatten(1)).reshape((-1,) + (1,) * len(grid))
         if axis not in self._positions:
             self._positions[axis] = p.mean(1 + axis)[:, None]  # (K*N, 1, *positions)
         positions = self._positions[axis]
@@ -66,6 +73,15 @@ class InputCells:
             return positions[:, 0]
         pool = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[len(grid) - 1]
         return pool(positions, grid)[:, 0]
+
+    def _whole(self, flat: torch.Tensor) -> torch.Tensor:
+        """Each probe's share of the whole input (its real positions): ``flat`` is the
+        probe ``(K*N, numel)``."""
+        if self.real is None:
+            return flat.mean(1)
+        per_token = flat.reshape(flat.shape[0], self.real.shape[1], -1).mean(2)  # (K*N, T)
+        real = self.real.to(flat.dtype)
+        return safe_divide((per_token * real).sum(1), real.sum(1))
 
 
 class CellsError(UnsupportedModelError):
@@ -76,8 +92,11 @@ class ProbeCells(InputCells):
     """:class:`InputCells` for flows with a leading probe axis:
     coverage of a flow ``(K, N, ...)`` (the batch axis right after the probe axis)."""
 
-    def __init__(self, probe: torch.Tensor, channel_axis: Optional[int] = None) -> None:
-        super().__init__(probe.flatten(0, 1), channel_axis)
+    def __init__(self, probe: torch.Tensor, channel_axis: Optional[int] = None,
+                 real: Optional[torch.Tensor] = None) -> None:
+        """``real``: ``(N, T)``, the real token positions of each sample (see InputCells)."""
+        k = probe.shape[0]
+        super().__init__(probe.flatten(0, 1), channel_axis, None if real is None else real.repeat(k, 1))
         self.k, self.n = probe.shape[:2]
         #: whether image probes may be pushed on their crops (see :mod:`.windows`)
         self.windows = True
@@ -100,5 +119,5 @@ class ProbeCells(InputCells):
             raise CellsError(
                 f"a constant of shape {tuple(const.shape)} joins a relevance-carrying tensor "
                 f"away from its batch axis (batch of {self.n}); use bias='absorb'.")
-        share = self.probe.reshape(self.k, self.n, -1).mean(2)
+        share = self._whole(self.probe.flatten(1)).reshape(self.k, self.n)
         return const * share.reshape(share.shape + (1,) * (const.dim() - 1))

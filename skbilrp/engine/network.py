@@ -409,6 +409,9 @@ class ExportedNetwork:
         constants = {n: v for n, v in values.items() if n not in prog.carries}
         rec = ExportedRecording(self, prog, x, out, states, constants)
         rec.max_numel, rec.total_numel = max(numels), sum(numels)
+        mask = context.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and x.dim() == 3 and tuple(mask.shape) == tuple(x.shape[:2]):
+            rec.real = mask != 0  # Hugging Face's padding mask: the tokens the output can depend on
         return rec
 
 
@@ -461,7 +464,9 @@ class ExportedRecording:
     """A forward pass of an :class:`ExportedNetwork` on one batch, ready for probes.
 
     Attributes: ``x`` (the batch), ``features`` (``(N, h)``), ``max_numel`` and
-    ``total_numel`` (per-sample sizes of the largest and of all flows).
+    ``total_numel`` (per-sample sizes of the largest and of all flows), ``real``
+    (``(N, T)``, the real tokens of a token batch ``(N, T, D)`` by its context's
+    ``attention_mask``, or None: a constant without position is spread over those only).
     """
 
     def __init__(self, network, program, x, features, states, constants) -> None:
@@ -469,6 +474,7 @@ class ExportedRecording:
         self.x, self.features = x, features
         self.states, self.constants = states, constants
         self.max_numel = self.total_numel = int(x[0].numel())
+        self.real: Optional[torch.Tensor] = None
 
     def push(self, probe: torch.Tensor, channel_axis: Optional[int] = None, windows: bool = True) -> torch.Tensor:
         """Map probes ``(K*N, *x.shape[1:])`` (probe-major) to feature flows ``(K*N, h)``.
@@ -479,7 +485,8 @@ class ExportedRecording:
         prog = self.program
         flows: dict[fx.Node, Any] = {}
         probe = probe.reshape((-1,) + tuple(self.x.shape))  # (K, N, ...): see ops' layout
-        cells = ProbeCells(probe, channel_axis)
+        tokens = self.real is not None and channel_axis is not None and channel_axis % 2 == 1
+        cells = ProbeCells(probe, channel_axis, self.real if tokens else None)
         cells.windows = windows
         cropped = False  # whether a WindowFlow is about: only then do flows need making dense
         const = self.constants

@@ -104,7 +104,9 @@ def test_unsupported_op_names_op_module_path_and_hook(module, op):
     message = str(info.value)
     assert op in message
     assert "module '1.1'" in message and type(module).__name__ in message
-    assert f"relevance_op(torch.ops.{op})" in message
+    # exp has an entry that refuses it (registering another raises): the hint is to replace it
+    hint = f"OPS[torch.ops.{op}] = " if op == "aten.exp.default" else f"relevance_op(torch.ops.{op})"
+    assert hint in message, message
 
 
 def test_untraceable_model_names_the_cause():
@@ -180,6 +182,25 @@ def test_relevance_op_makes_an_unsupported_op_work(unregister_sin):
     z = x @ w1.T
     expected = torch.einsum("mk,nk,ki,ni->nmi", w2, torch.sin(z) / z, w1, x)
     np.testing.assert_allclose(fwd.relevance.numpy(), expected.numpy(), rtol=1e-12)
+
+
+def test_an_entry_that_refuses_can_be_replaced_as_its_message_says(monkeypatch):
+    """exp has an entry that refuses it; the message says to put another in its place."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5, bias=False), Exp(), nn.Linear(5, 3, bias=False)).to(DT)
+    x = torch.rand(2, 6, dtype=DT)
+    with pytest.raises(UnsupportedModelError, match=r"OPS\[torch\.ops\.aten\.exp\.default\] = "):
+        Explainer(model).relevance(x)
+
+    class ExpRatio(Ratio):
+        """exp as a ratio-rule activation, for this model only."""
+
+    monkeypatch.setitem(OPS, aten.exp.default, ExpRatio)
+    rel = Explainer(model).relevance(x)
+    w1, w2 = model[0].weight.detach(), model[2].weight.detach()
+    z = x @ w1.T
+    expected = torch.einsum("mk,nk,ki,ni->nmi", w2, torch.exp(z) / z, w1, x)
+    np.testing.assert_allclose(rel.relevance.numpy(), expected.numpy(), rtol=1e-12)
 
 
 def test_relevance_op_refuses_duplicates_and_non_overloads():

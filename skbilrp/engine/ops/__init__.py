@@ -63,11 +63,12 @@ def describe(node: fx.Node) -> str:
     return f"{wrapped_op(node)} (node {node.name!r}, module {path or '<root>'!r}, {cls})"
 
 
+def _qualified(op: Any) -> str:
+    return f"torch.ops.{op.namespace}.{op._opname}.{op._overloadname}" if isinstance(op, OpOverload) else str(op)
+
+
 def hook(node: fx.Node) -> str:
-    op = wrapped_op(node)
-    name = (f"torch.ops.{op.namespace}.{op._opname}.{op._overloadname}" if isinstance(op, OpOverload)
-            else str(op))
-    return f"@skbilrp.engine.ops.relevance_op({name})"
+    return f"@skbilrp.engine.ops.relevance_op({_qualified(wrapped_op(node))})"
 
 
 def wrapped_op(node: fx.Node) -> Any:
@@ -106,11 +107,15 @@ class RelevanceOp:
         self.carrying: list[bool] = []
 
     def refuse(self, why: str, fix: str = "") -> "UnsupportedOperatorError":
-        return UnsupportedOperatorError(
-            f"{describe(self.node)}: {why}."
-            + (f" {fix}." if fix else "")
-            + f" Register an operator with {hook(self.node)}."
-        )
+        op = wrapped_op(self.node)
+        entry = OPS.get(op)
+        if entry is not None:  # an op with an entry refusing this use: a second registration would raise
+            extend = (f" Its table entry is {entry.__module__}.{entry.__name__}; to explain this "
+                      f"use, put another operator in its place: skbilrp.engine.ops.OPS[{_qualified(op)}] = YourOp "
+                      "(docs page \"Operator table\").")
+        else:
+            extend = f" Register an operator with {hook(self.node)}."
+        return UnsupportedOperatorError(f"{describe(self.node)}: {why}." + (f" {fix}." if fix else "") + extend)
 
     def record(self, args: list, kwargs: dict) -> tuple[Any, Any]:
         return self.op(*args, **kwargs), None

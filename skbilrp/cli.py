@@ -303,12 +303,32 @@ _TEXT_HINT = 'install the text extra with: pip install torch==2.13.0 "skbilrp[te
 # ----------------------------------------------------------------------- helpers
 
 
+#: the arguments that name files or folders a command reads, as its help names them
+_INPUTS = {"image_a": "IMG1", "image_b": "IMG2", "query": "QUERY", "images": "--images", "labels": "--labels",
+           "texts": "--texts", "queries": "--queries", "weights": "--weights", "model": "--model"}
+
+
 def _check_output(args: argparse.Namespace, kind: str = "file") -> None:
-    """``--output`` can be written (see :func:`skbilrp._checks.check_output_path`): checked
-    before any work, so a bad path fails at once rather than after the computation."""
+    """``--output`` can be written (see :func:`skbilrp._checks.check_output_path`) and
+    overwrites none of the command's inputs: checked before any work, so a bad path
+    fails at once rather than after the computation."""
     from ._checks import check_output_path
+    from .datasets import IMAGE_EXTENSIONS
 
     check_output_path(args.output, kind, "--output")
+    out = os.path.realpath(args.output)
+    for attr, flag in _INPUTS.items():
+        value = getattr(args, attr, None)
+        if not isinstance(value, str) or not os.path.exists(value):
+            continue
+        src = os.path.realpath(value)
+        if out == src:
+            raise ValueError(f"--output {args.output!r} is the input {flag} {value!r}: writing would replace it; "
+                             "give another --output path.")
+        inside = os.path.isdir(src) and out.startswith(os.path.join(src, ""))
+        if inside and (kind == "folder" or out.lower().endswith(IMAGE_EXTENSIONS)):
+            raise ValueError(f"--output {args.output!r} lies inside the input folder {flag} {value!r}, where the next "
+                             "run would read it as an input; give an --output path outside that folder.")
 
 
 def _check_n_train(n_train: Optional[int]) -> None:

@@ -330,6 +330,11 @@ REFUSALS = {
     "labels file not a table": (["--images", "{good}", "--labels", "{two}"], ["no .csv or .tsv file"]),
     "labels with texts": (["--texts", "{two}", "--labels", "{labels_short}"], ["--labels applies to --images"]),
     "bad output": (["--texts", "{two}", "-o", "{empty}"], ["is a folder"]),
+    "output is the texts file": (["--texts", "{two}", "-o", "{two}"], ["is the input --texts", "replace it"]),
+    "output is the labels file": (["--images", "{good}", "--labels", "{labels_short}", "-o", "{labels_short}"],
+                                  ["is the input --labels"]),
+    "image output in the images folder": (["--images", "{good}", "-o", "{good}/c/out.png"],
+                                          ["inside the input folder --images", "next run would read it"]),
     "digits with a model": (["--model", "mobilenet_v2"], ["--model only applies", "--images"]),
     "digits with query files": (["--queries", "{good}"], ["--queries only applies", "--images"]),
 }
@@ -474,3 +479,15 @@ def test_a_size_beyond_memory_is_refused_in_one_line(bad_inputs, tmp_path, monke
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--size 100000" in err[0] and "pass --size" in err[0], err
     assert calls == []
+
+
+@pytest.mark.parametrize("target", ["{good}/c/0.png", "{good}/c/new.png"])
+def test_neighbors_refuses_an_output_over_its_query_or_in_its_folder(target, bad_inputs, no_work, capsys):
+    """The query itself, or a new figure where the next search would read it as an image."""
+    query = os.path.join(bad_inputs["good"], "c", "0.png")
+    before = open(query, "rb").read()
+    argv = ["neighbors", query, "--images", bad_inputs["good"], "-o", target.format(**bad_inputs)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and ("is the input QUERY" in err or "inside the input folder --images" in err), err
+    assert no_work == [] and open(query, "rb").read() == before

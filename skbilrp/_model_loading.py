@@ -267,6 +267,16 @@ def text_model(name: Optional[str]) -> Optional[str]:
         raise CommandError(f"--model {name!r} holds neither modules.json (a SentenceTransformer) nor config.json "
                            "(a Hugging Face model); give the folder that SentenceTransformer.save or "
                            "save_pretrained wrote.")
+    if not os.path.isfile(os.path.join(name, "modules.json")):
+        from .models.sentence import TOKENIZER_FILES, has_tokenizer_files
+
+        if not has_tokenizer_files(name):
+            raise CommandError(f"--model {name!r} holds a model but no tokenizer ({', '.join(TOKENIZER_FILES)}): "
+                               "every word would read as [UNK]; save the tokenizer into it with "
+                               "tokenizer.save_pretrained.")
+        if not any(f.endswith((".safetensors", ".bin")) for f in os.listdir(name)):
+            raise CommandError(f"--model {name!r} holds no weights (model.safetensors or pytorch_model.bin); save "
+                               "them into it with model.save_pretrained.")
     return name
 
 

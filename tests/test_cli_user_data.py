@@ -277,6 +277,14 @@ def bad_inputs(tmp_path):
     two.write_text("a cat\na dog\n", encoding="utf-8")
     empty_model = tmp_path / "model"
     empty_model.mkdir()
+    untokenized = tmp_path / "untokenized"  # model.save_pretrained without tokenizer.save_pretrained
+    untokenized.mkdir()
+    (untokenized / "config.json").write_text('{"model_type": "bert"}')
+    (untokenized / "model.safetensors").write_bytes(b"")
+    unweighted = tmp_path / "unweighted"  # tokenizer.save_pretrained without model.save_pretrained
+    unweighted.mkdir()
+    (unweighted / "config.json").write_text('{"model_type": "bert"}')
+    (unweighted / "vocab.txt").write_text("[PAD]\n[UNK]\n")
     labels_short = tmp_path / "short.csv"  # good/ holds c/0.png, c/1.png, c/2.png
     labels_short.write_text("file,label\nc/0.png,x\nc/1.png,y\n", encoding="utf-8")
     labels_extra = tmp_path / "extra.csv"
@@ -321,6 +329,10 @@ REFUSALS = {
                                 ["no local folder", "not downloaded"]),
     "text model folder without config": (["--texts", "{two}", "--model", "{empty_model}"],
                                          ["neither modules.json", "config.json"]),
+    "text model folder without tokenizer": (["--texts", "{two}", "--model", "{untokenized}"],
+                                            ["no tokenizer", "[UNK]", "tokenizer.save_pretrained"]),
+    "text model folder without weights": (["--texts", "{two}", "--model", "{unweighted}"],
+                                          ["holds no weights", "model.save_pretrained"]),
     "labels file missing a row": (["--images", "{good}", "--labels", "{labels_short}"],
                                   ["1 images", "no row in --labels", "'c/2.png'"]),
     "labels file with extra rows": (["--images", "{good}", "--labels", "{labels_extra}"],

@@ -417,6 +417,13 @@ def test_hugging_face_model_and_folders_need_no_sentence_transformer(bert, token
         np.testing.assert_allclose(kern.features_fit_, ref, rtol=0, atol=1e-5)  # the folder loads float32
     with pytest.raises(FileNotFoundError, match="not a folder.*never downloads"):
         TextKernel("sentence-transformers/all-MiniLM-L6-v2").fit(COLS)
+    # model.save_pretrained alone: transformers would make a tokenizer of special tokens only
+    bare = tmp_path / "bare"
+    bert.save_pretrained(bare)
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer.*\[UNK\].*tokenizer\.save_pretrained"):
+        TextKernel(str(bare)).fit(COLS)
+    np.testing.assert_allclose(TextKernel(str(bare), tokenizer=str(tmp_path), kernel="linear").fit(COLS).features_fit_,
+                               ref, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="tokenizer="):
         TextKernel(bert).fit(COLS)
 

@@ -662,6 +662,16 @@ def _is_sentence_transformer(model: Any) -> bool:
     return isinstance(model, SentenceTransformer)
 
 
+#: files of which a save_pretrained tokenizer writes at least one (fast, WordPiece, BPE, SentencePiece)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
+
+
+def has_tokenizer_files(folder: str) -> bool:
+    """Whether a ``save_pretrained`` folder holds a tokenizer's vocabulary."""
+    return any(os.path.isfile(os.path.join(folder, name)) for name in TOKENIZER_FILES)
+
+
 def sentence_encoder(model: Any, tokenizer: Any = None, pooling: Union[None, str, Sequence[str]] = None,
                      normalize: bool = False, **kwargs: Any) -> SentenceEncoder:
     """A :class:`SentenceEncoder` from what a user has (nothing is downloaded).
@@ -712,6 +722,12 @@ def sentence_encoder(model: Any, tokenizer: Any = None, pooling: Union[None, str
             model = SentenceTransformer(folder, device="cpu", local_files_only=True)
         else:
             transformers = _import_transformers()
+            if tokenizer is None and not has_tokenizer_files(folder):
+                # transformers would build a tokenizer of special tokens only: every word [UNK]
+                raise FileNotFoundError(
+                    f"{folder!r} holds a model but no tokenizer ({', '.join(TOKENIZER_FILES)}): every word would "
+                    "read as [UNK]. Save the tokenizer beside it (tokenizer.save_pretrained(folder)) or pass "
+                    "tokenizer= (an object or a local folder).")
             model = transformers.AutoModel.from_pretrained(folder, local_files_only=True)
             if tokenizer is None:
                 tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)

@@ -325,7 +325,7 @@ def _check_output(args: argparse.Namespace, kind: str = "file") -> None:
         if out == src:
             raise ValueError(f"--output {args.output!r} is the input {flag} {value!r}: writing would replace it; "
                              "give another --output path.")
-        inside = os.path.isdir(src) and out.startswith(os.path.join(src, ""))
+        inside = attr in ("images", "queries") and os.path.isdir(src) and out.startswith(os.path.join(src, ""))
         if inside and (kind == "folder" or out.lower().endswith(IMAGE_EXTENSIONS)):
             raise ValueError(f"--output {args.output!r} lies inside the input folder {flag} {value!r}, where the next "
                              "run would read it as an input; give an --output path outside that folder.")

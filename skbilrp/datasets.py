@@ -345,6 +345,11 @@ def _read_table(path: str, content: str, delimiter: str, text_column: Optional[s
     for line, row in enumerate(rows[1:], start=2):  # numbered as a spreadsheet shows them
         if not _filled(row):
             continue
+        if len(row) > len(header) and _filled(row[len(header):]):  # cells past the header's: an unquoted separator
+            sep = "tab" if delimiter == chr(9) else "comma"
+            raise ValueError(f"Row {line} of {what} {path!r} has {len(row)} cells for the {len(header)} columns "
+                             f"{columns}: a text holding a {sep} must be quoted (\"...\"); quote it or remove "
+                             "the extra cells.")
         for flag, i in index.items():
             if i >= len(row) or not row[i].strip():
                 raise ValueError(f"Row {line} of {what} {path!r} has no {header[i]!r} value ({flag}); fill it in "

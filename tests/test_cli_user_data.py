@@ -267,6 +267,8 @@ def bad_inputs(tmp_path):
         _save(np.full((9, 9, 3), 40 * k, np.uint8), str(good / "c" / f"{k}.png"))
     table = tmp_path / "t.csv"
     table.write_text("text,label\na cat,x\na dog,\n", encoding="utf-8")
+    unquoted = tmp_path / "u.csv"
+    unquoted.write_text("text,label\na cat,x\nMy parcel never arrived, and I want a refund,y\n", encoding="utf-8")
     lines = tmp_path / "l.txt"
     lines.write_text("one text\n", encoding="utf-8")
     blank = tmp_path / "blank.txt"
@@ -321,6 +323,8 @@ REFUSALS = {
     "unknown column": (["--texts", "{table}", "--text-column", "body"],
                        ["--text-column 'body' is no column", "'text', 'label'"]),
     "unnamed text column": (["--texts", "{table}"], ["has the columns 'text', 'label'", "--text-column"]),
+    "unquoted comma": (["--texts", "{unquoted}", "--text-column", "text"],
+                       ["Row 3", "3 cells for the 2 columns", "must be quoted"]),
     "empty label": (["--texts", "{table}", "--text-column", "text", "--label-column", "label"],
                     ["Row 3", "'label'", "fill it in"]),
     "column of a txt": (["--texts", "{two}", "--label-column", "y"], ["--label-column", ".txt file"]),

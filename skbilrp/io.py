@@ -37,7 +37,8 @@ def read_image(path: PathLike) -> np.ndarray:
     ----------
     path : str or path-like
         Any format Pillow reads (PNG, JPEG, TIFF, ...); grey, palette and RGBA images
-        are converted to RGB (alpha is dropped).
+        are converted to RGB (alpha is dropped). An EXIF orientation (phone and camera
+        JPEGs) is applied, so the array is upright as image viewers show it.
 
     Returns
     -------
@@ -59,13 +60,15 @@ def read_image(path: PathLike) -> np.ndarray:
     """
     path = _check_file(path)
     try:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image, ImageOps, UnidentifiedImageError
     except ImportError as err:
         raise ImportError(
             f"Reading {os.path.basename(path)!r} needs Pillow; install it with: {IMAGES_INSTALL}"
         ) from err
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as opened:
+            # as viewers show it: a camera's EXIF orientation turns the stored pixels upright
+            img = ImageOps.exif_transpose(opened)
             img.load()
             if img.mode not in _WIDE_MODES:
                 # 8 bits per channel (or palette/bilevel/CMYK, which Pillow maps to 8-bit RGB)

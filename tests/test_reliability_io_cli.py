@@ -96,6 +96,19 @@ def test_16bit_grey_png_is_scaled_by_65535_not_clipped(tmp_path):
     assert abs(x.mean(dtype=np.float64) - 0.5) < F32
 
 
+@pytest.mark.parametrize("orientation, turn", [(1, lambda a: a), (3, lambda a: np.rot90(a, 2)),
+                                               (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1))])
+def test_exif_orientation_is_applied_as_viewers_show_the_image(tmp_path, orientation, turn):
+    """A phone photo stores its pixels sideways and says how to turn them (EXIF tag 274)."""
+    stored = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
+    img = Image.fromarray(stored)
+    exif = img.getexif()
+    exif[274] = orientation
+    path = tmp_path / f"o{orientation}.png"
+    img.save(path, exif=exif)
+    np.testing.assert_array_equal(read_image(path), turn(stored).astype(np.float32) / np.float32(255.0))
+
+
 def test_16bit_rgb_png_keeps_its_range(tmp_path):
     # Pillow has no 16-bit colour mode: it decodes 48-bit PNGs to 8 bits per channel, so
     # the values are right to 1/255 (documented in read_image), and 0 and white are exact

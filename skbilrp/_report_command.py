@@ -104,6 +104,11 @@ def _report_user_data(args: argparse.Namespace, start: float) -> int:
             if getattr(args, flag[2:].replace("-", "_")) is not None:
                 raise CommandError(f"{flag} applies to --texts, not to --images; drop it.")
         spec, size, patch = image_model_and_sides(args)
+        if size % patch and not args.no_audit:  # the audit sums relevance over whole patches of the grid
+            fits = [p for p in range(patch - 1, 0, -1) if size % p == 0][:1] + \
+                   [p for p in range(patch + 1, size + 1) if size % p == 0][:1]
+            raise CommandError(f"--patch {patch} does not divide --size {size}, as the dataset audit needs; give "
+                               f"--patch {' or '.join(map(str, fits))}, or --no-audit.")
         data = find_images(args.images, "--images", args.labels)
         queries = None if args.queries is None else find_images(args.queries, "--queries")
     else:
@@ -147,8 +152,9 @@ def _test_size(value: Optional[str], n: int) -> Any:
     try:
         size: Any = int(value) if re.fullmatch(r"\d+", value) else float(value)
     except ValueError:
-        raise CommandError(f"--test-size must be a fraction such as 0.25 or a number of samples, got {value!r}.") \
-            from None
+        size = math.nan
+    if isinstance(size, float) and not math.isfinite(size):  # "abc", "nan", "inf", "1e999"
+        raise CommandError(f"--test-size must be a fraction such as 0.25 or a number of samples, got {value!r}.")
     n_test = math.ceil(size * n) if isinstance(size, float) else size
     if isinstance(size, float) and not 0.0 < size < 1.0 or not 1 <= n_test <= n - 1:
         raise CommandError(f"--test-size {value} leaves {n_test} of the {n} samples as queries; with --queries "

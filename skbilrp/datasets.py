@@ -143,7 +143,13 @@ def _labels_from_file(path: str, names: list, folder: str, what: str) -> np.ndar
         raise ValueError(f"--labels {path!r} has {len(header)} columns ({', '.join(map(repr, header))}); give two: "
                          "the image path relative to the folder, and its label.")
     table = read_texts(path, header[0], header[1], what="--labels")
-    given = {os.path.normpath(f).replace(os.sep, "/"): label for f, label in zip(table.items, table.labels)}
+    given: dict = {}
+    for f, label in zip(table.items, table.labels):
+        name = os.path.normpath(f).replace(os.sep, "/")
+        if given.get(name, label) != label:
+            raise ValueError(f"--labels {path!r} gives {name!r} two labels ({str(given[name])!r} and {str(label)!r}); keep "
+                             "one row per image.")
+        given[name] = label
     missing = [n for n in names if n not in given]
     if missing:
         raise ValueError(f"{len(missing)} images under {what} {folder!r} have no row in --labels {path!r} (e.g. "

@@ -289,6 +289,8 @@ def bad_inputs(tmp_path):
     (unweighted / "vocab.txt").write_text("[PAD]\n[UNK]\n")
     labels_short = tmp_path / "short.csv"  # good/ holds c/0.png, c/1.png, c/2.png
     labels_short.write_text("file,label\nc/0.png,x\nc/1.png,y\n", encoding="utf-8")
+    labels_twice = tmp_path / "twice.csv"
+    labels_twice.write_text("file,label\nc/0.png,x\nc/1.png,y\nc/2.png,y\n./c/0.png,z\n", encoding="utf-8")
     labels_extra = tmp_path / "extra.csv"
     labels_extra.write_text("file,label\nc/0.png,x\nc/1.png,y\nc/2.png,x\nc/9.png,y\n", encoding="utf-8")
     labels_wide = tmp_path / "wide.tsv"
@@ -307,6 +309,8 @@ REFUSALS = {
     "unknown image model": (["--images", "{good}", "--model", "resnet"], ["no shipped image model", "mobilenet_v2"]),
     "vgg16 without weights": (["--images", "{good}", "--model", "vgg16"], ["needs --weights"]),
     "patch over size": (["--images", "{good}", "--size", "32", "--patch", "48"], ["--patch 48 is larger"]),
+    "patch not dividing size": (["--images", "{good}", "--size", "64", "--patch", "24"],
+                                ["--patch 24 does not divide --size 64", "--patch 16 or 32", "--no-audit"]),
     "images and texts": (["--images", "{good}", "--texts", "{two}"], ["both given"]),
     "text column with images": (["--images", "{good}", "--text-column", "t"], ["--text-column applies to --texts"]),
     "size with texts": (["--texts", "{two}", "--size", "64"], ["--size applies to --images"]),
@@ -315,6 +319,8 @@ REFUSALS = {
     "test size fraction": (["--images", "{good}", "--test-size", "1.5"], ["--test-size 1.5", "fraction in (0, 1)"]),
     "test size count": (["--images", "{good}", "--test-size", "3"], ["count from 1 to 2"]),
     "test size word": (["--images", "{good}", "--test-size", "half"], ["'half'"]),
+    "test size infinite": (["--images", "{good}", "--test-size", "1e999"], ["'1e999'", "fraction such as 0.25"]),
+    "test size nan": (["--images", "{good}", "--test-size", "nan"], ["'nan'", "fraction such as 0.25"]),
     "one text": (["--texts", "{lines}"], ["hold 1 sample", "at least 2", "--queries"]),
     "no such text file": (["--texts", "{empty}/t.txt"], ["no such file"]),
     "texts is a folder": (["--texts", "{empty}"], ["is a folder"]),
@@ -339,6 +345,8 @@ REFUSALS = {
                                           ["holds no weights", "model.save_pretrained"]),
     "labels file missing a row": (["--images", "{good}", "--labels", "{labels_short}"],
                                   ["1 images", "no row in --labels", "'c/2.png'"]),
+    "labels file with two labels for a file": (["--images", "{good}", "--labels", "{labels_twice}"],
+                                               ["gives 'c/0.png' two labels ('x' and 'z')", "one row per image"]),
     "labels file with extra rows": (["--images", "{good}", "--labels", "{labels_extra}"],
                                     ["names 1 files that are no images", "'c/9.png'"]),
     "labels file of three columns": (["--images", "{good}", "--labels", "{labels_wide}"],

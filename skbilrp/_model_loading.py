@@ -280,6 +280,17 @@ def text_model(name: Optional[str]) -> Optional[str]:
     return name
 
 
+def truncation_note(kern: Any, texts: list) -> Optional[str]:
+    """A note naming how many ``texts`` a fitted TextKernel cuts at its model's length."""
+    prompt = getattr(kern.model_, "prompt_length", 0)
+    ids = kern.tokenizer_(list(texts), truncation=False, verbose=False)["input_ids"]
+    long = sum(len(i) + prompt > kern.max_length_ for i in ids)
+    if not long:
+        return None
+    return (f"{long} of the {len(texts)} texts are longer than the model's {kern.max_length_} tokens: their "
+            f"embeddings and explanations read their first {kern.max_length_} tokens only")
+
+
 def text_model_name(model: Optional[str]) -> str:
     """How titles and progress lines name a text model."""
     return "all-MiniLM-L6-v2" if model is None else os.path.basename(os.path.normpath(model))

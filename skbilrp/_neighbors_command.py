@@ -17,7 +17,8 @@ from typing import Any, Optional
 import numpy as np
 
 from . import cli  # by attribute: tests patch the helpers that start work
-from ._model_loading import build_image_model, image_model_and_sides, text_kernel_class, text_model, text_model_name
+from ._model_loading import (build_image_model, image_model_and_sides, text_kernel_class, text_model, text_model_name,
+                             truncation_note)
 from ._report_command import _note, _stage
 from .cli import CommandError
 
@@ -80,6 +81,9 @@ def run_neighbors(args: argparse.Namespace) -> int:
     else:
         kern = _text_kernel(args, model, data)
         query = [args.query.strip()]
+        cut = truncation_note(kern, query + list(data.items))
+        if cut:
+            _note(cut)
         what = f"{len(data)} texts of {args.texts} ({text_model_name(model)}, {kern.kernel} kernel)"
     from .audits import explain_neighbors
 

@@ -18,7 +18,8 @@ from typing import Any, Optional
 import numpy as np
 
 from . import cli  # its helpers by attribute: tests patch the ones that start work
-from ._model_loading import build_image_model, image_model_and_sides, text_kernel_class, text_model, text_model_name
+from ._model_loading import (build_image_model, image_model_and_sides, text_kernel_class, text_model, text_model_name,
+                             truncation_note)
 from .cli import CommandError
 
 __all__ = ["run_report"]
@@ -134,6 +135,9 @@ def _report_user_data(args: argparse.Namespace, start: float) -> int:
     else:
         kern = _fit_text_kernel(args, model, train)
         X = np.asarray(queries.items, dtype=object)
+        cut = truncation_note(kern, list(train.items) + ([] if queries is train else list(queries.items)))
+        if cut:
+            _note(cut)
     source = args.images if images else args.texts
     title = f"skbilrp report: {source} ({spec.name if images else text_model_name(model)} {kern.kernel} kernel)"
     names = names_fit = None

@@ -515,3 +515,14 @@ def test_neighbors_refuses_an_output_over_its_query_or_in_its_folder(target, bad
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and ("is the input QUERY" in err or "inside the input folder --images" in err), err
     assert no_work == [] and open(query, "rb").read() == before
+
+
+def test_texts_longer_than_the_model_reads_are_named(tiny_model_folder, tmp_path, capsys):
+    """The model reads a text's first max_length tokens only: a note says how many texts are cut."""
+    folder, _ = tiny_model_folder
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a cat sat on the mat\n" + "the dog ran far " * 40 + "\nstocks fell\n", encoding="utf-8")
+    assert main(["neighbors", "a cat", "--texts", str(texts), "--model", str(folder), "-k", "1",
+                 "-o", str(tmp_path / "n.png")]) == 0
+    err = capsys.readouterr().err
+    assert "note: 1 of the 4 texts are longer than the model's 64 tokens" in err, err

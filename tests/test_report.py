@@ -176,6 +176,29 @@ def test_audit_auto(digits_small, tmp_path):
         assert abs(sum(map(sum, audit["relevance_maps"][str(group)])) - 1) < 1e-6
 
 
+def test_audit_names_the_groups_it_has_nothing_on(digits_small, tmp_path):
+    """A bare kernel is audited on pairs of queries within a group: a group of one query has
+    none. The page says which groups are left out, and says nothing was audited when none is."""
+    d = digits_small
+    kern, y = d["svm"][0], np.asarray(d["y"])
+    two = np.flatnonzero(y == y[0])[:2]
+    one = np.flatnonzero(y != y[0])[:1]
+    rows = np.concatenate([two, one])
+    s = write_report(tmp_path / "some.html", kern, d["X"][rows], y[rows], y_fit=d["y_fit"], queries=1,
+                     n_neighbors=1, max_entries=2, audit="auto", audit_max_pairs=5, verbose=False)
+    data = report_data(tmp_path / "some.html")
+    assert data["audit"]["groups"] == [str(y[0])]  # JSON keys
+    note = [n for n in s.notes if n.startswith("dataset audit:")]
+    assert note and f"({int(y[one[0]])})" in note[0] and "two of its queries" in note[0], s.notes
+    assert not any(c.startswith("audit:") for c in s.capped)  # one entry, not capped at 5
+
+    rows = np.concatenate([two[:1], one])
+    s = write_report(tmp_path / "none.html", kern, d["X"][rows], y[rows], y_fit=d["y_fit"], queries=1,
+                     n_neighbors=1, max_entries=2, audit="auto", verbose=False)
+    assert report_data(tmp_path / "none.html")["audit"]["groups"] == []
+    assert any(n.startswith("dataset audit: 2 groups have no kernel entries") for n in s.notes), s.notes
+
+
 def test_cli_writes_the_report(tmp_path, capsys):
     from skbilrp.cli import main
 

@@ -305,8 +305,16 @@ def _audit_payload(audit: Any, estimator: Any, X: Any, y: Any, audit_max_pairs: 
         _log(verbose, f"auditing the dataset (at most {audit_max_pairs} kernel entries per group) ...")
         audit = audit_dataset(estimator, X, y, region=_audit_region(kern), max_pairs=audit_max_pairs,
                               random_state=random_state, verbose=verbose)
-        capped.append(f"audit: at most {audit_max_pairs} kernel entries per group were aggregated "
-                      "(audit_max_pairs)")
+        if any(n > audit_max_pairs for n in audit.n_candidates.values()):
+            capped.append(f"audit: at most {audit_max_pairs} kernel entries per group were aggregated "
+                          "(audit_max_pairs)")
+        left_out = _left_out_groups(audit, y)
+        if left_out:
+            notes.append(f"dataset audit: {len(left_out)} groups have no kernel entries to aggregate and are left "
+                         f"out ({', '.join(map(repr, left_out[:5]))}{', ...' if len(left_out) > 5 else ''}): "
+                         + ("a group needs entries between two of its samples, here two of its queries; give more "
+                            "queries per group" if audit.entries == "clusters" else
+                            "its samples take part in no entry the estimator uses"))
     data = audit if isinstance(audit, dict) else audit.to_dict()
     return _jsonable(data)
 
@@ -318,6 +326,15 @@ def _names(given: Optional[Sequence[str]], n: int, used: Sequence[int], what: st
     if len(given) != n:
         raise ValueError(f"{what} must hold one name per sample, {n}, got {len(given)}.")
     return {str(i): str(given[i])[:MAX_TEXT_CHARS] for i in used}
+
+
+def _left_out_groups(audit: Any, y: Any) -> list:
+    """The groups of ``y`` (noise, label -1, aside) that the audit has nothing on."""
+    if y is None:
+        return []
+    audited = {str(g) for g in audit.groups}
+    labels = [g.item() if isinstance(g, np.generic) else g for g in np.unique(np.asarray(y))]
+    return [g for g in labels if str(g) not in audited and not (isinstance(g, (int, np.integer)) and g == -1)]
 
 
 def _audit_region(kern: DeepKernel) -> Any:

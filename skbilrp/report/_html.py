@@ -479,7 +479,10 @@ function entryRow(e, cols) {
     cards.appendChild(card);
   });
   box.appendChild(cards);
+  var left = (D.notes || []).filter(function (n) { return n.indexOf("dataset audit:") === 0; })[0];
+  if (left) box.appendChild(el("p", {"class": "note"}, left.charAt(0).toUpperCase() + left.slice(1) + "."));
   box.appendChild(el("h3", null, "Suspicious regions"));
+  if (!groups.length) { box.appendChild(el("p", {"class": "note"}, "none: no group had entries to aggregate, so nothing was audited")); return; }
   var sus = A.suspicious || [];
   if (!sus.length) { box.appendChild(el("p", {"class": "note"}, "none above the audit's ratio threshold")); return; }
   var t = el("table", {id: "suspicious"}), hr = el("tr");

@@ -100,6 +100,8 @@ class ProbeCells(InputCells):
         self.k, self.n = probe.shape[:2]
         #: whether image probes may be pushed on their crops (see :mod:`.windows`)
         self.windows = True
+        #: the token count of a token input as the graph writes it (a SymInt), or None
+        self.token_size = None
 
     def coverage(self, like: torch.Tensor, channels_first: bool) -> torch.Tensor:  # type: ignore[override]
         if like.dim() < 2 or like.shape[1] != self.n:

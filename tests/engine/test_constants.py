@@ -142,3 +142,41 @@ def test_vision_transformers_conserve_under_share(name, attention):
     sim = (rec.features * rec.features.flip(0)).sum(1)  # k(x_0, x_1), both ways
     missing = ((flows * rec.features.flip(0)).sum(1) - sim).abs() / sim.abs()
     assert float(missing.max()) < 1e-12, missing
+
+
+class PerHeadBias(nn.Module):
+    """Tokens ``(N, T, D)`` through a bias-free Linear, a constant added in another layout
+    (per head ``(N, H, T, d)`` as DeBERTa adds its value bias, or channels first ``(N, D, T)``),
+    then the first token's state: only the first token's constant reaches the output."""
+
+    def __init__(self, layout: str, heads: int = 2) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.layout, self.heads = nn.Linear(D, D, bias=False), layout, heads
+        self.register_buffer("c", torch.randn(D))
+
+    def forward(self, x):
+        h = self.lin(x)
+        n, t, _ = h.shape
+        if self.layout == "heads":
+            split = h.view(n, t, self.heads, D // self.heads).transpose(1, 2)
+            h = (split + self.c.view(self.heads, 1, D // self.heads)).transpose(1, 2).reshape(n, t, D)
+        else:
+            h = (h.transpose(1, 2) + self.c[:, None]).transpose(1, 2)
+        return h[:, 0]
+
+
+@pytest.mark.parametrize("tokens", [5, D // 2])  # D // 2: the token count equals the head size
+@pytest.mark.parametrize("layout", ["heads", "channels-first"])
+def test_a_constant_in_another_layout_stays_on_its_token(layout, tokens):
+    """Hand-computed: under bias="flat" the output's relevance is the first token's
+    contribution plus the whole constant, all on the first token; nothing on the others.
+    (Before the token axis was read from the graph, the constant was spread over every
+    token, or, where the token count equals the head size, put on the token of its
+    head-dimension index.)"""
+    model = PerHeadBias(layout).double()
+    x = torch.randn(2, tokens, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    rel = Explainer(model, rules="zero-flat", channel_axis=-1, mode="forward").relevance(x)
+    expected = torch.zeros(2, D, tokens, dtype=torch.float64)
+    expected[:, :, 0] = model.lin(x[:, 0]).detach() + model.c
+    torch.testing.assert_close(rel.relevance, expected, rtol=0, atol=1e-12)

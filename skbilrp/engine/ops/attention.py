@@ -59,7 +59,10 @@ class SoftmaxRule:
         self.mode = mode
 
     def record(self, z: torch.Tensor, s: torch.Tensor, dim: int) -> tuple:
-        z = torch.where(s == 0, torch.zeros_like(s), z)  # masked: no contribution, no inf
+        # masked: no contribution, no inf (a row masked whole, as DeBERTa masks padded
+        # queries, has uniform probabilities over logits of the dtype's lowest value)
+        masked = is_masking(z)
+        z = torch.where((s == 0) | masked if masked is not None else s == 0, torch.zeros_like(s), z)
         bias = None
         if self.mode != "absorb":
             jz = s * (z - (s * z).sum(dim, keepdim=True))

@@ -40,21 +40,38 @@ class BiasLike(RelevanceOp):
         if self.mode == "share":
             ratio, rest = shared_ratio(torch.as_tensor(a), torch.as_tensor(out - a), masking)
             shared = flow * ratio
-            return shared if rest is None else shared + spread_flat(cells, rest, flow, out)
+            return shared if rest is None else shared + spread_flat(cells, rest, flow, out, self.node)
         c = torch.as_tensor(c, dtype=flow.dtype, device=flow.device)
         if masking is not None:
             c = torch.where(masking, torch.zeros_like(c), c)
-        return flow + spread_flat(cells, c, flow, out)
+        return flow + spread_flat(cells, c, flow, out, self.node)
 
 
-def spread_flat(cells, const, flow: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def spread_flat(cells, const, flow: torch.Tensor, out: torch.Tensor, node=None) -> torch.Tensor:
     """The flow of a constant added to a carrying tensor under ``bias="flat"``: over the
-    input region under each unit; on attention logits of a token input (an output of
-    four or more axes, the keys last), at each key's token (:func:`spread_on_keys`), so
-    that padding, which no probe covers, takes none of it."""
-    if out.dim() >= 4 and cells.channel_axis is not None and cells.probe.dim() == 3:
-        return spread_on_keys(cells, torch.as_tensor(const).expand(out.shape), out.dim() - 1)
+    input region under each unit. On a token input, each unit sits on the token of its
+    token axis, found in the graph (the axes whose symbolic size is the input's token
+    count: per-head values ``(N, H, T, d)`` included), and attention logits ``(N, H, T,
+    T)`` on their key's token (:func:`spread_on_keys`), so that padding, on which the
+    output does not depend, takes none of it; a unit without a token axis spreads over
+    all real tokens."""
+    if cells.channel_axis is not None and cells.probe.dim() == 3:
+        axes = _token_axes(node, cells.token_size)
+        if axes is not None:
+            full = torch.as_tensor(const).expand(out.shape)
+            return spread_on_keys(cells, full, axes[-1]) if axes else cells.spread(full)
+        if out.dim() >= 4:  # a graph of fixed sizes: attention logits have the keys last
+            return spread_on_keys(cells, torch.as_tensor(const).expand(out.shape), out.dim() - 1)
     return const * cells.coverage(_full(flow, out), out.dim() >= 4)
+
+
+def _token_axes(node, token_size) -> "tuple | None":
+    """The axes of ``node``'s value whose size is the symbolic token count of the input,
+    or None where the graph does not say (fixed sizes)."""
+    val = None if node is None else node.meta.get("val")
+    if not isinstance(token_size, torch.SymInt) or not isinstance(val, torch.Tensor):
+        return None
+    return tuple(i for i, n in enumerate(val.shape) if isinstance(n, torch.SymInt) and n.node.expr == token_size.node.expr)
 
 
 def spread_on_keys(cells, const: torch.Tensor, dim: int) -> torch.Tensor:

@@ -67,6 +67,9 @@ def run_neighbors(args: argparse.Namespace) -> int:
         data.items, data.labels = [data.items[k] for k in keep], None if data.labels is None else data.labels[keep]
         data.notes.append(f"the query is one of the items ({'its file' if images else 'the same text'}); it is "
                           "left out of the search")
+    if not len(data):
+        raise CommandError(f"{'--images' if images else '--texts'} holds no item besides the query itself; add "
+                           "items to search.")
     if not 1 <= args.k <= len(data):
         raise CommandError(f"-k {args.k} asks for more neighbours than the {len(data)} items searched; give -k "
                            f"{len(data)} or less, or more items.")

@@ -117,6 +117,10 @@ def _report_user_data(args: argparse.Namespace, start: float) -> int:
             if getattr(args, flag[2:]) is not None:
                 raise CommandError(f"{flag} applies to --images, not to --texts; drop it.")
         data = read_texts(args.texts, args.text_column, args.label_column, "--texts")
+        if args.queries is not None and args.queries.lower().endswith(".txt") and (args.text_column or
+                                                                                  args.label_column):
+            raise CommandError(f"--queries {args.queries!r} is a .txt file (one text per line) but --texts is a "
+                               "table read by column; give the queries as a .csv/.tsv table with the same columns.")
         queries = None if args.queries is None else read_texts(args.queries, args.text_column, args.label_column,
                                                                "--queries")
         model = text_model(args.model)

@@ -76,7 +76,8 @@ def read_image(path: PathLike) -> np.ndarray:
             values = np.asarray(img)
             mode = img.mode
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"Cannot read {path!r} as an image ({err}); give a PNG or JPEG file.") from err
+        raise ValueError(f"Cannot read {path!r} as an image ({err}); it is damaged or no image file: re-save it "
+                         "as PNG or JPEG, or remove it.") from err
     # convert("RGB") would clip these modes at 255 (a 16-bit image turns white): scale instead
     grey = _unit_range(values, mode, path)
     return np.repeat(grey[..., None], 3, axis=-1)

@@ -334,6 +334,8 @@ REFUSALS = {
     "empty label": (["--texts", "{table}", "--text-column", "text", "--label-column", "label"],
                     ["Row 3", "'label'", "fill it in"]),
     "column of a txt": (["--texts", "{two}", "--label-column", "y"], ["--label-column", ".txt file"]),
+    "txt queries for a table": (["--texts", "{table}", "--text-column", "text", "--queries", "{two}"],
+                                ["--queries", "is a .txt file", "same columns"]),
     "missing queries file": (["--texts", "{two}", "--queries", "{empty}/q.txt"], ["--queries", "no such file"]),
     "text model not a folder": (["--texts", "{two}", "--model", "sentence-transformers/all-MiniLM-L6-v2"],
                                 ["no local folder", "not downloaded"]),
@@ -526,3 +528,11 @@ def test_texts_longer_than_the_model_reads_are_named(tiny_model_folder, tmp_path
                  "-o", str(tmp_path / "n.png")]) == 0
     err = capsys.readouterr().err
     assert "note: 1 of the 4 texts are longer than the model's 64 tokens" in err, err
+
+
+def test_neighbors_of_the_only_item_says_there_is_nothing_else(tmp_path, no_work, capsys):
+    query = tmp_path / "photos" / "only.png"
+    _save(np.zeros((9, 9, 3), np.uint8), str(query))
+    assert main(["neighbors", str(query), "--images", str(tmp_path / "photos"), "-o", str(tmp_path / "n.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds no item besides the query itself" in err and "\n" not in err and no_work == []

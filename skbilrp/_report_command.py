@@ -128,6 +128,12 @@ def _report_user_data(args: argparse.Namespace, start: float) -> int:
         train, queries = _held_out(data, _test_size(args.test_size, len(data)))
     else:
         train = data
+        same = {os.path.realpath(p) if images else p for p in data.items}
+        shared = sum((os.path.realpath(q) if images else q) in same for q in queries.items)
+        if shared:
+            queries.notes.append(f"{shared} of the {len(queries)} queries are also among the training "
+                                 f"{'images' if images else 'texts'}: each is its own nearest neighbour "
+                                 "(similarity 1); give queries held out of --" + ("images" if images else "texts"))
     if images:
         # the last check (memory; a model of your own is built): a refusal stays one line, before the notes
         network, rules = build_image_model(spec, size, patch)

@@ -347,9 +347,10 @@ def _read_table(path: str, content: str, delimiter: str, text_column: Optional[s
         if name not in header:
             raise ValueError(f"{flag} {name!r} is no column of {what} {path!r}; its columns are {columns}.")
         index[flag] = header.index(name)
-    texts, labels = [], []
+    texts, labels, blank = [], [], 0
     for line, row in enumerate(rows[1:], start=2):  # numbered as a spreadsheet shows them
         if not _filled(row):
+            blank += 1
             continue
         if len(row) > len(header) and _filled(row[len(header):]):  # cells past the header's: an unquoted separator
             sep = "tab" if delimiter == chr(9) else "comma"
@@ -365,4 +366,5 @@ def _read_table(path: str, content: str, delimiter: str, text_column: Optional[s
             labels.append(row[index["--label-column"]].strip())
     if not texts:
         raise ValueError(f"{what} {path!r} has a header but no rows; add one text per row.")
-    return Dataset(texts, np.array(labels) if labels else None, "texts")
+    notes = [f"skipped {blank} blank rows of {path!r}"] if blank else []
+    return Dataset(texts, np.array(labels) if labels else None, "texts", notes)

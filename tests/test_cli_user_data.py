@@ -478,6 +478,10 @@ def test_tables_keep_quoted_separators_and_skip_a_byte_order_mark(tmp_path):
     path.write_bytes('\ufefftext,label\n"Hello, world",greeting\n"Two\nlines",other\n'.encode("utf-8"))
     data = read_texts(str(path), "text", "label")
     assert data.items == ["Hello, world", "Two\nlines"] and list(data.labels) == ["greeting", "other"]
+    assert data.notes == []
+    path.write_text("text,label\na,x\n\n,\nb,y\n", encoding="utf-8")  # a blank line, a row of empty cells
+    data = read_texts(str(path), "text", "label")
+    assert data.items == ["a", "b"] and data.notes == [f"skipped 2 blank rows of {str(path)!r}"]
 
 
 def test_a_labels_file_replaces_the_subfolder_names(tmp_path):
@@ -536,3 +540,13 @@ def test_neighbors_of_the_only_item_says_there_is_nothing_else(tmp_path, no_work
     assert main(["neighbors", str(query), "--images", str(tmp_path / "photos"), "-o", str(tmp_path / "n.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert "holds no item besides the query itself" in err and "\n" not in err and no_work == []
+
+
+def test_queries_that_are_training_samples_are_named(tiny_model_folder, tmp_path, capsys):
+    folder, _ = tiny_model_folder
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a cat sat on the mat\nstocks fell\nthe dog ran\n", encoding="utf-8")
+    assert main(["report", "--texts", str(texts), "--queries", str(texts), "--model", str(folder), "--no-audit",
+                 "--max-entries", "1", "--n-queries", "1", "--neighbors", "1", "-o", str(tmp_path / "r.html")]) == 0
+    err = capsys.readouterr().err
+    assert "note: 3 of the 3 queries are also among the training texts: each is its own nearest neighbour" in err

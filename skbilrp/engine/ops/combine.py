@@ -53,15 +53,16 @@ def spread_flat(cells, const, flow: torch.Tensor, out: torch.Tensor, node=None) 
     token axis, found in the graph (the axes whose symbolic size is the input's token
     count: per-head values ``(N, H, T, d)`` included), and attention logits ``(N, H, T,
     T)`` on their key's token (:func:`spread_on_keys`), so that padding, on which the
-    output does not depend, takes none of it; a unit without a token axis spreads over
-    all real tokens."""
+    output does not depend, takes none of it. A unit of four or more axes without a token
+    axis spreads over all real tokens; one of fewer axes over the region its grid maps to
+    (:meth:`~..cells.InputCells.coverage`)."""
     if cells.channel_axis is not None and cells.probe.dim() == 3:
         axes = _token_axes(node, cells.token_size)
-        if axes is not None:
-            full = torch.as_tensor(const).expand(out.shape)
-            return spread_on_keys(cells, full, axes[-1]) if axes else cells.spread(full)
-        if out.dim() >= 4:  # a graph of fixed sizes: attention logits have the keys last
-            return spread_on_keys(cells, torch.as_tensor(const).expand(out.shape), out.dim() - 1)
+        full = torch.as_tensor(const).expand(out.shape)
+        if axes:
+            return spread_on_keys(cells, full, axes[-1])
+        if out.dim() >= 4:  # no token axis; or a graph of fixed sizes, where logits have the keys last
+            return cells.spread(full) if axes == () else spread_on_keys(cells, full, out.dim() - 1)
     return const * cells.coverage(_full(flow, out), out.dim() >= 4)
 
 

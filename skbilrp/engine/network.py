@@ -410,8 +410,9 @@ class ExportedNetwork:
         rec = ExportedRecording(self, prog, x, out, states, constants)
         rec.max_numel, rec.total_numel = max(numels), sum(numels)
         mask = context.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and x.dim() == 3 and tuple(mask.shape) == tuple(x.shape[:2]):
-            rec.real = mask != 0  # Hugging Face's padding mask: the tokens the output can depend on
+        if (isinstance(mask, torch.Tensor) and x.dim() == 3 and tuple(mask.shape) == tuple(x.shape[:2])
+                and bool(((mask == 0) | (mask == 1)).all()) and bool(mask.any(1).all())):
+            rec.real = mask != 0  # Hugging Face's padding mask (ones and zeros): the tokens the output depends on
         return rec
 
 

@@ -103,16 +103,50 @@ class ProbeCells(InputCells):
         #: the token count of a token input as the graph writes it (a SymInt), or None
         self.token_size = None
 
-    def coverage(self, like: torch.Tensor, channels_first: bool) -> torch.Tensor:  # type: ignore[override]
+    def coverage(self, like: torch.Tensor, channels_first: bool,  # type: ignore[override]
+                 node: Optional[torch.fx.Node] = None) -> torch.Tensor:
+        """Coverage broadcastable to a flow ``like`` ``(K, N, ...)`` of ``node``'s value. On
+        a token input, units on a token axis of the value (:meth:`token_axes`, per-head
+        ``(N, H, T, d)`` included) are covered by the probes of their token."""
         if like.dim() < 2 or like.shape[1] != self.n:
             raise CellsError(
                 "placing a bias on the input (bias='flat', and under bias='share' the part of a "
                 "bias larger than its inputs' contributions) needs the layer's batch axis first "
                 f"(this layer's output has shape {tuple(like.shape[1:])} for a batch of {self.n}); "
                 "use bias='absorb' for this layer.")
+        axes = self.token_axes(node)
+        if axes:
+            return self.on_tokens(like.dim() - 1, axes[-1])
         meta = torch.empty((self.k * self.n,) + tuple(like.shape[2:]), device="meta")
         cov = super().coverage(meta, channels_first)
         return cov.unflatten(0, (self.k, self.n))
+
+    def token_axes(self, node: Optional[torch.fx.Node]) -> Optional[tuple]:
+        """The axes of ``node``'s value (batch first) whose size the graph writes as the
+        token count of the input, ``()`` for none; None where the graph does not say (no
+        token input; a token count fixed in the graph that more than one axis, or none,
+        matches)."""
+        size = self.token_size
+        val = None if node is None else node.meta.get("val")
+        if size is None or not isinstance(val, torch.Tensor):
+            return None
+        if not isinstance(size, torch.SymInt) or size.node.expr.is_number:
+            # the graph fixed the token count: an axis of that size says it only where it is the one
+            fixed = [i for i, n in enumerate(val.shape) if i and not isinstance(n, torch.SymInt) and n == int(size)]
+            return tuple(fixed) if len(fixed) == 1 else None
+        axes = tuple(i for i, n in enumerate(val.shape) if isinstance(n, torch.SymInt) and n.node.expr == size.node.expr)
+        if 0 in axes:
+            raise CellsError(f"a constant joins a relevance-carrying tensor of shape {tuple(val.shape)} whose first "
+                             "axis is the tokens (sequence first), not the batch; use bias='absorb' for this layer")
+        return axes
+
+    def on_tokens(self, ndim: int, dim: int) -> torch.Tensor:
+        """Each probe's share of each token, along axis ``dim`` of a value of ``ndim``
+        axes (batch first): ``(K, N, 1, ..., T, ..., 1)``."""
+        positions = self.probe.mean(1 + self.channel_axis % 2)  # (K*N, T)
+        shape = [self.k, self.n] + [1] * (ndim - 1)
+        shape[1 + dim] = positions.shape[1]
+        return positions.reshape(shape)
 
     def spread(self, const: torch.Tensor) -> torch.Tensor:
         """Flow of a constant with no position on the input (a class token): spread over

@@ -21,7 +21,7 @@ from helpers import indicator_probes
 from torch import nn
 
 from skbilrp import Explainer
-from skbilrp.engine import ExportedNetwork
+from skbilrp.engine import ExportedNetwork, UnsupportedModelError
 from skbilrp.rules import Zero
 
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -146,37 +146,118 @@ def test_vision_transformers_conserve_under_share(name, attention):
 
 class PerHeadBias(nn.Module):
     """Tokens ``(N, T, D)`` through a bias-free Linear, a constant added in another layout
-    (per head ``(N, H, T, d)`` as DeBERTa adds its value bias, or channels first ``(N, D, T)``),
-    then the first token's state: only the first token's constant reaches the output."""
+    (per head ``(N, H, T, d)`` as DeBERTa adds its value bias, the bias of a Linear applied
+    per head, or channels first ``(N, D, T)``), then the first token's state: only the
+    first token's constant reaches the output. ``fixed``: a ``(T, D)`` table of zeros added
+    to the input fixes the token count in the exported graph."""
 
-    def __init__(self, layout: str, heads: int = 2) -> None:
+    def __init__(self, layout: str, fixed: int = 0, heads: int = 2) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.lin, self.layout, self.heads = nn.Linear(D, D, bias=False), layout, heads
-        self.register_buffer("c", torch.randn(D))
+        self.head = nn.Linear(D // heads, D // heads)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.eye(D // heads))
+        self.register_buffer("c", self.head.bias.detach().repeat(heads))
+        self.register_buffer("table", torch.zeros(fixed, D) if fixed else None)
 
     def forward(self, x):
-        h = self.lin(x)
+        h = self.lin(x if self.table is None else x + self.table)
         n, t, _ = h.shape
-        if self.layout == "heads":
-            split = h.view(n, t, self.heads, D // self.heads).transpose(1, 2)
-            h = (split + self.c.view(self.heads, 1, D // self.heads)).transpose(1, 2).reshape(n, t, D)
-        else:
-            h = (h.transpose(1, 2) + self.c[:, None]).transpose(1, 2)
-        return h[:, 0]
+        if self.layout == "channels-first":
+            return (h.transpose(1, 2) + self.c[:, None]).transpose(1, 2)[:, 0]
+        split = h.view(n, t, self.heads, D // self.heads).transpose(1, 2)
+        split = self.head(split) if self.layout == "heads-linear" else split + self.c.view(self.heads, 1, -1)
+        return split.transpose(1, 2).reshape(n, t, D)[:, 0]
 
 
+@pytest.mark.parametrize("fixed", [False, True], ids=["symbolic", "fixed"])
 @pytest.mark.parametrize("tokens", [5, D // 2])  # D // 2: the token count equals the head size
-@pytest.mark.parametrize("layout", ["heads", "channels-first"])
-def test_a_constant_in_another_layout_stays_on_its_token(layout, tokens):
+@pytest.mark.parametrize("layout", ["heads", "heads-linear", "channels-first"])
+def test_a_constant_in_another_layout_stays_on_its_token(layout, tokens, fixed):
     """Hand-computed: under bias="flat" the output's relevance is the first token's
     contribution plus the whole constant, all on the first token; nothing on the others.
     (Before the token axis was read from the graph, the constant was spread over every
     token, or, where the token count equals the head size, put on the token of its
-    head-dimension index.)"""
-    model = PerHeadBias(layout).double()
+    head-dimension index.) Where the graph fixes the token count and it equals the head
+    size, the axis cannot be told: the test then only checks conservation."""
+    model = PerHeadBias(layout, tokens if fixed else 0).double()
     x = torch.randn(2, tokens, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     rel = Explainer(model, rules="zero-flat", channel_axis=-1, mode="forward").relevance(x)
+    torch.testing.assert_close(rel.relevance.sum(-1), rel.features, rtol=0, atol=1e-12)
+    if fixed and layout != "channels-first" and tokens == D // 2:
+        return
     expected = torch.zeros(2, D, tokens, dtype=torch.float64)
     expected[:, :, 0] = model.lin(x[:, 0]).detach() + model.c
     torch.testing.assert_close(rel.relevance, expected, rtol=0, atol=1e-12)
+
+
+def test_a_constant_on_a_sequence_first_tensor_is_refused():
+    """``(T, N, D)``: its first axis is the tokens; a batch of 3 and 3 tokens made it look
+    batch-first by size, and the constant was spread evenly instead of refused."""
+
+    class SequenceFirst(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(D, D, bias=False)
+            self.register_buffer("c", torch.randn(D))
+
+        def forward(self, x):
+            return (self.lin(x).transpose(0, 1) + self.c).transpose(0, 1)[:, 0]
+
+    x = torch.randn(3, 3, D, dtype=torch.float64)
+    with pytest.raises(UnsupportedModelError, match="first axis is the tokens.*bias='absorb'"):
+        Explainer(SequenceFirst().double(), rules="zero-flat", channel_axis=-1).relevance(x)
+
+
+class MaskedWhole(nn.Module):
+    """Attention whose padded queries are masked whole by an additive mask of the lowest
+    float (their softmax is uniform: a constant), read at a padded query."""
+
+    def __init__(self, sdpa: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.q, self.k, self.v = (nn.Linear(D, D, bias=False) for _ in range(3))
+        self.sdpa = sdpa
+
+    def forward(self, x, attention_mask):
+        m = attention_mask.to(x.dtype)
+        add = (1 - m[:, None, :, None] * m[:, None, None, :]) * torch.finfo(x.dtype).min
+        q, k, v = self.q(x)[:, None], self.k(x)[:, None], self.v(x)[:, None]
+        if self.sdpa:
+            out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=add)
+        else:
+            out = (q @ k.transpose(-1, -2) / D ** 0.5 + add).softmax(-1) @ v
+        return out[:, 0, -1]
+
+
+class EmptyMaskPooled(nn.Module):
+    """Masked mean pooling (clamped, as sentence-transformers pools) then a Dense bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(D, D, bias=False), nn.Linear(D, 3)
+
+    def forward(self, x, attention_mask):
+        m = attention_mask[..., None].to(x.dtype)
+        return self.b((self.a(x) * m).sum(1) / m.sum(1).clamp(min=1e-9))
+
+
+@pytest.mark.parametrize("rules", ["zero-flat", "zero-share"])
+@pytest.mark.parametrize("model", [MaskedWhole(False), MaskedWhole(True), EmptyMaskPooled()],
+                         ids=["eager-masked-row", "sdpa-masked-row", "empty-mask-row"])
+def test_conserves_where_the_mask_leaves_a_row_or_a_sample_empty(model, rules):
+    """Conservation (relevance over tokens sums to the features) and forward = reverse:
+    a query row masked whole under AttnLRP (its flow used to pass through the uniform
+    softmax), and a sample whose attention_mask is all zeros (its Dense bias had no real
+    token to go to and was lost)."""
+    x = torch.randn(2, 5, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]] if isinstance(model, MaskedWhole)
+                        else [[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]])
+    runs = {mode: Explainer(model.double(), rules=rules, channel_axis=-1, mode=mode, attention="attnlrp")
+            .relevance(x, {"attention_mask": mask}) for mode in ("forward", "reverse")}
+    rel = runs["forward"]
+    tol = 1e-12 * float(rel.features.abs().max())
+    torch.testing.assert_close(rel.relevance.sum(-1), rel.features, rtol=0, atol=tol)
+    torch.testing.assert_close(runs["reverse"].relevance, rel.relevance, rtol=0, atol=tol)

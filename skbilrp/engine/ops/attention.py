@@ -62,7 +62,8 @@ class SoftmaxRule:
         # masked: no contribution, no inf (a row masked whole, as DeBERTa masks padded
         # queries, has uniform probabilities over logits of the dtype's lowest value)
         masked = is_masking(z)
-        z = torch.where((s == 0) | masked if masked is not None else s == 0, torch.zeros_like(s), z)
+        dead = (s == 0) | masked if masked is not None else s == 0
+        z = torch.where(dead, torch.zeros_like(s), z)
         bias = None
         if self.mode != "absorb":
             jz = s * (z - (s * z).sum(dim, keepdim=True))
@@ -72,12 +73,12 @@ class SoftmaxRule:
                 share, remainder = bounded_share(bias, size)
                 coef = share * s
                 bias = (coef, coef * (1 - 2 * s), torch.sign(z), remainder)
-        return s, dim, bias
+        return s, dim, bias, dead
 
     def push(self, state: tuple, u: torch.Tensor, cells) -> torch.Tensor:
-        s, dim, bias = state
+        s, dim, bias, dead = state
         dim = dim + 1  # the flow's probe axis
-        u = torch.where(s == 0, torch.zeros_like(u), u)
+        u = torch.where(dead, torch.zeros_like(u), u)  # masked logits pass nothing
         out = s * (u - (s * u).sum(dim, keepdim=True))
         if self.mode == "share":
             coef, coef_diag, sign, remainder = bias

@@ -49,30 +49,14 @@ class BiasLike(RelevanceOp):
 
 def spread_flat(cells, const, flow: torch.Tensor, out: torch.Tensor, node=None) -> torch.Tensor:
     """The flow of a constant added to a carrying tensor under ``bias="flat"``: over the
-    input region under each unit. On a token input, each unit sits on the token of its
-    token axis, found in the graph (the axes whose symbolic size is the input's token
-    count: per-head values ``(N, H, T, d)`` included), and attention logits ``(N, H, T,
-    T)`` on their key's token (:func:`spread_on_keys`), so that padding, on which the
-    output does not depend, takes none of it. A unit of four or more axes without a token
-    axis spreads over all real tokens; one of fewer axes over the region its grid maps to
-    (:meth:`~..cells.InputCells.coverage`)."""
-    if cells.channel_axis is not None and cells.probe.dim() == 3:
-        axes = _token_axes(node, cells.token_size)
-        full = torch.as_tensor(const).expand(out.shape)
-        if axes:
-            return spread_on_keys(cells, full, axes[-1])
-        if out.dim() >= 4:  # no token axis; or a graph of fixed sizes, where logits have the keys last
-            return cells.spread(full) if axes == () else spread_on_keys(cells, full, out.dim() - 1)
-    return const * cells.coverage(_full(flow, out), out.dim() >= 4)
-
-
-def _token_axes(node, token_size) -> "tuple | None":
-    """The axes of ``node``'s value whose size is the symbolic token count of the input,
-    or None where the graph does not say (fixed sizes)."""
-    val = None if node is None else node.meta.get("val")
-    if not isinstance(token_size, torch.SymInt) or not isinstance(val, torch.Tensor):
-        return None
-    return tuple(i for i, n in enumerate(val.shape) if isinstance(n, torch.SymInt) and n.node.expr == token_size.node.expr)
+    input region under each unit (:meth:`~..cells.ProbeCells.coverage`: on a token input
+    the token the graph puts the unit on, the key of attention logits ``(N, H, T, T)``,
+    so that padding, on which the output does not depend, takes none of it). Where the
+    graph fixes the token count, logits of four or more axes have their keys last."""
+    tokens = cells.channel_axis is not None and cells.probe.dim() == 3
+    if tokens and out.dim() >= 4 and cells.token_axes(node) is None:
+        return spread_on_keys(cells, torch.as_tensor(const).expand(out.shape), out.dim() - 1)
+    return const * cells.coverage(_full(flow, out), out.dim() >= 4, node)
 
 
 def spread_on_keys(cells, const: torch.Tensor, dim: int) -> torch.Tensor:
@@ -85,12 +69,8 @@ def spread_on_keys(cells, const: torch.Tensor, dim: int) -> torch.Tensor:
     probe = cells.probe
     if cells.channel_axis is None or probe.dim() != 3 or dim == 0:
         return cells.spread(const)
-    positions = probe.mean(1 + cells.channel_axis % 2)  # (K*N, T): each probe's share of each token
-    if positions.shape[1] != const.shape[dim]:
-        return cells.spread(const)
-    shape = [cells.k, cells.n] + [1] * (const.dim() - 1)
-    shape[1 + dim] = const.shape[dim]
-    return const * positions.reshape(shape)
+    tokens = probe.shape[1] if cells.channel_axis % 2 else probe.shape[2]  # (K*N, T, D) or (K*N, D, T)
+    return cells.spread(const) if tokens != const.shape[dim] else const * cells.on_tokens(const.dim(), dim)
 
 
 def shared_ratio(a: torch.Tensor, c: torch.Tensor, masking: "torch.Tensor | None" = None) -> tuple:
@@ -226,10 +206,10 @@ class BatchNorm(BiasLike):
         if self.mode == "share":
             ratio, rest = shared_ratio(s * x, t)
             shared = scaled * ratio
-            return (shared if rest is None else shared + rest * cells.coverage(shared, True), None, None)
+            return (shared if rest is None else shared + rest * cells.coverage(shared, True, self.node), None, None)
         if self.mode == "absorb":
             return (scaled, None, None)
-        return (scaled + t * cells.coverage(scaled, True), None, None)
+        return (scaled + t * cells.coverage(scaled, True, self.node), None, None)
 
 
 @relevance_op(aten.masked_fill.Scalar, aten.masked_fill.Tensor, aten.where.self)

@@ -60,9 +60,9 @@ class Centred(RelevanceOp):
 
     def finish(self, out, state, b, channels_first, cells):
         if state["share"] is None and self.rule.bias == "flat" and b is not None:
-            out = out + b * cells.coverage(out, channels_first=channels_first)
+            out = out + b * cells.coverage(out, channels_first, self.node)
         elif state["share"] is not None and state["remainder"] is not None:
-            out = out + state["remainder"].reshape(out.shape[1:]) * cells.coverage(out, channels_first=channels_first)
+            out = out + state["remainder"].reshape(out.shape[1:]) * cells.coverage(out, channels_first, self.node)
         return out if state["scale"] is None else out * state["scale"]
 
 

@@ -141,9 +141,9 @@ class Weighted(RelevanceOp):
             if state.share is not None:
                 out.addcmul_(self._apply_flow(flow * state.sign, extra["w_abs"], conf), state.share)
                 if state.remainder is not None:
-                    out.addcmul_(state.remainder, cells.coverage(out, self.channels_first))
+                    out.addcmul_(state.remainder, cells.coverage(out, self.channels_first, self.node))
             elif self.rule.bias == "flat" and has_bias:
-                out.addcmul_(extra["bias_grid"], cells.coverage(out, self.channels_first))
+                out.addcmul_(extra["bias_grid"], cells.coverage(out, self.channels_first, self.node))
         if state.scale is not None:
             out.mul_(state.scale)
         return out

@@ -143,7 +143,10 @@ class ProbeCells(InputCells):
     def on_tokens(self, ndim: int, dim: int) -> torch.Tensor:
         """Each probe's share of each token, along axis ``dim`` of a value of ``ndim``
         axes (batch first): ``(K, N, 1, ..., T, ..., 1)``."""
-        positions = self.probe.mean(1 + self.channel_axis % 2)  # (K*N, T)
+        axis = self.channel_axis % 2
+        if axis not in self._positions:  # shared with the grid coverage of InputCells
+            self._positions[axis] = self.probe.mean(1 + axis)[:, None]
+        positions = self._positions[axis][:, 0]  # (K*N, T)
         shape = [self.k, self.n] + [1] * (ndim - 1)
         shape[1 + dim] = positions.shape[1]
         return positions.reshape(shape)

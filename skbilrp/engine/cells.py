@@ -3,7 +3,7 @@ bias over. Plus the one division the operators share."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -65,22 +65,27 @@ class InputCells:
     def _pool(self, grid: tuple, axis: int) -> torch.Tensor:
         p = self.probe
         if not 1 <= len(grid) <= 3 or p.dim() != len(grid) + 2:
-            return self._whole(p.flatten(1)).reshape((-1,) + (1,) * len(grid))
-        if axis not in self._positions:
-            self._positions[axis] = p.mean(1 + axis)[:, None]  # (K*N, 1, *positions)
-        positions = self._positions[axis]
+            return self._whole().reshape((-1,) + (1,) * len(grid))
+        positions = self._per_position(axis)
         if tuple(positions.shape[2:]) == grid:
             return positions[:, 0]
         pool = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[len(grid) - 1]
         return pool(positions, grid)[:, 0]
 
-    def _whole(self, flat: torch.Tensor) -> torch.Tensor:
-        """Each probe's share of the whole input (its real positions): ``flat`` is the
-        probe ``(K*N, numel)``."""
+    def _per_position(self, axis: int) -> torch.Tensor:
+        """The probe averaged over the input's channel axis ``axis``: ``(K*N, 1, *positions)``,
+        computed once."""
+        if axis not in self._positions:
+            self._positions[axis] = self.probe.mean(1 + axis)[:, None]
+        return self._positions[axis]
+
+    def _whole(self) -> torch.Tensor:
+        """Each probe's share of the whole input (of its real positions where ``real``
+        marks them): ``(K*N,)``."""
         if self.real is None:
-            return flat.mean(1)
-        per_token = flat.reshape(flat.shape[0], self.real.shape[1], -1).mean(2)  # (K*N, T)
-        real = self.real.to(flat.dtype)
+            return self.probe.flatten(1).mean(1)
+        per_token = self._per_position(1)[:, 0]  # (K*N, T): real is set for (T, D) samples only
+        real = self.real.to(per_token.dtype)
         return safe_divide((per_token * real).sum(1), real.sum(1))
 
 
@@ -93,15 +98,15 @@ class ProbeCells(InputCells):
     coverage of a flow ``(K, N, ...)`` (the batch axis right after the probe axis)."""
 
     def __init__(self, probe: torch.Tensor, channel_axis: Optional[int] = None,
-                 real: Optional[torch.Tensor] = None) -> None:
-        """``real``: ``(N, T)``, the real token positions of each sample (see InputCells)."""
+                 real: Optional[torch.Tensor] = None, token_size: Any = None) -> None:
+        """``real``: ``(N, T)``, the real token positions of each sample (see InputCells);
+        ``token_size``: the token count of a token input as the graph writes it (a SymInt)."""
         k = probe.shape[0]
         super().__init__(probe.flatten(0, 1), channel_axis, None if real is None else real.repeat(k, 1))
         self.k, self.n = probe.shape[:2]
         #: whether image probes may be pushed on their crops (see :mod:`.windows`)
         self.windows = True
-        #: the token count of a token input as the graph writes it (a SymInt), or None
-        self.token_size = None
+        self.token_size = token_size
 
     def coverage(self, like: torch.Tensor, channels_first: bool,  # type: ignore[override]
                  node: Optional[torch.fx.Node] = None) -> torch.Tensor:
@@ -143,10 +148,7 @@ class ProbeCells(InputCells):
     def on_tokens(self, ndim: int, dim: int) -> torch.Tensor:
         """Each probe's share of each token, along axis ``dim`` of a value of ``ndim``
         axes (batch first): ``(K, N, 1, ..., T, ..., 1)``."""
-        axis = self.channel_axis % 2
-        if axis not in self._positions:  # shared with the grid coverage of InputCells
-            self._positions[axis] = self.probe.mean(1 + axis)[:, None]
-        positions = self._positions[axis][:, 0]  # (K*N, T)
+        positions = self._per_position(self.channel_axis % 2)[:, 0]  # (K*N, T)
         shape = [self.k, self.n] + [1] * (ndim - 1)
         shape[1 + dim] = positions.shape[1]
         return positions.reshape(shape)
@@ -158,5 +160,5 @@ class ProbeCells(InputCells):
             raise CellsError(
                 f"a constant of shape {tuple(const.shape)} joins a relevance-carrying tensor "
                 f"away from its batch axis (batch of {self.n}); use bias='absorb'.")
-        share = self._whole(self.probe.flatten(1)).reshape(self.k, self.n)
+        share = self._whole().reshape(self.k, self.n)
         return const * share.reshape(share.shape + (1,) * (const.dim() - 1))

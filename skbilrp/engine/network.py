@@ -487,10 +487,11 @@ class ExportedRecording:
         flows: dict[fx.Node, Any] = {}
         probe = probe.reshape((-1,) + tuple(self.x.shape))  # (K, N, ...): see ops' layout
         tokens = self.real is not None and channel_axis is not None and channel_axis % 2 == 1
-        cells = ProbeCells(probe, channel_axis, self.real if tokens else None)
-        if self.x.dim() == 3 and channel_axis is not None:  # (N, T, D) or (N, D, T): the graph's T
-            val = prog.input_node.meta.get("val")
-            cells.token_size = None if val is None else val.shape[1 if channel_axis % 2 == 1 else 2]
+        val = prog.input_node.meta.get("val")
+        size = None  # the graph's T of an input (N, T, D) or (N, D, T)
+        if self.x.dim() == 3 and channel_axis is not None and val is not None:
+            size = val.shape[1 if channel_axis % 2 == 1 else 2]
+        cells = ProbeCells(probe, channel_axis, self.real if tokens else None, size)
         cells.windows = windows
         cropped = False  # whether a WindowFlow is about: only then do flows need making dense
         const = self.constants

@@ -29,8 +29,8 @@ __all__ = [
 ]
 
 
-BiasMode = Literal["absorb", "share", "flat"]
-BIAS_MODES = ("absorb", "share", "flat")
+BiasMode = Literal["absorb", "share", "mass", "flat"]
+BIAS_MODES = ("absorb", "share", "mass", "flat")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Rule:
 
     Parameters
     ----------
-    bias : {"absorb", "share", "flat"}, default="absorb", keyword-only
+    bias : {"absorb", "share", "mass", "flat"}, default="absorb", keyword-only
         What happens to the bias's part ``rho(b_k) / z_k^rho R_k`` of a unit's
         relevance.
 
@@ -58,13 +58,20 @@ class Rule:
           contributions keep the rule's own denominators (a bias-free ``z_k - b_k``
           can be near zero where ``z_k`` is not). Costs a second pass through the
           layer with ``|rho(W)|`` per probe, and a flat term where a bias exceeds.
+        - ``"mass"``: as ``"share"``, in proportion to the sizes of the inputs a unit
+          reads, ``s_k |a_j|`` with ``s_k = rho(b_k) / max(sum_j |a_j|, |rho(b_k)|)``
+          over the inputs ``j`` that the layer connects to unit ``k`` (all features of
+          a Linear; a convolution's window over its group's channels; a norm layer's
+          group; the logits of a softmax row under AttnLRP). A unit that reads one
+          input (a constant add) treats it as ``"share"`` does. No second pass through
+          the weights: a sum over each unit's inputs, one channel per group.
         - ``"flat"``: it goes straight to the model input, spread evenly over the
           region under the unit: the input positions that the layer's grid maps onto
           the unit's position (all of the input for units without position, such as
           those after global pooling). Costs one average pooling of the probe per
           layer grid.
 
-        With ``"share"`` or ``"flat"`` the layer conserves relevance.
+        With ``"share"``, ``"mass"`` or ``"flat"`` the layer conserves relevance.
 
     Notes
     -----
@@ -181,7 +188,7 @@ class ZBox(Rule):
     ----------
     low, high : float or torch.Tensor
         Lower and upper bound of the layer input.
-    bias : {"absorb", "share", "flat"}, keyword-only
+    bias : {"absorb", "share", "mass", "flat"}, keyword-only
         Has no effect: z^B leaves the bias out and always passes on all relevance.
     """
 
@@ -312,6 +319,8 @@ PRESETS: dict[str, Callable[[nn.Module], Mapping]] = {
     "zero": lambda model: {WEIGHTED: Zero()},
     # LRP-0 on every layer that takes a rule, the biases passing their share on
     "zero-share": lambda model: {rule_targets(): Zero(bias="share")},
+    # the same, the biases passed on in proportion to their units' input sizes: one pass per Linear
+    "zero-mass": lambda model: {rule_targets(): Zero(bias="mass")},
     "zero-flat": lambda model: {rule_targets(): Zero(bias="flat")},
     "epsilon": lambda model: {WEIGHTED: Epsilon()},
     "gamma": lambda model: {(nn.Conv1d, nn.Conv2d): Gamma(), nn.Linear: Epsilon()},

@@ -1,9 +1,10 @@
-"""``Rule(bias="share" | "flat")``: the biases' part of the relevance is passed on.
+"""``Rule(bias="share" | "mass" | "flat")``: the biases' part of the relevance is passed on.
 
 Oracles, none of which use skbilrp's relevance code:
 
 * a hand-computed single layer with a signed input, and one where a bias exceeds the
-  sizes of the contributions (the share is bounded, the rest spread flat);
+  sizes of the contributions (or, under "mass", of the inputs: the share is bounded,
+  the rest spread flat);
 * an LRP written out with explicit ``(out, in)`` contribution matrices, layer by layer,
   for an MLP and for a CNN (each conv turned into its dense matrix first);
 * the O(n²) contribution matrix of a LayerNorm against the engine's O(n) flow of
@@ -16,6 +17,7 @@ Oracles, none of which use skbilrp's relevance code:
 
 from __future__ import annotations
 
+import copy
 from fractions import Fraction as Fr
 
 import numpy as np
@@ -85,6 +87,34 @@ def test_shared_bias_matches_hand_computation(rule, expected, conserves, mode):
         assert [sum(row) for row in expected] == [1, Fr(-1, 4)]
 
 
+# bias="mass" passes b_k on in proportion to the input sizes |x_j| (every input of a
+# Linear reaches every unit), s_k = b_k / max(sum_j |x_j|, |b_k|). x = (1/2, -1): sizes
+# (1/2, 1), sum 3/2.
+# z_0 = 1: contributions (1, -1), s_0 = 1 / (3/2) = 2/3: (1 + 1/3, -1 + 2/3) = (4/3, -1/3).
+# z_1 = -1/4: contributions (1/2, -1/2), s_1 = (-1/4) / (3/2) = -1/6:
+#      (1/2 - 1/12, -1/2 - 1/6) = (5/12, -2/3).
+MASS_ZERO = [[Fr(4, 3), Fr(-1, 3)], [Fr(5, 12), Fr(-2, 3)]]
+# bounded: x = (1/4, -1/4), sizes (1/4, 1/4), sum 1/2.
+# z_0 = 5/4: contributions (1/2, -1/4), |b_0| = 1 > 1/2: s_0 = 1, each input takes 1/4,
+#      the rest 1 - 1/2 spread flat (1/4 each): (1/2 + 1/2, -1/4 + 1/2) = (1, 1/4).
+# z_1 = -1/8: contributions (1/4, -1/8), s_1 = (-1/4) / (1/2) = -1/2, each takes -1/8:
+#      (1/8, -1/4).
+BOUNDED_MASS = [[Fr(1), Fr(1, 4)], [Fr(1, 8), Fr(-1, 4)]]
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+@pytest.mark.parametrize("x, expected", [((0.5, -1.0), MASS_ZERO), ((0.25, -0.25), BOUNDED_MASS)],
+                         ids=["within", "bounded"])
+def test_mass_matches_hand_computation(x, expected, mode):
+    ex = Explainer(one_layer(), rules=Zero(bias="mass"), channel_axis=None, mode=mode, dtype=torch.float64)
+    out = ex.relevance(torch.tensor([x]))
+    expected_f = np.array([[float(v) for v in row] for row in expected])
+    np.testing.assert_allclose(out.relevance[0].numpy(), expected_f, rtol=1e-12, atol=1e-15)
+    w, b = [[2, 1], [1, Fr(1, 2)]], [1, Fr(-1, 4)]  # guards the arithmetic: rows sum to z
+    z = [sum(wi * Fr(xi) for wi, xi in zip(row, x)) + bi for row, bi in zip(w, b)]
+    assert [sum(row) for row in expected] == z
+
+
 @pytest.mark.parametrize("mode", ["forward", "reverse"])
 @pytest.mark.parametrize("bias, expected", [("flat", FLAT_ZERO), ("share", SHARE_ZERO_2)])
 def test_flat_and_share_differ_as_computed_by_hand(bias, expected, mode):
@@ -144,6 +174,14 @@ def _dense(layer: nn.Module, in_shape: tuple) -> tuple[torch.Tensor, torch.Tenso
     return w, b
 
 
+def _connected(layer: nn.Module, in_shape: tuple) -> torch.Tensor:
+    """``(out, in)``: 1 where the layer connects an input to a unit, whatever the weight."""
+    ones = copy.deepcopy(layer)
+    with torch.no_grad():
+        ones.weight.fill_(1.0)
+    return (_dense(ones, in_shape)[0] != 0).to(torch.float64)
+
+
 def _cells(out_shape: tuple, in_shape: tuple) -> torch.Tensor:
     """``(units, inputs)``: each unit's share of every model input under ``bias="flat"``.
 
@@ -181,7 +219,7 @@ def _lrp_by_matrices(model: nn.Sequential, x: torch.Tensor, rule_of: dict,
             out_shape = tuple(layer(torch.zeros(1, *shape, dtype=torch.float64)).shape[1:])
             if isinstance(layer, (nn.Linear, nn.Conv2d)):
                 w, b = _dense(layer, shape)
-                steps.append((name, w, b, a, _cells(out_shape, model_input)))
+                steps.append((name, w, b, a, _cells(out_shape, model_input), _connected(layer, shape)))
                 a = w @ a + b
             elif isinstance(layer, nn.ReLU):
                 a = a.clamp(min=0)
@@ -190,7 +228,7 @@ def _lrp_by_matrices(model: nn.Sequential, x: torch.Tensor, rule_of: dict,
     relevance = torch.diag(acts[-1])  # R for feature m starts as phi_m at unit m
     direct = torch.zeros(len(relevance), int(np.prod(model_input)), dtype=torch.float64)
     over = 0
-    for name, w, b, a, cells in reversed(steps):
+    for name, w, b, a, cells, connected in reversed(steps):
         rule = rule_of[name]
         gamma = rule.gamma if isinstance(rule, Gamma) else 0.0
         w_rho, b_rho = w + gamma * w.clamp(min=0), b + gamma * b.clamp(min=0)
@@ -198,10 +236,11 @@ def _lrp_by_matrices(model: nn.Sequential, x: torch.Tensor, rule_of: dict,
         z_rho = contrib.sum(1) + b_rho
         sign = torch.where(z_rho >= 0, 1.0, -1.0).to(z_rho.dtype)
         den = z_rho + (rule.epsilon * sign if isinstance(rule, Epsilon) else 0)
-        if rule.bias == "share":
-            # each input gets share * |contribution|, share = b / max(sum |contributions|, |b|);
-            # what is left of b (where |b| is larger) goes flat
-            size = contrib.abs()
+        if rule.bias in ("share", "mass"):
+            # each input gets share * |contribution| ("mass": * |input| where the layer
+            # connects it to the unit), share = b / max(sum of sizes, |b|); what is left
+            # of b (where |b| is larger) goes flat
+            size = contrib.abs() if rule.bias == "share" else connected * a.abs()[None, :]
             total = size.sum(1)
             bound = torch.maximum(total, b_rho.abs())
             share = torch.where(bound > 0, b_rho / torch.where(bound > 0, bound, 1.0), 0.0)
@@ -227,6 +266,7 @@ def _with_biases(model: nn.Module) -> nn.Module:
 @pytest.mark.parametrize("mode", ["forward", "reverse"])
 @pytest.mark.parametrize("rule", [
     Zero(bias="share"), Epsilon(0.05, bias="share"), Gamma(0.25, bias="share"),
+    Zero(bias="mass"), Epsilon(0.05, bias="mass"), Gamma(0.25, bias="mass"),
     Zero(bias="flat"), Epsilon(0.05, bias="flat"), Gamma(0.25, bias="flat"), Gamma(0.25),
 ], ids=repr)
 def test_mlp_matches_explicit_matrices(relu_mlp, rule, mode):
@@ -248,7 +288,7 @@ def _cnn() -> nn.Sequential:
 
 
 @pytest.mark.parametrize("mode", ["forward", "reverse"])
-@pytest.mark.parametrize("bias", ["share", "flat"])
+@pytest.mark.parametrize("bias", ["share", "mass", "flat"])
 def test_cnn_matches_explicit_matrices(mode, bias):
     """Dense, strided and depthwise layers, z^B first (it never has a bias share)."""
     model = _cnn()
@@ -265,7 +305,21 @@ def test_cnn_matches_explicit_matrices(mode, bias):
     rel_a1, direct, over = _lrp_by_matrices(upper, a1, {"1": rules["2"], "4": rules["5"]}, model_input=(2, 7, 7))
     expected = rel_a1 @ (terms / terms.sum(1, keepdim=True)).numpy() + direct
     np.testing.assert_allclose(got.relevance[0].reshape(4, -1).numpy(), expected, rtol=1e-9, atol=1e-12)
-    assert bias != "share" or over > 0  # units whose bias exceeds their contributions
+    assert bias == "flat" or over > 0  # units whose bias exceeds their contributions (inputs)
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_mass_of_a_grouped_conv_matches_explicit_matrices(mode):
+    """Two groups of three output channels: each unit's input sizes are summed over its
+    own group's channels in its window (one channel per group, repeated to its units)."""
+    torch.manual_seed(1)
+    model = _with_biases(nn.Sequential(nn.Conv2d(4, 6, 3, padding=1, groups=2), nn.ReLU(),
+                                       nn.Conv2d(6, 6, 2, stride=2, groups=2), nn.ReLU(), nn.Flatten(),
+                                       nn.Linear(6 * 2 * 2, 3)).double().eval())
+    x = torch.rand(1, 4, 5, 5, dtype=torch.float64) * 2 - 1
+    got = Explainer(model, rules=Zero(bias="mass"), channel_axis=None, mode=mode, dtype=torch.float64).relevance(x)
+    relevance, direct, _ = _lrp_by_matrices(model, x, resolve_rules(Zero(bias="mass"), model))
+    np.testing.assert_allclose(got.relevance[0].reshape(3, -1).numpy(), relevance + direct, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("kernel", ["linear", "cosine"])
@@ -342,7 +396,7 @@ def test_flat_share_lands_under_the_unit_in_the_input_layout(mode):
     np.testing.assert_allclose(got.relevance[0].numpy(), np.eye(4), atol=1e-15)
 
 
-@pytest.mark.parametrize("bias", ["share", "flat"])
+@pytest.mark.parametrize("bias", ["share", "mass", "flat"])
 def test_batches_equal_single_samples_and_modes_agree(bias):
     """N = 3 samples, 4 × 4 patch groups (several probes per pass), both modes."""
     model = _cnn()
@@ -376,11 +430,15 @@ def _inverse_std(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("mode", ["forward", "reverse"])
-def test_layer_norm_share_matches_its_contribution_matrix(mode):
+@pytest.mark.parametrize("bias", ["share", "mass"])
+def test_layer_norm_bias_modes_match_their_contribution_matrix(mode, bias):
+    """Under "mass" every input of the token reaches unit k through the mean, the
+    weightless unit too: b_k follows |x_j|, bounded by their sum."""
     n = 6
     ln = _layer_norm(n)
     x = torch.randn(1, 3, n, dtype=torch.float64)  # 3 tokens
-    got = Explainer(ln, rules=Zero(bias="share"), channel_axis=None, mode=mode,
+    x[0, 2] *= 0.05  # a token whose input sizes sum below some |b_k|: the bound in play
+    got = Explainer(ln, rules=Zero(bias=bias), channel_axis=None, mode=mode,
                     dtype=torch.float64).relevance(x)
     expected = np.zeros((3 * n, 3 * n))
     with torch.no_grad():
@@ -389,8 +447,10 @@ def test_layer_norm_share_matches_its_contribution_matrix(mode):
             xt = x[0, t]
             s = ln.weight * _inverse_std(ln, xt[None])[0]
             contrib = s[:, None] * (torch.eye(n, dtype=torch.float64) - 1 / n) * xt[None, :]
-            size = contrib.abs()
+            size = contrib.abs() if bias == "share" else xt.abs()[None, :].expand(n, n)
             total = size.sum(1, keepdim=True)
+            if bias == "mass":
+                assert t < 2 or (ln.bias.abs()[:, None] > total).any()
             # bounded share; the rest (all of b_0 for the weightless unit) evenly on token t
             share = ln.bias[:, None] / torch.maximum(total, ln.bias[:, None].abs())
             shared = contrib + share * size + (ln.bias[:, None] - share * total) / n

@@ -131,7 +131,7 @@ class Masked(nn.Module):
 
 
 @pytest.mark.parametrize("kind", ["additive", "sdpa", "sdpa_float"])
-@pytest.mark.parametrize("bias", ["share", "flat"])
+@pytest.mark.parametrize("bias", ["share", "mass", "flat"])
 def test_attnlrp_softmax_bias_follows_the_bias_mode(kind, bias):
     """Under a bias-passing mode the softmax's bias ``s - J z`` is passed on too, so the
     flows of probes that partition the input sum to the features (conservation); under

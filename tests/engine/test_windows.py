@@ -169,6 +169,22 @@ class _Stem(nn.Module):
         return self.b(torch.relu(self.a(x))).mean((2, 3))
 
 
+class _Grouped(nn.Module):
+    """Convolutions whose groups hold several output channels each (3 groups of 2, 2 of
+    3): under bias="mass" one input size per group serves all of its units."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(2)
+        self.a = nn.Conv2d(3, 6, 3, stride=2, groups=3)
+        self.b = nn.Conv2d(6, 6, 3, padding=1, groups=2)
+        for p in self.parameters():
+            p.data = torch.randn(p.shape, generator=g)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))).mean((2, 3))
+
+
 CASES = {
     "vgg-pool3-zero": lambda: (vgg16(cut="pool3"), "zero", 40, 8),
     "vgg-pool3-zero-share": lambda: (vgg16(cut="pool3"), "zero-share", 40, 8),
@@ -177,11 +193,16 @@ CASES = {
     "vgg-pool2-gamma-uneven-patches": lambda: (vgg16(cut="pool2"), "gamma", (36, 28), 12),
     "mobilenet-preset": lambda: (mobilenet_v2(), None, 64, 16),
     "mobilenet-zero-share": lambda: (mobilenet_v2(), "zero-share", 48, 12),
+    "mobilenet-zero-mass": lambda: (mobilenet_v2(), "zero-mass", 48, 12),
     "efficientnet-preset": lambda: (efficientnet_lite0(), None, 48, 16),
     "odd-strides-zero-share": lambda: (_Odd().double(), "zero-share", (29, 23), 5),
+    "odd-strides-zero-mass": lambda: (_Odd().double(), "zero-mass", (29, 23), 5),
     "odd-strides-epsilon": lambda: (_Odd().double(), "epsilon", (29, 23), 4),
     "stem-zero-flat": lambda: (_Stem().double(), "zero-flat", 30, 5),
     "stem-zero-share": lambda: (_Stem().double(), "zero-share", 30, 5),
+    "stem-zero-mass": lambda: (_Stem().double(), "zero-mass", 30, 5),
+    "grouped-zero-mass": lambda: (_Grouped().double(), "zero-mass", 27, 6),
+    "grouped-zero-share": lambda: (_Grouped().double(), "zero-share", 27, 6),
     "stem-zero": lambda: (_Stem().double(), "zero", 30, 5),
 }
 PRESETS = {"vgg": vgg16_rules, "mobilenet": mobilenet_v2_rules, "efficientnet": efficientnet_lite0_rules}

@@ -50,7 +50,8 @@ class SoftmaxRule:
     ``b = s - J z`` (``z``: the logits) as the bias mode says: absorbed (AttnLRP as
     published); shared with the logits in proportion to their contributions
     ``|J| |z|``, as Linear layers share theirs (bounded, what exceeds the contributions
-    placed as under ``flat``); or, ``flat``, placed on the input
+    placed as under ``flat``); ``mass``, the same in proportion to the logits' sizes
+    ``|z|`` over the row; or, ``flat``, placed on the input
     where its key is (:func:`spread_on_keys`). Probabilities that are exactly zero
     (masked logits: padding, the future of causal attention) pass nothing, their bias
     included, so neither an infinite masked logit nor a share of the bias reaches them."""
@@ -73,6 +74,9 @@ class SoftmaxRule:
                 share, remainder = bounded_share(bias, size)
                 coef = share * s
                 bias = (coef, coef * (1 - 2 * s), torch.sign(z), remainder)
+            elif self.mode == "mass":  # every logit of the row reaches every probability
+                share, remainder = bounded_share(bias, z.abs().sum(dim, keepdim=True).expand_as(bias))
+                bias = (share, torch.sign(z), remainder)
         return s, dim, bias, dead
 
     def push(self, state: tuple, u: torch.Tensor, cells) -> torch.Tensor:
@@ -84,6 +88,11 @@ class SoftmaxRule:
             coef, coef_diag, sign, remainder = bias
             w = sign * u
             out = out + coef_diag * w + coef * (s * w).sum(dim, keepdim=True)
+            if remainder is not None:
+                out = out + spread_on_keys(cells, remainder, dim - 1)
+        elif self.mode == "mass":
+            share, sign, remainder = bias
+            out = out + share * (sign * u).sum(dim, keepdim=True)
             if remainder is not None:
                 out = out + spread_on_keys(cells, remainder, dim - 1)
         elif self.mode == "flat":
@@ -218,7 +227,7 @@ class SDPA(RelevanceOp):
         q, k, v, softmax, added, (w_p, w_v) = qkv
         kt = k.transpose(-2, -1)
         u_s = (matmul_flow(fq, kt, first=True) + matmul_flow(fk.transpose(-2, -1), q, first=False)) * (0.5 * scale)
-        if added is not None and self.rule.mode == "share":
+        if added is not None and self.rule.mode in ("share", "mass"):  # one input per logit: the same
             ratio, remainder = added[1]
             u_s = u_s * ratio
             if remainder is not None:

@@ -15,11 +15,13 @@ from .weighted import bounded_share
 class BiasLike(RelevanceOp):
     """A constant term ``c`` in ``out = a + c``: absorbed, shared with ``a`` in proportion
     to its contributions (``u ⊙ out / a``), or spread flat over the input region under
-    each unit, as the Rule's bias mode of the node's module says."""
+    each unit, as the Rule's bias mode of the node's module says. A unit here reads one
+    input, so ``"mass"`` is ``"share"``."""
 
     def __init__(self, node, network) -> None:
         super().__init__(node, network)
-        self.mode = network.bias_mode_for(node)
+        mode = network.bias_mode_for(node)
+        self.mode = "share" if mode == "mass" else mode
 
     def constant_term(self, flow, a, out, c, cells):
         """Flow of ``a + c`` given the flow of ``a``."""

@@ -8,7 +8,9 @@ region under the unit, ``"share"`` follows the contribution sizes
 ``|s_k| |delta_jk - 1/n| |x_j|`` (bounded, :func:`~.weighted.bounded_share`). Since
 ``|delta_jk - 1/n| = 1/n + (1 - 2/n) delta_jk``, that share costs O(n), not O(n^2):
 ``share_k |s_k| ((1 - 2/n) w_k + mean(w))`` with ``w = sign(x) ⊙ u``, the unit's size
-``|s_k| S_k`` and ``S_k = (1 - 2/n) |x_k| + mean(|x|)``.
+``|s_k| S_k`` and ``S_k = (1 - 2/n) |x_k| + mean(|x|)``. ``"mass"`` follows the input
+sizes ``|x_j|`` instead (every input of the group reaches every unit through the mean):
+``mass_k sum(w)`` with ``mass_k = b_k / max(sum |x|, |b_k|)``.
 """
 
 from __future__ import annotations
@@ -44,13 +46,20 @@ class Centred(RelevanceOp):
             state["sign"], state["share"] = sign, share * gain.abs()
             # the flow's own coefficient, both terms' diagonal parts in one: one pass in the push
             state["direct"] = gain + (1 - 2 / n) * sign * state["share"]
+        elif self.rule.bias == "mass" and b is not None:
+            size = x.abs().sum(-1, keepdim=True)
+            state["mass"], state["remainder"] = bounded_share(b.expand_as(x), size.expand_as(x))
+            state["sign"] = torch.sign(x)
         return state
 
     def centred_push(self, flow, state):
         """The flow through the layer (grouped view), bias share included, flat term not."""
         gain, mean = state["gain"], flow.mean(-1, keepdim=True)
         if state["share"] is None:
-            return (flow - mean) * gain
+            out = (flow - mean) * gain
+            if "mass" in state:
+                out.addcmul_(torch.linalg.vecdot(flow, state["sign"]).unsqueeze(-1), state["mass"])
+            return out
         # s_k (u_k - mean(u)) + share_k ((1 - 2/n) sign_k u_k + mean(sign ⊙ u)), spelled
         # with three passes over the flow instead of ten (LayerNorms are a tenth of a text push)
         out = flow * state["direct"]
@@ -59,9 +68,9 @@ class Centred(RelevanceOp):
         return out.addcmul_(signed_mean, state["share"])
 
     def finish(self, out, state, b, channels_first, cells):
-        if state["share"] is None and self.rule.bias == "flat" and b is not None:
+        if self.rule.bias == "flat" and b is not None:
             out = out + b * cells.coverage(out, channels_first, self.node)
-        elif state["share"] is not None and state["remainder"] is not None:
+        elif state.get("remainder") is not None:
             out = out + state["remainder"].reshape(out.shape[1:]) * cells.coverage(out, channels_first, self.node)
         return out if state["scale"] is None else out * state["scale"]
 

@@ -1,9 +1,12 @@
-"""Ops with weights, under their module's Rule (bias modes absorb / share / flat).
+"""Ops with weights, under their module's Rule (bias modes absorb / share / mass / flat).
 
 ``z = W a + b``: ``u_out = (z / z^rho) ⊙ rho(W) u_in``; ``bias="share"`` adds
 ``(z / z^rho) ⊙ (s ⊙ |rho(W)| (sign(a) ⊙ u_in) + r ⊙ coverage)`` with the bounded share
 ``s = rho(b) / max(|rho(W)| |a|, |rho(b)|)`` and its remainder ``r = rho(b) - s |rho(W)| |a|``
-(:func:`bounded_share`), ``"flat"`` adds ``(z / z^rho) ⊙ rho(b) ⊙ coverage``;
+(:func:`bounded_share`); ``"mass"`` adds the same with ``|rho(W)|`` replaced by ``1_W``,
+the layer's connectivity (ones where ``W`` connects an input to a unit): for a Linear a
+sum over the input features, for a convolution one output channel per group, so no
+second pass through the weights; ``"flat"`` adds ``(z / z^rho) ⊙ rho(b) ⊙ coverage``;
 z^B: ``(z / z^B) ⊙ (W (x ⊙ v) - W⁺ (l ⊙ v) - W⁻ (h ⊙ v))``.
 """
 
@@ -83,6 +86,8 @@ class Weighted(RelevanceOp):
                 extra["bias_grid"] = b_rho.reshape((-1,) + (1,) * (w.dim() - 2)) if self.channels_first else b_rho
             if rule.bias == "share" and has_bias:
                 extra["w_abs"] = w_rho.abs()
+            if rule.bias == "mass" and has_bias and self.channels_first:
+                extra["w_ones"] = torch.ones_like(w[:1]).expand((-1,) + tuple(w.shape[1:]))
             if isinstance(rule, ZBox):
                 extra["w_pos"], extra["w_neg"] = w.clamp(min=0), w.clamp(max=0)
                 extra["w_zbox"] = torch.cat([w, -extra["w_pos"], -extra["w_neg"]], dim=1)
@@ -103,12 +108,36 @@ class Weighted(RelevanceOp):
         z_rho = self._apply(x, w_rho, b_rho, conf) if rule.modifies_params else z
         den = rule.stabilize(z_rho)
         state = WeightedState(None if den is z else safe_divide(z, den))
-        if "w_abs" in extra:
-            size = self._apply(x.abs(), extra["w_abs"], None, conf)
-            bias = extra["bias_grid"].expand_as(size)
+        if "w_abs" in extra or self.rule.bias == "mass" and has_bias:
             state.sign = torch.sign(x)
-            state.share, state.remainder = bounded_share(bias, size)
+            size = self._sizes(x.abs(), conf, flow=False).expand_as(z)
+            state.share, state.remainder = bounded_share(extra["bias_grid"].expand_as(z), size)
         return z, state
+
+    def _sizes(self, a: torch.Tensor, conf: list, flow: bool) -> torch.Tensor:
+        """Per unit, ``a`` summed over the unit's inputs as the bias mode weighs them:
+        ``|rho(W)| a`` ("share"); ``1_W a`` ("mass"), one feature for a Linear, one channel
+        per group of a convolution (a group's units read the same inputs), broadcastable to
+        the units. ``flow``: ``a`` has the probes' leading axis."""
+        extra = self._params[-1]
+        if "w_abs" in extra:
+            return self._apply_flow(a, extra["w_abs"], conf) if flow else self._apply(a, extra["w_abs"], None, conf)
+        if not self.channels_first:
+            return a.sum(-1, keepdim=True)
+        ones = self._ones(conf[-1])
+        return self._per_unit(self._apply_flow(a, ones, conf) if flow else self._apply(a, ones, None, conf))
+
+    def _ones(self, groups: int) -> torch.Tensor:
+        """The connectivity ``1_W`` of a convolution, one output channel per group."""
+        ones = self._params[-1]["w_ones"]
+        return ones.expand((groups,) + tuple(ones.shape[1:]))
+
+    def _per_unit(self, sizes: torch.Tensor) -> torch.Tensor:
+        """Sizes with one channel per group repeated to the group's units (the channel axis
+        counted from the right: a flow's probe axis or crops do not move it)."""
+        axis, units = 1 - self.node.meta["val"].dim(), self._params[0].shape[0]
+        groups = sizes.shape[axis]
+        return sizes if groups in (1, units) else sizes.repeat_interleave(units // groups, dim=axis)
 
     def push(self, state: WeightedState, flows: list, args: list, kwargs: dict, cells=None) -> Any:
         flows_only_through(self, flows, 0)
@@ -139,7 +168,7 @@ class Weighted(RelevanceOp):
             flow = materialize(flow)  # a WindowFlow too, where it reaches a layer without windows
             out = self._apply_flow(flow, w_rho, conf)
             if state.share is not None:
-                out.addcmul_(self._apply_flow(flow * state.sign, extra["w_abs"], conf), state.share)
+                out.addcmul_(self._sizes(flow * state.sign, conf, flow=True), state.share)
                 if state.remainder is not None:
                     out.addcmul_(state.remainder, cells.coverage(out, self.channels_first, self.node))
             elif self.rule.bias == "flat" and has_bias:
@@ -187,7 +216,9 @@ class Weighted(RelevanceOp):
                 return None
         if state.share is not None:
             signed = WindowFlow(flow.data * windows.crop(state.sign, flow.win), flow.win)
-            data.addcmul_(conv(signed, extra["w_abs"]).data, windows.crop(state.share, win))
+            passed = conv(signed, extra["w_abs"]).data if "w_abs" in extra else self._per_unit(
+                conv(signed, self._ones(groups)).data)
+            data.addcmul_(passed, windows.crop(state.share, win))
         if spread is not None:
             data.addcmul_(windows.crop(spread, win), coverage)
         if state.scale is not None:

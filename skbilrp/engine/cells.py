@@ -15,7 +15,8 @@ __all__ = ["InputCells", "ProbeCells", "CellsError", "safe_divide"]
 
 def safe_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     """``num / den`` with zero where ``den`` is exactly zero."""
-    return torch.where(den == 0, torch.zeros_like(num), num / torch.where(den == 0, 1, den))
+    zero = den == 0  # the inner where keeps 0/0 out of the quotient (and of its gradient)
+    return torch.where(zero, 0.0, num / torch.where(zero, 1.0, den))
 
 
 class InputCells:

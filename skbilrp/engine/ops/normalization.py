@@ -48,8 +48,11 @@ class Centred(RelevanceOp):
             state["direct"] = gain + (1 - 2 / n) * sign * state["share"]
         elif self.rule.bias == "mass" and b is not None:
             size = x.abs().sum(-1, keepdim=True)
-            state["mass"], state["remainder"] = bounded_share(b.expand_as(x), size.expand_as(x))
-            state["sign"] = torch.sign(x)
+            state["sign"], b_max = torch.sign(x), float(b.abs().max())
+            if 0 < b_max <= float(size.min()):  # no shift exceeds its sizes: b ⊗ (1 / sizes)
+                state["mass"], state["inv_size"], state["remainder"] = b, 1 / size, None
+            else:
+                state["mass"], state["remainder"] = bounded_share(b.expand_as(x), size.expand_as(x))
         return state
 
     def centred_push(self, flow, state):
@@ -58,7 +61,10 @@ class Centred(RelevanceOp):
         if state["share"] is None:
             out = (flow - mean) * gain
             if "mass" in state:
-                out.addcmul_(torch.linalg.vecdot(flow, state["sign"]).unsqueeze(-1), state["mass"])
+                signed_sum = torch.linalg.vecdot(flow, state["sign"]).unsqueeze(-1)
+                if "inv_size" in state:
+                    signed_sum.mul_(state["inv_size"])
+                out.addcmul_(signed_sum, state["mass"])
             return out
         # s_k (u_k - mean(u)) + share_k ((1 - 2/n) sign_k u_k + mean(sign ⊙ u)), spelled
         # with three passes over the flow instead of ten (LayerNorms are a tenth of a text push)

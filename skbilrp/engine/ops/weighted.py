@@ -51,6 +51,9 @@ class WeightedState:
     share: Optional[torch.Tensor] = None
     #: what the bounded share leaves of the bias (spread as under "flat"): see bounded_share
     remainder: Optional[torch.Tensor] = None
+    #: "mass" on a Linear where no bias exceeds its unit's input sizes: ``1 / sizes`` per
+    #: token, the share being ``b ⊗ (1 / sizes)`` (rank one, no tensor of the output's size)
+    inv_size: Optional[torch.Tensor] = None
 
 
 @relevance_op(aten.linear.default, aten.conv1d.default, aten.conv2d.default, aten.conv2d.padding,
@@ -86,7 +89,8 @@ class Weighted(RelevanceOp):
                 extra["bias_grid"] = b_rho.reshape((-1,) + (1,) * (w.dim() - 2)) if self.channels_first else b_rho
             if rule.bias == "share" and has_bias:
                 extra["w_abs"] = w_rho.abs()
-            if rule.bias == "mass" and has_bias and self.channels_first:
+            if rule.bias == "mass" and has_bias:
+                extra["b_max"] = float(b_rho.abs().max()) if b_rho.numel() else 0.0
                 extra["w_ones"] = torch.ones_like(w[:1]).expand((-1,) + tuple(w.shape[1:]))
             if isinstance(rule, ZBox):
                 extra["w_pos"], extra["w_neg"] = w.clamp(min=0), w.clamp(max=0)
@@ -110,8 +114,11 @@ class Weighted(RelevanceOp):
         state = WeightedState(None if den is z else safe_divide(z, den))
         if "w_abs" in extra or self.rule.bias == "mass" and has_bias:
             state.sign = torch.sign(x)
-            size = self._sizes(x.abs(), conf, flow=False).expand_as(z)
-            state.share, state.remainder = bounded_share(extra["bias_grid"].expand_as(z), size)
+            size = self._sizes(x.abs(), conf, flow=False)
+            if not self.channels_first and "w_abs" not in extra and 0 < extra["b_max"] <= float(size.min()):
+                state.inv_size = 1 / size
+            else:
+                state.share, state.remainder = bounded_share(extra["bias_grid"].expand_as(z), size.expand_as(z))
         return z, state
 
     def _sizes(self, a: torch.Tensor, conf: list, flow: bool) -> torch.Tensor:
@@ -167,7 +174,9 @@ class Weighted(RelevanceOp):
         else:
             flow = materialize(flow)  # a WindowFlow too, where it reaches a layer without windows
             out = self._apply_flow(flow, w_rho, conf)
-            if state.share is not None:
+            if state.inv_size is not None:
+                out.addcmul_(self._sizes(flow * state.sign, conf, flow=True).mul_(state.inv_size), b_rho)
+            elif state.share is not None:
                 out.addcmul_(self._sizes(flow * state.sign, conf, flow=True), state.share)
                 if state.remainder is not None:
                     out.addcmul_(state.remainder, cells.coverage(out, self.channels_first, self.node))

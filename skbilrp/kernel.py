@@ -520,6 +520,15 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
     def _relevance(self, x: np.ndarray) -> SampleRelevance:
         return self._encoder_of(x).stack(self._sample_parts(x), x.shape[1:])
 
+    def _relevance_of_both(self, xa: np.ndarray, xb: np.ndarray) -> tuple[SampleRelevance, SampleRelevance]:
+        """The relevance of two sides; in the same passes where one encoder holds both (one
+        pair of texts: one recording and one push of both, not two of each)."""
+        encoder = self._encoder_of(xa)
+        if encoder is not self._encoder_of(xb) or xa.shape[1:] != xb.shape[1:]:
+            return self._relevance(xa), self._relevance(xb)
+        parts = self._sample_parts(np.concatenate([xa, xb]))
+        return encoder.stack(parts[:len(xa)], xa.shape[1:]), encoder.stack(parts[len(xa):], xb.shape[1:])
+
     def sample_relevance(self, X: Any) -> SampleRelevance:
         """Per-sample pooled relevance ``A(x) P`` of new samples, ``(n, h, p)``.
 
@@ -606,13 +615,12 @@ class DeepKernel(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimato
             cols = np.unique([j for _, j in pairs])
         # no size check here: the result keeps per-sample factors, and only reading its
         # whole ``relevance`` array is refused over ``max_memory``
-        a = self._relevance(xa[rows])
         if xb is None:
-            b = self.fit_sample_relevance(cols)
+            a, b = self._relevance(xa[rows]), self.fit_sample_relevance(cols)
         elif xb is xa and np.array_equal(rows, cols):
-            b = a
+            a = b = self._relevance(xa[rows])
         else:
-            b = self._relevance(xb[cols])
+            a, b = self._relevance_of_both(xa[rows], xb[cols])
         method = self._encoder_of(xa).method
         if pairs is None:
             expl = pair_relevance(a, b, self.kernel, method=method, max_memory=self.max_memory)

@@ -14,8 +14,9 @@ Run one alone (one torch thread)::
 
     .venv/bin/python benchmarks/_faith_pointing.py mobilenet_v2 6
 
-``bias_minilm`` / ``bias_mpnet`` (not a section of the page) compares TextKernel's
-default bias mode, ``"zero-share"``, with ``"zero-flat"`` and ``"zero"``.
+``bias_minilm`` / ``bias_mpnet`` (not a section of the page) compares the bias modes of
+LRP-0 on text: ``"zero-mass"`` (TextKernel's default), ``"zero-share"``, ``"zero-flat"``
+and ``"zero"``.
 """
 
 from __future__ import annotations
@@ -158,10 +159,12 @@ def text_pointing(model: str, n_pairs: int, ij_steps: int = 8, seed: int = 0) ->
 
 
 def bias_pointing(model: str, n_pairs: int, seed: int = 0) -> PointingRun:
-    """TextKernel's default bias mode against the cheaper ones, on the shared-word pairs of
-    :func:`text_pointing`: BiLRP (CP-LRP) with ``"zero-share"`` (the default: each Linear
-    pushed twice), ``"zero-flat"`` (conserves too, one push per Linear) and ``"zero"``
-    (the biases absorb their share). Not a section of the results page: run it alone."""
+    """The bias modes of LRP-0 on the shared-word pairs of :func:`text_pointing`: BiLRP
+    (CP-LRP) with ``"zero-mass"`` (TextKernel's default: biases passed on by input size,
+    one push per Linear), ``"zero-share"`` (by contribution size: each Linear pushed
+    twice), ``"zero-flat"`` (spread over the input under the unit, one push) and
+    ``"zero"`` (the biases absorb their share). Not a section of the results page: run
+    it alone."""
     from skbilrp.evaluation.text import BiLRPTextMethod
     from skbilrp.models import minilm, mpnet
 
@@ -169,10 +172,11 @@ def bias_pointing(model: str, n_pairs: int, seed: int = 0) -> PointingRun:
     title, encoder = {"minilm": ("all-MiniLM-L6-v2", lambda: minilm()[0]),
                       "mpnet": ("all-mpnet-base-v2", lambda: mpnet()[0])}[model]
     pairs = make_shared_word_pairs(n_pairs, random_state=seed)
-    methods = {f"bilrp_{rules}": BiLRPTextMethod("cp", rules) for rules in ("zero-share", "zero-flat", "zero")}
+    methods = {f"bilrp_{rules}": BiLRPTextMethod("cp", rules)
+               for rules in ("zero-mass", "zero-share", "zero-flat", "zero")}
     res = text_pointing_game(encoder(), pairs, methods)
     detail = (f"{n_pairs} sentence pairs of `make_shared_word_pairs` (as in the text pointing game), CP-LRP, "
-              "three bias modes of LRP-0; times of the whole explanation of every pair, batches of 16 texts.")
+              "four bias modes of LRP-0; times of the whole explanation of every pair, batches of 16 texts.")
     return PointingRun(f"{title}: bias modes (token pairs)", detail, res, time.perf_counter() - start)
 
 

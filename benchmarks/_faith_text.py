@@ -22,6 +22,7 @@ from skbilrp.evaluation import (
     tokenize_texts,
 )
 from skbilrp.evaluation.text import _encode_ids
+from skbilrp.rules import TEXT_RULES
 
 #: the two BiLRP variants every other method is compared with
 REFERENCES = ("bilrp_cp", "bilrp_attnlrp")
@@ -47,7 +48,7 @@ def _encoder(kernel_or_encoder: Any, texts: Sequence[str]) -> tuple[Any, Optiona
         if not hasattr(kern, "model_"):
             kern.fit(list(texts))
         return kern.model_, kern.max_length_, kern.rules
-    return kernel_or_encoder, None, "zero-share"
+    return kernel_or_encoder, None, TEXT_RULES
 
 
 def _similar_pairs(encoder: Any, pairs: list, max_length: Optional[int], kernel: str) -> list:

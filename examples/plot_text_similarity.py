@@ -48,8 +48,8 @@ for k in range(len(queries)):
 
 # %%
 # MiniLM has biases and LayerNorm shifts. By default their share of the relevance is
-# passed on to the tokens in proportion to the size of each contribution
-# (``Zero(bias="share")``), so the token pairs sum to the cosine;
+# passed on to each unit's inputs in proportion to their sizes (``Zero(bias="mass")``),
+# and from them to the tokens, so the token pairs sum to the cosine;
 # ``TextKernel(rules="zero")`` lets the biases absorb it instead (about a quarter of
 # the cosine), and ``conservation_error``, shown in every title, says by how much.
 #

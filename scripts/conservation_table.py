@@ -64,7 +64,8 @@ def main() -> None:
         _row(name, label, bilrp(mnet, img, img.flip(-1), kernel="cosine", rules=rules, pooling=32))
 
     text = "MiniLM, \"The cat sat on the mat\" vs \"A cat was sitting on a rug\""
-    for label, rules in (('`Zero(bias="share")` (TextKernel default)', Zero(bias="share")),
+    for label, rules in (('`Zero(bias="mass")` (TextKernel default)', Zero(bias="mass")),
+                         ('`Zero(bias="share")`', Zero(bias="share")),
                          ('`Zero(bias="flat")`', Zero(bias="flat")),
                          ('`"zero"` (absorbs)', "zero")):
         kern = TextKernel(rules=rules).fit([CAT_B])

@@ -21,6 +21,7 @@ from ._model_loading import (build_image_model, image_model_and_sides, text_kern
                              truncation_note)
 from ._report_command import _note, _stage
 from .cli import CommandError
+from .rules import TEXT_RULES
 
 __all__ = ["run_neighbors"]
 
@@ -118,7 +119,7 @@ def _image_kernel(args: argparse.Namespace, spec: Any, model: Any, rules: Any, s
 
 def _text_kernel(args: argparse.Namespace, model: Any, data: Any) -> Any:
     TextKernel = text_kernel_class()
-    kern = TextKernel(model, kernel=args.kernel or "cosine", rules=args.rules or "zero-share",
+    kern = TextKernel(model, kernel=args.kernel or "cosine", rules=args.rules or TEXT_RULES,
                       attention=args.attention or "cp", batch_size=16, verbose=True)
     with _stage(f"loading {text_model_name(model)}; embeddings of {len(data)} texts"):
         return kern.fit(data.items)

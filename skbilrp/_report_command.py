@@ -21,6 +21,7 @@ from . import cli  # its helpers by attribute: tests patch the ones that start w
 from ._model_loading import (build_image_model, image_model_and_sides, text_kernel_class, text_model, text_model_name,
                              truncation_note)
 from .cli import CommandError
+from .rules import TEXT_RULES
 
 __all__ = ["run_report"]
 
@@ -218,7 +219,7 @@ def _fit_image_kernel(args: argparse.Namespace, spec: Any, model: Any, rules: An
 
 def _fit_text_kernel(args: argparse.Namespace, model: Optional[str], train: Any) -> Any:
     TextKernel = text_kernel_class()
-    kern = TextKernel(model, kernel=args.kernel or "cosine", rules=args.rules or "zero-share",
+    kern = TextKernel(model, kernel=args.kernel or "cosine", rules=args.rules or TEXT_RULES,
                       attention=args.attention or "cp", batch_size=16, verbose=True)
     with _stage(f"loading {text_model_name(model)}; embeddings of {len(train)} training texts"):
         return kern.fit(train.items)

@@ -29,7 +29,7 @@ PROG = "skbilrp"
 EXIT_USAGE = 2
 
 #: LRP rules presets of ``report --rules`` (those of :data:`skbilrp.rules.PRESETS` that need no model family).
-PRESET_NAMES = ("zero", "zero-share", "zero-flat", "epsilon", "gamma")
+PRESET_NAMES = ("zero", "zero-share", "zero-mass", "zero-flat", "epsilon", "gamma")
 
 #: Input side (pixels) and patch size of each image model, when not given.
 _IMAGE_DEFAULTS = {"mobilenet_v2": (224, 16), "efficientnet_lite0": (224, 16), "vgg16": (224, 16),
@@ -511,8 +511,8 @@ def _add_model_arguments(group: Any) -> None:
     group.add_argument("--kernel", choices=("cosine", "linear"), default=None,
                        help="similarity of the features (default: cosine)")
     group.add_argument("--rules", choices=sorted(PRESET_NAMES), default=None,
-                       help="LRP rules preset (default: the image model's own rules; zero-share for texts and "
-                            "models of your own)")
+                       help="LRP rules preset (default: the image model's own rules; zero-mass for texts; "
+                            "zero-share for image models of your own)")
     group.add_argument("--attention", choices=("cp", "attnlrp"), default=None,
                        help="texts: relevance through attention, CP-LRP or AttnLRP (default: cp)")
 

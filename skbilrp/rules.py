@@ -315,6 +315,10 @@ def vgg_preset(
     return rules
 
 
+#: The rules of TextKernel and of the command line's text kernels: LRP-0, the biases passed
+#: on in proportion to their units' input sizes (one pass per Linear, conserving).
+TEXT_RULES = "zero-mass"
+
 PRESETS: dict[str, Callable[[nn.Module], Mapping]] = {
     "zero": lambda model: {WEIGHTED: Zero()},
     # LRP-0 on every layer that takes a rule, the biases passing their share on

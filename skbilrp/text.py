@@ -30,7 +30,7 @@ from .encoders import Encoder, TextEncoder
 from .explainer import Explainer
 from .kernel import DeepKernel, KernelName, OutputName
 from .pairs import DEFAULT_MAX_MEMORY
-from .rules import RuleSpec
+from .rules import TEXT_RULES, RuleSpec
 from .token_pairs import TextPairExplanation, TextPairExplanations
 
 __all__ = ["TextKernel", "TextPairExplanation", "TextPairExplanations"]
@@ -62,16 +62,18 @@ class TextKernel(DeepKernel):
     kernel : {"linear", "cosine"}, default="cosine"
     output : {"kernel", "distance"}, default="kernel"
         See :class:`~skbilrp.DeepKernel`. Explanations always explain kernel entries.
-    rules : str, Rule, mapping or callable, default="zero-share"
+    rules : str, Rule, mapping or callable, default="zero-mass"
         LRP rules of the encoder's Linear and LayerNorm layers (a preset name, one Rule
         for all, or by type or module-path pattern, e.g.
         ``{"transformer.encoder.layer.*.output.dense": Epsilon(0.1)}``). The default is
-        LRP-0 with the biases' share passed on to the inputs (``Zero(bias="share")``),
-        so the token pairs sum to the similarity; ``"zero"`` lets the biases absorb
-        their share instead (about a quarter of the cosine on all-MiniLM-L6-v2,
-        reported as ``conservation_error``). ``"zero-flat"`` conserves too and is
-        about twice as fast (each Linear pushed once, not twice), but points less
-        often at the corresponding tokens (docs page "Performance").
+        LRP-0 with each bias passed on to its unit's inputs in proportion to their sizes
+        (``Zero(bias="mass")``), so the token pairs sum to the similarity; ``"zero"``
+        lets the biases absorb their share instead (about a quarter of the cosine on
+        all-MiniLM-L6-v2, reported as ``conservation_error``). ``"zero-share"``
+        (in proportion to the contributions) conserves too and points at the
+        corresponding tokens as often, at twice the cost of every Linear (each pushed
+        twice); ``"zero-flat"`` is as fast as the default and points less often (docs
+        page "Performance").
     attention : {"cp", "attnlrp"}, default="cp"
         How relevance passes the attention layers. "cp" (CP-LRP, Ali et al. 2022), the
         default because it is the rule of the NAACL 2024 BiLRP work on sentence
@@ -79,7 +81,7 @@ class TextKernel(DeepKernel):
         the values. "attnlrp" (AttnLRP, Achtibat et al. 2024) also propagates through
         the probabilities (the softmax's Jacobian, products of two relevance-carrying
         tensors split evenly); the part of the softmax that is no such contribution is
-        a bias, which follows the rules' bias mode like the layers' biases (shared by
+        a bias, which follows the rules' bias mode like the layers' biases (passed on by
         the default rules, absorbed under ``"zero"``). Evidence on which is more
         faithful is mixed; the faithfulness benchmark compares both.
     max_length : int, optional
@@ -120,7 +122,7 @@ class TextKernel(DeepKernel):
     """
 
     def __init__(self, model: Union[None, str, os.PathLike, nn.Module] = None, tokenizer: Any = None,
-                 kernel: KernelName = "cosine", output: OutputName = "kernel", rules: RuleSpec = "zero-share",
+                 kernel: KernelName = "cosine", output: OutputName = "kernel", rules: RuleSpec = TEXT_RULES,
                  attention: str = "cp", max_length: Optional[int] = None, batch_size: int = 32,
                  max_memory: int = DEFAULT_MAX_MEMORY, verbose: bool = False) -> None:
         self.model = model

@@ -11,7 +11,7 @@ none using skbilrp's relevance code:
 * the detach-trick model of tests/test_text_families.py: its gradient × input is CP-LRP
   with ``rules="zero"`` (the position embeddings, a constant added to the explained
   token embeddings, keep their share, as gradient × input does);
-* conservation over the real tokens under ``"zero-share"`` and ``"zero-flat"``, both
+* conservation over the real tokens under ``"zero-share"``, ``"zero-mass"`` and ``"zero-flat"``, both
   attention rules (padding takes nothing, AttnLRP's softmax bias included); forward mode
   against reverse mode; the user's model byte for byte.
 
@@ -40,7 +40,8 @@ from skbilrp.text import TextKernel  # noqa: E402
 ROWS = ["The cat sat on the mat", "hi"]
 COLS = ["A cat sat on a rug", "Stocks fell on Monday"]
 WORDS = sorted({w.lower() for t in ROWS + COLS for w in t.split()})
-RULES = [("cp", "share"), ("cp", "flat"), ("attnlrp", "share"), ("attnlrp", "flat")]
+RULES = [("cp", "share"), ("cp", "mass"), ("cp", "flat"), ("attnlrp", "share"), ("attnlrp", "mass"),
+         ("attnlrp", "flat")]
 TOL = 1e-10  # float64 throughout: relative round-off a few hundred ops deep
 
 

@@ -14,7 +14,7 @@ pooled. Oracles, none using skbilrp's relevance code:
   modules: probabilities from detached q and k, RMS norms and activations as
   ``x * (y / x).detach()``, gated MLPs split uniformly): its gradient × input is CP-LRP
   with ``rules="zero"``;
-* conservation under ``"zero-share"`` and ``"zero-flat"``, both attention rules; forward
+* conservation under ``"zero-share"``, ``"zero-mass"`` and ``"zero-flat"``, both attention rules; forward
   mode against reverse mode; the user's model byte for byte.
 
 Precision: ``LlamaRMSNorm`` and its copies (Qwen2/3, Mistral, Gemma 1-3) compute in
@@ -158,8 +158,10 @@ def test_features_equal_encode_and_prompt_tokens_are_explained(family_model):
 
 #: (family, attention, bias): three families, each under one pair of rules, by default (the
 #: suite's time budget: an export per case); every family under every pair when slow
-_COMBOS = [("cp", "share"), ("attnlrp", "flat"), ("attnlrp", "share"), ("cp", "flat")]
-_DEFAULT = {("llama", "cp", "share"), ("gemma3", "attnlrp", "flat"), ("t5-gated", "cp", "flat")}
+_COMBOS = [("cp", "share"), ("attnlrp", "flat"), ("attnlrp", "share"), ("cp", "flat"), ("cp", "mass"),
+           ("attnlrp", "mass")]
+_DEFAULT = {("llama", "cp", "share"), ("gemma3", "attnlrp", "flat"), ("t5-gated", "cp", "flat"),
+            ("qwen2", "attnlrp", "mass")}  # Qwen2: biases on q, k and v
 #: Gemma 2 with left padding: the rule pair that spreads over padding, the rest is Gemma 2's
 _CASES = [pytest.param(f, a, b, id=f"{f}-{a}-{b}", marks=[] if (f, a, b) in _DEFAULT else [pytest.mark.slow])
           for f in MODELS for a, b in _COMBOS if f != "gemma2-left" or (a, b) == ("attnlrp", "flat")]
@@ -277,7 +279,7 @@ def test_the_engine_conserves_to_float64_round_off_when_the_norm_computes_in_flo
     wrapper = LastToken(model, "last")  # one object: the explainers share its export
     x = torch.randn(3, 4, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     for attention in ("cp", "attnlrp"):
-        for rules in ("zero-share", "zero-flat"):
+        for rules in ("zero-share", "zero-mass", "zero-flat"):
             expl = Explainer(wrapper, rules=rules, attention=attention, channel_axis=-1).explain(x[2:], x[:2])
             terms = np.abs(expl.similarity) + np.abs(expl.relevance).sum(axis=(2, 3))
             assert_round_off_equal(expl.conservation_error, np.zeros_like(terms), torch.float64, k=64, terms=terms)

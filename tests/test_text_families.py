@@ -202,7 +202,7 @@ def test_relevance_conserves_modes_agree_model_unchanged(family_model, attention
     assert np.isfinite(expl.relevance).all()
     np.testing.assert_allclose(expl.conservation_error, expl.similarity - sums, rtol=0, atol=tol)
     relative = np.abs(expl.conservation_error).max() / np.abs(expl.similarity).max()
-    assert relative < tol  # the default rules share every bias, the softmax's under AttnLRP too
+    assert relative < tol  # the default rules pass every bias on, the softmax's under AttnLRP too
     # forward and reverse mode through the same recorded relevance map
     ex = kern.explainer_
     enc = kern.model_.tokenize(ROWS)
@@ -214,7 +214,7 @@ def test_relevance_conserves_modes_agree_model_unchanged(family_model, attention
     _assert_unchanged(before, st)
 
 
-@pytest.mark.parametrize("rules", ["zero-flat", "zero-share"])
+@pytest.mark.parametrize("rules", ["zero-flat", "zero-share", "zero-mass"])
 def test_queries_masked_whole_give_finite_relevance_and_none_to_padding(tokenizer, rules):
     """DeBERTa masks padded queries as well as keys: a padded query's row of logits is all
     the dtype's lowest value and its softmax uniform. AttnLRP's softmax bias ``s - J z``
@@ -403,7 +403,7 @@ def test_dense_normalize_prompt_and_truncation_equal_encode_and_conserve(bert, t
                                atol=1e-10 * runs["forward"].relevance.abs().max())
 
 
-@pytest.mark.parametrize("rules", ["zero-flat", "zero-share"])
+@pytest.mark.parametrize("rules", ["zero-flat", "zero-share", "zero-mass"])
 def test_bias_after_pooling_goes_to_real_tokens_not_padding(bert, tokenizer, tmp_path, rules):
     """A Dense bias after pooling has no position: spread flat over the input, it must go to
     the real tokens only. The output does not depend on padding (checked here), so a share

@@ -22,7 +22,7 @@ from ..engine.network import reused_copy
 from ..explainer import Explainer
 from ..models.sentence import minilm, sentence_encoder
 from ..relevance import SampleRelevance
-from ..rules import RuleSpec
+from ..rules import TEXT_RULES, RuleSpec
 from ..token_pairs import token_pooling
 from .base import Encoder, Part, check_positive_int, explanation_dtype
 
@@ -46,7 +46,7 @@ class TextEncoder(Encoder):
     modality = "texts"
 
     def __init__(self, model: Union[None, str, os.PathLike, nn.Module] = None, tokenizer: Any = None,
-                 rules: RuleSpec = "zero-share", attention: str = "cp", max_length: Optional[int] = None,
+                 rules: RuleSpec = TEXT_RULES, attention: str = "cp", max_length: Optional[int] = None,
                  batch_size: int = 32, owner_name: str = "TextKernel") -> None:
         super().__init__()
         if model is not None and not isinstance(model, (str, os.PathLike, nn.Module)):

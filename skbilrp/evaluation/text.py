@@ -54,7 +54,7 @@ from torch import nn
 
 from ..explainer import Explainer
 from ..pairs import Kernel
-from ..rules import RuleSpec
+from ..rules import TEXT_RULES, RuleSpec
 from .flipping import (
     FaithfulnessResults,
     FlippingMode,
@@ -265,13 +265,13 @@ class BiLRPTextMethod(_FactorMethod):
     ----------
     attention : {"cp", "attnlrp"}, default="cp"
         CP-LRP or AttnLRP through the attention layers.
-    rules : str, Rule, mapping or callable, default="zero-share"
-        TextKernel's default: LRP-0 with the biases' share passed on.
+    rules : str, Rule, mapping or callable, default="zero-mass"
+        TextKernel's default: LRP-0 with the biases passed on by input size.
     batch_size : int, default=16
     """
 
     attention: str = "cp"
-    rules: RuleSpec = "zero-share"
+    rules: RuleSpec = TEXT_RULES
     batch_size: int = 16
 
     def _explainer(self, encoder: nn.Module) -> Explainer:

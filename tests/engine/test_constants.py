@@ -244,7 +244,7 @@ class EmptyMaskPooled(nn.Module):
         return self.b((self.a(x) * m).sum(1) / m.sum(1).clamp(min=1e-9))
 
 
-@pytest.mark.parametrize("rules", ["zero-flat", "zero-share"])
+@pytest.mark.parametrize("rules", ["zero-flat", "zero-share", "zero-mass"])
 @pytest.mark.parametrize("model", [MaskedWhole(False), MaskedWhole(True), EmptyMaskPooled()],
                          ids=["eager-masked-row", "sdpa-masked-row", "empty-mask-row"])
 def test_conserves_where_the_mask_leaves_a_row_or_a_sample_empty(model, rules):

@@ -193,7 +193,6 @@ CASES = {
     "vgg-pool2-gamma-uneven-patches": lambda: (vgg16(cut="pool2"), "gamma", (36, 28), 12),
     "mobilenet-preset": lambda: (mobilenet_v2(), None, 64, 16),
     "mobilenet-zero-share": lambda: (mobilenet_v2(), "zero-share", 48, 12),
-    "mobilenet-zero-mass": lambda: (mobilenet_v2(), "zero-mass", 48, 12),
     "efficientnet-preset": lambda: (efficientnet_lite0(), None, 48, 16),
     "odd-strides-zero-share": lambda: (_Odd().double(), "zero-share", (29, 23), 5),
     "odd-strides-zero-mass": lambda: (_Odd().double(), "zero-mass", (29, 23), 5),

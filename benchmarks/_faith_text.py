@@ -185,8 +185,36 @@ def run(model: str, args: Any) -> list:
                      raw["explain_seconds"], time.perf_counter() - start)]
 
 
-if __name__ == "__main__":
+def bias_modes(n_pairs: Optional[int] = None) -> str:
+    """Token flipping (``[MASK]``) of all-MiniLM-L6-v2 on the shipped pairs under the bias
+    modes ``"zero-mass"`` (TextKernel's default) and ``"zero-share"``: per mode the mean
+    area, and on how many pairs each mode has the lower (better) area, with the one-sided
+    sign test. Not a section of the results page: ``python benchmarks/_faith_text.py bias``."""
+    from skbilrp.data import load_sentence_pairs
     from skbilrp.models import minilm
 
-    text, _ = text_section("all-MiniLM-L6-v2", minilm()[0], EXAMPLE_PAIRS)
-    print(text)
+    methods = {f"bilrp_{r}": BiLRPTextMethod("cp", r) for r in ("zero-mass", "zero-share")}
+    pairs = load_sentence_pairs()[:n_pairs]
+    _, raw = text_section("all-MiniLM-L6-v2", minilm()[0], pairs, methods=methods, perturbations=("mask",))
+    res, lines = raw["results"]["mask"], [f"all-MiniLM-L6-v2, {raw['n_pairs']} pairs, [MASK], CP-LRP"]
+    a, b = methods
+    for mode in res.modes:
+        areas = ", ".join(f"{m} {mean:.4f} ± {sem:.4f}" for m in res.methods for mean, sem in [res.mean_auc(mode, m)])
+        lines.append(f"  {mode}: area {areas}")
+        for x, y in ((a, b), (b, a)):
+            lines.append(f"    {x} lower on {res.wins(mode, x, y)}/{raw['n_pairs']} pairs "
+                         f"(sign test p = {res.sign_test(mode, x, y):.3g})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from skbilrp.models import minilm
+
+    torch.set_num_threads(1)
+    if sys.argv[1:] == ["bias"]:
+        print(bias_modes())
+    else:
+        text, _ = text_section("all-MiniLM-L6-v2", minilm()[0], EXAMPLE_PAIRS)
+        print(text)

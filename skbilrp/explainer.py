@@ -32,8 +32,9 @@ class Explainer:
         Feature extractor ``phi``, mapping a batch ``(N, ...)`` to ``(N, h)`` (further
         output axes are flattened). It is copied, never modified.
     rules : str, Rule, mapping or callable, default="zero"
-        "zero" (LRP-0, equal to Hessian×Product on ReLU networks), "zero-share" and
-        "zero-flat" (LRP-0 with biases passing their share on), "epsilon", "gamma",
+        "zero" (LRP-0, equal to Hessian×Product on ReLU networks), "zero-share",
+        "zero-mass" and "zero-flat" (LRP-0 with biases passing their share on),
+        "epsilon", "gamma",
         "vgg", a Rule for every layer, a mapping {type or name pattern: Rule}, or a
         callable ``(name, module) -> Rule | None``.
     pooling : None, int, tuple or array, default=None

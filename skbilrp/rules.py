@@ -62,9 +62,11 @@ class Rule:
           reads, ``s_k |a_j|`` with ``s_k = rho(b_k) / max(sum_j |a_j|, |rho(b_k)|)``
           over the inputs ``j`` that the layer connects to unit ``k`` (all features of
           a Linear; a convolution's window over its group's channels; a norm layer's
-          group; the logits of a softmax row under AttnLRP). A unit that reads one
-          input (a constant add) treats it as ``"share"`` does. No second pass through
-          the weights: a sum over each unit's inputs, one channel per group.
+          group). A unit that reads one input (a constant add) treats it as
+          ``"share"`` does, and so does the softmax under AttnLRP: weighed by size
+          alone, its bias would go to the logits of keys of negligible probability.
+          No second pass through the weights: a sum over each unit's inputs, one
+          channel per group.
         - ``"flat"``: it goes straight to the model input, spread evenly over the
           region under the unit: the input positions that the layer's grid maps onto
           the unit's position (all of the input for units without position, such as

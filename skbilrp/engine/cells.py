@@ -116,8 +116,8 @@ class ProbeCells(InputCells):
         ``(N, H, T, d)`` included) are covered by the probes of their token."""
         if like.dim() < 2 or like.shape[1] != self.n:
             raise CellsError(
-                "placing a bias on the input (bias='flat', and under bias='share' the part of a "
-                "bias larger than its inputs' contributions) needs the layer's batch axis first "
+                "placing a bias on the input (bias='flat', and under bias='share' or 'mass' the part of a "
+                "bias larger than its inputs' sizes) needs the layer's batch axis first "
                 f"(this layer's output has shape {tuple(like.shape[1:])} for a batch of {self.n}); "
                 "use bias='absorb' for this layer.")
         axes = self.token_axes(node)

@@ -50,14 +50,16 @@ class SoftmaxRule:
     ``b = s - J z`` (``z``: the logits) as the bias mode says: absorbed (AttnLRP as
     published); shared with the logits in proportion to their contributions
     ``|J| |z|``, as Linear layers share theirs (bounded, what exceeds the contributions
-    placed as under ``flat``); ``mass``, the same in proportion to the logits' sizes
-    ``|z|`` over the row; or, ``flat``, placed on the input
+    placed as under ``flat``; ``mass`` does the same); or, ``flat``, placed on the input
     where its key is (:func:`spread_on_keys`). Probabilities that are exactly zero
     (masked logits: padding, the future of causal attention) pass nothing, their bias
     included, so neither an infinite masked logit nor a share of the bias reaches them."""
 
     def __init__(self, mode: str) -> None:
-        self.mode = mode
+        # "mass" weighs a unit's inputs by size alone; here that would hand the bias to
+        # logits of keys with negligible probability (finite masks included), so the
+        # softmax, elementwise either way, shares by its contributions |J| |z|
+        self.mode = "share" if mode == "mass" else mode
 
     def record(self, z: torch.Tensor, s: torch.Tensor, dim: int) -> tuple:
         # masked: no contribution, no inf (a row masked whole, as DeBERTa masks padded
@@ -74,9 +76,6 @@ class SoftmaxRule:
                 share, remainder = bounded_share(bias, size)
                 coef = share * s
                 bias = (coef, coef * (1 - 2 * s), torch.sign(z), remainder)
-            elif self.mode == "mass":  # every logit of the row reaches every probability
-                share, remainder = bounded_share(bias, z.abs().sum(dim, keepdim=True).expand_as(bias))
-                bias = (share, torch.sign(z), remainder)
         return s, dim, bias, dead
 
     def push(self, state: tuple, u: torch.Tensor, cells) -> torch.Tensor:
@@ -88,11 +87,6 @@ class SoftmaxRule:
             coef, coef_diag, sign, remainder = bias
             w = sign * u
             out = out + coef_diag * w + coef * (s * w).sum(dim, keepdim=True)
-            if remainder is not None:
-                out = out + spread_on_keys(cells, remainder, dim - 1)
-        elif self.mode == "mass":
-            share, sign, remainder = bias
-            out = out + share * (sign * u).sum(dim, keepdim=True)
             if remainder is not None:
                 out = out + spread_on_keys(cells, remainder, dim - 1)
         elif self.mode == "flat":
@@ -227,7 +221,7 @@ class SDPA(RelevanceOp):
         q, k, v, softmax, added, (w_p, w_v) = qkv
         kt = k.transpose(-2, -1)
         u_s = (matmul_flow(fq, kt, first=True) + matmul_flow(fk.transpose(-2, -1), q, first=False)) * (0.5 * scale)
-        if added is not None and self.rule.mode in ("share", "mass"):  # one input per logit: the same
+        if added is not None and self.rule.mode == "share":
             ratio, remainder = added[1]
             u_s = u_s * ratio
             if remainder is not None:
@@ -245,8 +239,10 @@ def lone_weight(p: torch.Tensor, mode: str) -> tuple:
     the logits: the softmax rule gives it no contributions, only its bias. AttnLRP as
     published (``bias="absorb"``) splits it ``1/2, 1/2`` all the same and so loses half of
     that row; under a bias-passing mode the row is a constant and the values take all of
-    it, so the product conserves without inventing a share for the logits."""
+    it, so the product conserves without inventing a share for the logits. Such a row is
+    one with a single non-zero probability: a row that only saturates rounds its top
+    probability to exactly 1 in float32 and not in float64, and must not change rule."""
     if mode == "absorb":
         return 0.5, 0.5
-    lone = p.amax(-1, keepdim=True) == 1
+    lone = (p != 0).sum(-1, keepdim=True) == 1
     return torch.where(lone, 0.0, 0.5).to(p.dtype), torch.where(lone, 1.0, 0.5).to(p.dtype)

@@ -19,7 +19,7 @@ import torch
 
 from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op, safe_divide
 from .refused import Refused
-from .weighted import bounded_share
+from .weighted import bounded_mass, bounded_share
 
 
 class Centred(RelevanceOp):
@@ -47,12 +47,9 @@ class Centred(RelevanceOp):
             # the flow's own coefficient, both terms' diagonal parts in one: one pass in the push
             state["direct"] = gain + (1 - 2 / n) * sign * state["share"]
         elif self.rule.bias == "mass" and b is not None:
-            size = x.abs().sum(-1, keepdim=True)
-            state["sign"], b_max = torch.sign(x), float(b.abs().max())
-            if 0 < b_max <= float(size.min()):  # no shift exceeds its sizes: b ⊗ (1 / sizes)
-                state["mass"], state["inv_size"], state["remainder"] = b, 1 / size, None
-            else:
-                state["mass"], state["remainder"] = bounded_share(b.expand_as(x), size.expand_as(x))
+            state["sign"] = torch.sign(x)
+            state["inv_size"], share, state["remainder"] = bounded_mass(b, x.abs().sum(-1, keepdim=True), x)
+            state["mass"] = b if share is None else share  # the coefficient of the signed sum
         return state
 
     def centred_push(self, flow, state):
@@ -62,7 +59,7 @@ class Centred(RelevanceOp):
             out = (flow - mean) * gain
             if "mass" in state:
                 signed_sum = torch.linalg.vecdot(flow, state["sign"]).unsqueeze(-1)
-                if "inv_size" in state:
+                if state["inv_size"] is not None:
                     signed_sum.mul_(state["inv_size"])
                 out.addcmul_(signed_sum, state["mass"])
             return out

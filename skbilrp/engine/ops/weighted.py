@@ -43,6 +43,16 @@ def bounded_share(bias: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor,
     return share, torch.where(over, bias - share * size, torch.zeros_like(bias))
 
 
+def bounded_mass(bias: torch.Tensor, size: torch.Tensor, like: torch.Tensor) -> tuple:
+    """Under ``bias="mass"``, how the biases ``bias`` of units with input sizes ``size``
+    (both broadcastable to ``like``, the units) are passed on: ``(1 / size, None, None)``
+    where no bias exceeds its sizes, the share being ``bias ⊗ (1 / size)`` (rank one, no
+    tensor of the units' size); else ``(None, share, remainder)`` of :func:`bounded_share`."""
+    if 0 < (float(bias.abs().max()) if bias.numel() else 0.0) <= float(size.min()):
+        return 1 / size, None, None
+    return (None, *bounded_share(bias.expand_as(like), size.expand_as(like)))
+
+
 @dataclass
 class WeightedState:
     scale: Optional[torch.Tensor]
@@ -90,7 +100,6 @@ class Weighted(RelevanceOp):
             if rule.bias == "share" and has_bias:
                 extra["w_abs"] = w_rho.abs()
             if rule.bias == "mass" and has_bias:
-                extra["b_max"] = float(b_rho.abs().max()) if b_rho.numel() else 0.0
                 extra["w_ones"] = torch.ones_like(w[:1]).expand((-1,) + tuple(w.shape[1:]))
             if isinstance(rule, ZBox):
                 extra["w_pos"], extra["w_neg"] = w.clamp(min=0), w.clamp(max=0)
@@ -115,10 +124,10 @@ class Weighted(RelevanceOp):
         if "w_abs" in extra or self.rule.bias == "mass" and has_bias:
             state.sign = torch.sign(x)
             size = self._sizes(x.abs(), conf, flow=False)
-            if not self.channels_first and "w_abs" not in extra and 0 < extra["b_max"] <= float(size.min()):
-                state.inv_size = 1 / size
-            else:
+            if "w_abs" in extra or self.channels_first:  # a conv's windows take the full share
                 state.share, state.remainder = bounded_share(extra["bias_grid"].expand_as(z), size.expand_as(z))
+            else:
+                state.inv_size, state.share, state.remainder = bounded_mass(extra["bias_grid"], size, z)
         return z, state
 
     def _sizes(self, a: torch.Tensor, conf: list, flow: bool) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 
 from ..spellings import LIKE, SAME_VALUES
 from . import RelevanceOp, aten, flows_only_through, materialize, relevance_op
-from .combine import is_masking, shared_ratio, spread_on_keys
+from .combine import is_masking, shared_as, shared_ratio, spread_on_keys
 from .weighted import bounded_share
 
 
@@ -56,10 +56,7 @@ class SoftmaxRule:
     included, so neither an infinite masked logit nor a share of the bias reaches them."""
 
     def __init__(self, mode: str) -> None:
-        # "mass" weighs a unit's inputs by size alone; here that would hand the bias to
-        # logits of keys with negligible probability (finite masks included), so the
-        # softmax, elementwise either way, shares by its contributions |J| |z|
-        self.mode = "share" if mode == "mass" else mode
+        self.mode = shared_as(mode)
 
     def record(self, z: torch.Tensor, s: torch.Tensor, dim: int) -> tuple:
         # masked: no contribution, no inf (a row masked whole, as DeBERTa masks padded

@@ -15,13 +15,11 @@ from .weighted import bounded_share
 class BiasLike(RelevanceOp):
     """A constant term ``c`` in ``out = a + c``: absorbed, shared with ``a`` in proportion
     to its contributions (``u ⊙ out / a``), or spread flat over the input region under
-    each unit, as the Rule's bias mode of the node's module says. A unit here reads one
-    input, so ``"mass"`` is ``"share"``."""
+    each unit, as the Rule's bias mode of the node's module says (:func:`shared_as`)."""
 
     def __init__(self, node, network) -> None:
         super().__init__(node, network)
-        mode = network.bias_mode_for(node)
-        self.mode = "share" if mode == "mass" else mode
+        self.mode = shared_as(network.bias_mode_for(node))
 
     def constant_term(self, flow, a, out, c, cells):
         """Flow of ``a + c`` given the flow of ``a``."""
@@ -47,6 +45,14 @@ class BiasLike(RelevanceOp):
         if masking is not None:
             c = torch.where(masking, torch.zeros_like(c), c)
         return flow + spread_flat(cells, c, flow, out, self.node)
+
+
+def shared_as(mode: str) -> str:
+    """The bias mode of a term that has no weights to skip: ``"mass"`` saves a second pass
+    through a layer's weights and is ``"share"`` elsewhere. A constant add reads one input
+    (its size is its contribution); the softmax under AttnLRP weighs its logits by the
+    Jacobian, and by size alone its bias would go to keys of negligible probability."""
+    return "share" if mode == "mass" else mode
 
 
 def spread_flat(cells, const, flow: torch.Tensor, out: torch.Tensor, node=None) -> torch.Tensor:
